@@ -1,0 +1,1 @@
+//! vmm: a minimal KVM virtual machine monitor.
