@@ -1,1 +1,19 @@
-//! vmm: a minimal KVM virtual machine monitor.
+//! vmm: a minimal KVM virtual machine monitor for zoned-storage kernel work.
+//!
+//! `machine::run` turns a `config::VmConfig` into a running VM: `vm` owns KVM and guest memory,
+//! `loader` puts the kernel in it, `arch` sets up x86 boot state, `vcpu` runs the vCPUs and sends
+//! their exits to the `bus`, where the `legacy` devices live, and `event_loop` serves the host
+//! side (console, signals) until `exit` says the VM is over.
+
+pub mod arch;
+pub mod bus;
+pub mod config;
+pub mod event_loop;
+pub mod exit;
+pub mod legacy;
+pub mod loader;
+pub mod machine;
+pub mod terminal;
+pub mod timing;
+pub mod vcpu;
+pub mod vm;

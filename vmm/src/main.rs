@@ -1,1 +1,91 @@
-fn main() {}
+//! The `vmm` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use vmm::config::{self, VmConfig};
+use vmm::exit::ExitReason;
+
+/// Boot a Linux kernel under KVM with a serial console; exits with the guest's reported status.
+#[derive(Parser, Debug)]
+#[command(name = "vmm", version, about)]
+struct Cli {
+    /// Kernel to boot: a bzImage, or an ELF vmlinux (PVH entry when it has the note).
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initial ramdisk (cpio, optionally compressed).
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line; vmm adds console=ttyS0 reboot=k panic=-1 unless given.
+    #[arg(long, value_name = "STR", default_value = "")]
+    cmdline: String,
+    /// Guest memory: a number of MiB, or with a K/M/G/T suffix.
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = config::parse_memory_mib)]
+    memory: u64,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_cpus)]
+    cpus: u32,
+    /// Print when the first vCPU started and when the guest reached userspace.
+    #[arg(long)]
+    boot_time: bool,
+}
+
+fn parse_cpus(text: &str) -> Result<u32, String> {
+    let cpus: u32 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of vCPUs"))?;
+    config::validate_cpus(cpus).map_err(|e| e.to_string())
+}
+
+/// Exit status for errors of vmm itself (bad options, missing files, KVM failures).
+const VMM_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    vmm::timing::start();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line: clap's first line, without its "error: " prefix and usage hints.
+            let rendered = e.render().to_string();
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("vmm: {}", message.join(" ").trim_start_matches("error: "));
+            return ExitCode::from(VMM_ERROR);
+        }
+    };
+    let config = VmConfig {
+        cmdline: config::build_cmdline(&cli.cmdline, &[]),
+        kernel: cli.kernel,
+        initrd: cli.initrd,
+        memory_mib: cli.memory,
+        cpus: cli.cpus,
+        boot_time: cli.boot_time,
+    };
+    match vmm::machine::run(&config) {
+        Ok(reason) => {
+            match &reason {
+                ExitReason::VcpuError(message) => eprintln!("vmm: {message}"),
+                ExitReason::Signal(signo) => eprintln!("vmm: stopped by signal {signo}"),
+                _ => {}
+            }
+            if config.boot_time {
+                eprintln!("{}", vmm::timing::report());
+            }
+            ExitCode::from(reason.exit_code().clamp(0, 255) as u8)
+        }
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            ExitCode::from(VMM_ERROR)
+        }
+    }
+}

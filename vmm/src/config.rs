@@ -1,0 +1,164 @@
+//! What the user asked for, validated: the VM's configuration and the kernel command line.
+
+use std::path::PathBuf;
+
+use crate::arch::mptable;
+
+/// Smallest guest memory vmm accepts: a compressed kernel and a small initrd must fit.
+pub const MIN_MEMORY_MIB: u64 = 32;
+/// Largest guest memory vmm accepts (64 TiB): keeps every byte address computation in range.
+pub const MAX_MEMORY_MIB: u64 = 64 << 20;
+
+/// Parameters vmm adds to the kernel command line unless the user set them: the serial console,
+/// reboot through the keyboard controller (which vmm turns into an exit), and an immediate
+/// reboot on panic so that a crashed kernel ends the run instead of hanging it.
+const DEFAULT_PARAMS: [(&str, &str); 3] = [
+    ("console", "console=ttyS0"),
+    ("reboot", "reboot=k"),
+    ("panic", "panic=-1"),
+];
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The full kernel command line, defaults included.
+    pub cmdline: String,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    /// Print boot-time milestones on exit.
+    pub boot_time: bool,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid size '{0}': expected a number with an optional K, M, G or T suffix (plain numbers are MiB)")]
+    BadSize(String),
+    #[error("--memory {0} MiB is too small: at least {MIN_MEMORY_MIB} MiB")]
+    MemoryTooSmall(u64),
+    #[error("--memory {0} MiB is too large: at most {MAX_MEMORY_MIB} MiB")]
+    MemoryTooLarge(u64),
+    #[error("--cpus {0} is out of range: 1 to {max}", max = mptable::MAX_CPUS)]
+    BadCpuCount(u32),
+}
+
+/// Parses a memory size into MiB: "512" (MiB), "512M", "2G", "1048576K", "1T".
+pub fn parse_memory_mib(text: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::BadSize(text.to_string());
+    let trimmed = text.trim();
+    let (digits, shift_from_mib): (&str, i32) = match trimmed.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let unit = match c.to_ascii_uppercase() {
+                'K' => -10,
+                'M' => 0,
+                'G' => 10,
+                'T' => 20,
+                _ => return Err(bad()),
+            };
+            (&trimmed[..i], unit)
+        }
+        _ => (trimmed, 0),
+    };
+    let value: u64 = digits.parse().map_err(|_| bad())?;
+    let mib = if shift_from_mib < 0 {
+        value >> -shift_from_mib
+    } else {
+        value
+            .checked_shl(shift_from_mib as u32)
+            .filter(|v| v >> shift_from_mib == value)
+            .ok_or_else(bad)?
+    };
+    if mib < MIN_MEMORY_MIB {
+        return Err(ConfigError::MemoryTooSmall(mib));
+    }
+    if mib > MAX_MEMORY_MIB {
+        return Err(ConfigError::MemoryTooLarge(mib));
+    }
+    Ok(mib)
+}
+
+pub fn validate_cpus(cpus: u32) -> Result<u32, ConfigError> {
+    if cpus == 0 || cpus > mptable::MAX_CPUS {
+        return Err(ConfigError::BadCpuCount(cpus));
+    }
+    Ok(cpus)
+}
+
+/// The user's command line with vmm's defaults added in front of it where the user did not set
+/// the same parameter.
+pub fn build_cmdline(user: &str, extra: &[String]) -> String {
+    let user_keys: Vec<&str> = user
+        .split_whitespace()
+        .map(|p| p.split('=').next().unwrap_or(p))
+        .collect();
+    let mut parts: Vec<String> = DEFAULT_PARAMS
+        .iter()
+        .filter(|(key, _)| !user_keys.contains(key))
+        .map(|(_, param)| param.to_string())
+        .collect();
+    parts.extend(extra.iter().cloned());
+    if !user.trim().is_empty() {
+        parts.push(user.trim().to_string());
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory_mib("512"), Ok(512));
+        assert_eq!(parse_memory_mib("512M"), Ok(512));
+        assert_eq!(parse_memory_mib("2G"), Ok(2048));
+        assert_eq!(parse_memory_mib("2g"), Ok(2048));
+        assert_eq!(parse_memory_mib("65536K"), Ok(64));
+        assert_eq!(parse_memory_mib("1T"), Ok(1 << 20));
+        assert!(matches!(
+            parse_memory_mib("lots"),
+            Err(ConfigError::BadSize(_))
+        ));
+        assert!(matches!(
+            parse_memory_mib("12Q"),
+            Err(ConfigError::BadSize(_))
+        ));
+        assert!(matches!(parse_memory_mib(""), Err(ConfigError::BadSize(_))));
+        assert!(matches!(
+            parse_memory_mib("-1"),
+            Err(ConfigError::BadSize(_))
+        ));
+        assert!(matches!(
+            parse_memory_mib("99999999999999999999G"),
+            Err(ConfigError::BadSize(_))
+        ));
+        assert!(matches!(
+            parse_memory_mib("9999999999999T"),
+            Err(ConfigError::MemoryTooLarge(_))
+        ));
+        assert_eq!(
+            parse_memory_mib("16M"),
+            Err(ConfigError::MemoryTooSmall(16))
+        );
+    }
+
+    #[test]
+    fn cpu_counts() {
+        assert_eq!(validate_cpus(1), Ok(1));
+        assert_eq!(validate_cpus(0), Err(ConfigError::BadCpuCount(0)));
+        assert_eq!(validate_cpus(1000), Err(ConfigError::BadCpuCount(1000)));
+    }
+
+    #[test]
+    fn defaults_yield_to_user_parameters() {
+        assert_eq!(build_cmdline("", &[]), "console=ttyS0 reboot=k panic=-1");
+        assert_eq!(
+            build_cmdline("console=hvc0 quiet", &[]),
+            "reboot=k panic=-1 console=hvc0 quiet"
+        );
+        assert_eq!(
+            build_cmdline("panic=5", &["virtio_mmio.device=4K@0xd0000000:5".into()]),
+            "console=ttyS0 reboot=k virtio_mmio.device=4K@0xd0000000:5 panic=5"
+        );
+    }
+}

@@ -1,0 +1,108 @@
+//! How a VM ends: the first reason reported wins, and the event loop is woken to act on it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::lock;
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest reported its command's exit status through the exit port.
+    GuestStatus(u8),
+    /// The guest asked for a reset (keyboard controller, KVM system event).
+    Reset,
+    /// The guest powered off or triple-faulted.
+    Shutdown,
+    /// A vCPU stopped with no interrupt controller to wake it (only tiny test guests do this).
+    Halted,
+    /// KVM could not run a vCPU.
+    VcpuError(String),
+    /// The VMM received this signal.
+    Signal(i32),
+    /// The user pressed the console escape (Ctrl-A x).
+    UserQuit,
+}
+
+impl ExitReason {
+    /// The VMM's process exit status for this reason (see README, "Exit status").
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::GuestStatus(status) => i32::from(*status),
+            ExitReason::Reset
+            | ExitReason::Shutdown
+            | ExitReason::Halted
+            | ExitReason::UserQuit => 0,
+            ExitReason::VcpuError(_) => 1,
+            ExitReason::Signal(signo) => 128 + signo,
+        }
+    }
+}
+
+/// Shared between the vCPUs, the devices and the event loop.
+pub struct VmExit {
+    reason: Mutex<Option<ExitReason>>,
+    stopping: AtomicBool,
+    event: EventFd,
+}
+
+impl VmExit {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            reason: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            event: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Records `reason` unless another one came first, and wakes the event loop.
+    pub fn request(&self, reason: ExitReason) {
+        let mut current = lock(&self.reason);
+        if current.is_none() {
+            *current = Some(reason);
+            self.stopping.store(true, Ordering::Release);
+            // The event loop also checks `reason()` after every wake-up, so a failed write
+            // (counter overflow, impossible here) would only delay the exit.
+            let _ = self.event.write(1);
+        }
+    }
+
+    pub fn reason(&self) -> Option<ExitReason> {
+        lock(&self.reason).clone()
+    }
+
+    /// Cheap check for the vCPU hot path.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub fn event(&self) -> &EventFd {
+        &self.event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let exit = VmExit::new().unwrap();
+        assert_eq!(exit.reason(), None);
+        exit.request(ExitReason::GuestStatus(7));
+        exit.request(ExitReason::Reset);
+        assert_eq!(exit.reason(), Some(ExitReason::GuestStatus(7)));
+        assert_eq!(exit.event().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(ExitReason::GuestStatus(0).exit_code(), 0);
+        assert_eq!(ExitReason::GuestStatus(255).exit_code(), 255);
+        assert_eq!(ExitReason::Shutdown.exit_code(), 0);
+        assert_eq!(ExitReason::Signal(15).exit_code(), 143);
+        assert_eq!(ExitReason::VcpuError(String::new()).exit_code(), 1);
+    }
+}

@@ -1,0 +1,219 @@
+//! The few legacy devices a Linux guest needs: a 16550 serial console (vm-superio), the keyboard
+//! controller's reset line, and the guest-control ports through which the guest reports its exit
+//! status and the moment userspace starts.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use vm_superio::serial::SerialEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::{lock, BusDevice};
+use crate::exit::{ExitReason, VmExit};
+use crate::timing;
+
+/// Port of the guest-control device: a byte written here is the guest command's exit status.
+pub const GUEST_EXIT_PORT: u16 = 0xf4;
+/// A write to the second guest-control port marks "guest userspace reached".
+pub const GUEST_MARKER_PORT: u16 = 0xf5;
+/// i8042 command port; the command 0xfe pulses the CPU reset line.
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+const I8042_DATA_PORT: u16 = 0x60;
+const I8042_CMD_RESET: u8 = 0xfe;
+
+/// Raises an interrupt by writing an eventfd registered with KVM as an irqfd.
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Tells the event loop when the guest has drained the serial input FIFO, so that buffered
+/// host input can be fed in.
+pub struct SerialInputDrained(pub EventFd);
+
+impl SerialEvents for SerialInputDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        let _ = self.0.write(1);
+    }
+}
+
+/// Guest console output, line-buffered: full lines are written at once from the vCPU thread, a
+/// partial line (a shell prompt) is flushed by the event loop shortly after `pending` fires.
+pub struct ConsoleOutput {
+    out: Box<dyn Write + Send>,
+    buffer: Vec<u8>,
+    pending: EventFd,
+}
+
+impl ConsoleOutput {
+    const MAX_BUFFER: usize = 4096;
+
+    pub fn new(out: Box<dyn Write + Send>) -> std::io::Result<Self> {
+        Ok(Self {
+            out,
+            buffer: Vec::with_capacity(Self::MAX_BUFFER),
+            pending: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Readable when a partial line waits to be flushed.
+    pub fn pending_event(&self) -> &EventFd {
+        &self.pending
+    }
+
+    pub fn flush_now(&mut self) {
+        if !self.buffer.is_empty() {
+            // Console output is best effort: a closed stdout must not stop the guest.
+            let _ = self.out.write_all(&self.buffer);
+            let _ = self.out.flush();
+            self.buffer.clear();
+        }
+    }
+}
+
+/// The writer handed to the serial device.
+pub struct SharedConsole(pub Arc<Mutex<ConsoleOutput>>);
+
+impl Write for SharedConsole {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut console = lock(&self.0);
+        let was_empty = console.buffer.is_empty();
+        console.buffer.extend_from_slice(data);
+        if data.contains(&b'\n') || console.buffer.len() >= ConsoleOutput::MAX_BUFFER {
+            console.flush_now();
+        } else if was_empty {
+            let _ = console.pending.write(1);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // vm-superio flushes after every byte; batching is the point of this writer.
+        Ok(())
+    }
+}
+
+pub type SerialPort = Serial<IrqTrigger, SerialInputDrained, SharedConsole>;
+
+/// COM1 on the I/O bus.
+pub struct SerialDevice {
+    pub serial: SerialPort,
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let (Some(first), Ok(offset)) = (data.first_mut(), u8::try_from(offset)) {
+            *first = self.serial.read(offset);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Some(value), Ok(offset)) = (data.first(), u8::try_from(offset)) {
+            // The only error is a failed interrupt trigger; the guest then sees a lost interrupt,
+            // as with real hardware, and its driver's timeout recovers.
+            let _ = self.serial.write(offset, *value);
+        }
+    }
+}
+
+/// Just enough of the i8042 keyboard controller for `reboot=k`: status reads as idle, and the
+/// reset command ends the VM.
+pub struct I8042Reset {
+    pub exit: Arc<VmExit>,
+}
+
+impl BusDevice for I8042Reset {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset == u64::from(I8042_COMMAND_PORT - I8042_DATA_PORT)
+            && data.first() == Some(&I8042_CMD_RESET)
+        {
+            self.exit.request(ExitReason::Reset);
+        }
+    }
+}
+
+/// Ports 0xf4 (exit status) and 0xf5 (userspace marker). See docs/guest-interface.md.
+pub struct GuestControl {
+    pub exit: Arc<VmExit>,
+}
+
+impl BusDevice for GuestControl {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        match (offset, data.first()) {
+            (0, Some(status)) => self.exit.request(ExitReason::GuestStatus(*status)),
+            (1, Some(_)) => timing::record_userspace(),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_control_reports_status_and_marker() {
+        let exit = Arc::new(VmExit::new().unwrap());
+        let mut control = GuestControl { exit: exit.clone() };
+        control.write(1, &[0]);
+        assert!(timing::userspace().is_some());
+        assert_eq!(exit.reason(), None);
+        control.write(0, &[42]);
+        assert_eq!(exit.reason(), Some(ExitReason::GuestStatus(42)));
+    }
+
+    #[test]
+    fn i8042_reset_command_ends_the_vm() {
+        let exit = Arc::new(VmExit::new().unwrap());
+        let mut kbd = I8042Reset { exit: exit.clone() };
+        kbd.write(0, &[I8042_CMD_RESET]);
+        assert_eq!(exit.reason(), None);
+        kbd.write(4, &[0x20]);
+        assert_eq!(exit.reason(), None);
+        kbd.write(4, &[I8042_CMD_RESET]);
+        assert_eq!(exit.reason(), Some(ExitReason::Reset));
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl Write for Sink {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn console_flushes_whole_lines_and_signals_partial_ones() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let console = Arc::new(Mutex::new(
+            ConsoleOutput::new(Box::new(Sink(seen.clone()))).unwrap(),
+        ));
+        let mut writer = SharedConsole(console.clone());
+        writer.write_all(b"# ").unwrap();
+        assert!(seen.lock().unwrap().is_empty());
+        assert_eq!(console.lock().unwrap().pending_event().read().unwrap(), 1);
+        console.lock().unwrap().flush_now();
+        assert_eq!(seen.lock().unwrap().as_slice(), b"# ");
+        writer.write_all(b"ls\n").unwrap();
+        assert_eq!(seen.lock().unwrap().as_slice(), b"# ls\n");
+    }
+}

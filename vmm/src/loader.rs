@@ -1,0 +1,346 @@
+//! Loads a Linux kernel (bzImage or ELF vmlinux), its initrd and command line into guest memory,
+//! and writes the boot structures the chosen entry protocol needs (boot_params or PVH start_info).
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
+use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader, PvhBootCapability};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+
+use crate::arch::layout;
+
+/// "HdrS": the boot protocol header signature at offset 0x202 of a bzImage.
+const BZIMAGE_MAGIC: u32 = 0x5372_6448;
+/// Oldest boot protocol this VMM boots: 2.12 added the 64-bit entry flags in xloadflags.
+const MIN_BOOT_PROTOCOL: u16 = 0x020c;
+/// xloadflags bit: the kernel has a 64-bit entry point at load address + 0x200.
+const XLF_KERNEL_64: u16 = 1 << 0;
+/// loadflags bit: the protected-mode code is loaded at 0x100000.
+const LOADED_HIGH: u8 = 1 << 0;
+const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
+const ELFCLASS64: u8 = 2;
+/// ELF e_type of a statically linked executable, which a vmlinux is (programs are ET_DYN).
+const ET_EXEC: u16 = 2;
+const EM_X86_64: u16 = 62;
+const E820_RAM: u32 = 1;
+const PVH_START_INFO_MAGIC: u32 = 0x336e_c578;
+/// boot_params.hdr.type_of_loader for a loader without an assigned id.
+const LOADER_TYPE_UNDEFINED: u8 = 0xff;
+
+/// Errors while loading the kernel and initrd. Each message names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("cannot open kernel {0}: {1}")]
+    OpenKernel(PathBuf, std::io::Error),
+    #[error("cannot read kernel {0}: {1}")]
+    ReadKernel(PathBuf, std::io::Error),
+    #[error("kernel {0} is not a Linux kernel: neither a bzImage nor an ELF vmlinux")]
+    NotAKernel(PathBuf),
+    #[error("kernel {0} is an ELF file but not a kernel: a vmlinux is a static ELF executable")]
+    ElfNotKernel(PathBuf),
+    #[error("kernel {0} uses boot protocol {1}.{2}; vmm needs 2.12 or newer")]
+    OldBootProtocol(PathBuf, u16, u16),
+    #[error("kernel {0} is not a 64-bit x86 kernel")]
+    Not64Bit(PathBuf),
+    #[error("kernel {0} could not be loaded ({1})")]
+    Load(PathBuf, linux_loader::loader::Error),
+    #[error("kernel {0} does not fit in guest memory")]
+    KernelTooLarge(PathBuf),
+    #[error("cannot open initrd {0}: {1}")]
+    OpenInitrd(PathBuf, std::io::Error),
+    #[error("initrd {0} ({1} MiB) does not fit in guest memory below {2} MiB; give the guest more --memory")]
+    InitrdTooLarge(PathBuf, u64, u64),
+    #[error("cannot read initrd {0}: {1}")]
+    ReadInitrd(PathBuf, String),
+    #[error("kernel command line is too long ({0} bytes, at most {1})")]
+    CmdlineTooLong(usize, usize),
+    #[error("kernel command line is invalid: {0}")]
+    Cmdline(String),
+    #[error("cannot write boot structures into guest memory")]
+    BootStructures,
+}
+
+type Result<T> = std::result::Result<T, LoaderError>;
+
+/// How the vCPU enters the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootEntry {
+    /// 64-bit Linux boot protocol: long mode, RSI = boot_params.
+    Linux64 { entry: u64 },
+    /// PVH: 32-bit protected mode without paging, EBX = hvm_start_info.
+    Pvh { entry: u64 },
+}
+
+/// Where the boot vCPU starts and what it is handed.
+#[derive(Debug, Clone, Copy)]
+pub struct BootSetup {
+    pub entry: BootEntry,
+    /// Address of boot_params (Linux64) or hvm_start_info (PVH).
+    pub boot_info: u64,
+}
+
+/// What kind of image a kernel file is, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KernelFormat {
+    BzImage,
+    Elf,
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Identifies and validates a kernel image from its first 1 KiB.
+fn probe_kernel(path: &Path, head: &[u8]) -> Result<KernelFormat> {
+    if head.len() >= 20 && head[..4] == ELF_MAGIC {
+        if head[4] != ELFCLASS64 || le16(head, 18) != EM_X86_64 {
+            return Err(LoaderError::Not64Bit(path.to_path_buf()));
+        }
+        if le16(head, 16) != ET_EXEC {
+            return Err(LoaderError::ElfNotKernel(path.to_path_buf()));
+        }
+        return Ok(KernelFormat::Elf);
+    }
+    if head.len() >= 0x238 && le32(head, 0x202) == BZIMAGE_MAGIC {
+        let version = le16(head, 0x206);
+        if version < MIN_BOOT_PROTOCOL {
+            return Err(LoaderError::OldBootProtocol(
+                path.to_path_buf(),
+                version >> 8,
+                version & 0xff,
+            ));
+        }
+        let loadflags = head[0x211];
+        let xloadflags = le16(head, 0x236);
+        if xloadflags & XLF_KERNEL_64 == 0 || loadflags & LOADED_HIGH == 0 {
+            return Err(LoaderError::Not64Bit(path.to_path_buf()));
+        }
+        return Ok(KernelFormat::BzImage);
+    }
+    Err(LoaderError::NotAKernel(path.to_path_buf()))
+}
+
+/// Top of RAM below 4 GiB, where the initrd goes.
+fn low_memory_end(mem: &GuestMemoryMmap) -> u64 {
+    (mem.last_addr().raw_value() + 1).min(layout::MMIO_GAP_START)
+}
+
+/// The RAM ranges the guest is told about, as (start, size): low memory below the EBDA, then every
+/// RAM region with the first MiB (EBDA, BIOS area, MP table) left out.
+fn e820_ram(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
+    let mut map = vec![(0, layout::EBDA_START)];
+    for region in mem.iter() {
+        let start = region.start_addr().raw_value().max(layout::HIMEM_START);
+        let end = region.start_addr().raw_value() + region.len();
+        if end > start {
+            map.push((start, end - start));
+        }
+    }
+    map
+}
+
+/// Loads the kernel, initrd and command line and writes the boot structures.
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    kernel_path: &Path,
+    initrd_path: Option<&Path>,
+    cmdline: &str,
+) -> Result<BootSetup> {
+    let mut kernel =
+        File::open(kernel_path).map_err(|e| LoaderError::OpenKernel(kernel_path.into(), e))?;
+    let mut head = vec![0u8; 1024];
+    let n = read_up_to(&mut kernel, &mut head)
+        .map_err(|e| LoaderError::ReadKernel(kernel_path.into(), e))?;
+    head.truncate(n);
+    let format = probe_kernel(kernel_path, &head)?;
+    kernel
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| LoaderError::ReadKernel(kernel_path.into(), e))?;
+
+    let highmem = Some(GuestAddress(layout::HIMEM_START));
+    let loaded = match format {
+        KernelFormat::BzImage => BzImage::load(mem, None, &mut kernel, highmem),
+        KernelFormat::Elf => Elf::load(mem, None, &mut kernel, highmem),
+    }
+    .map_err(|e| match e {
+        linux_loader::loader::Error::Bzimage(
+            linux_loader::loader::bzimage::Error::ReadBzImageCompressedKernel,
+        )
+        | linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage) => {
+            LoaderError::KernelTooLarge(kernel_path.into())
+        }
+        e => LoaderError::Load(kernel_path.into(), e),
+    })?;
+
+    if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
+        return Err(LoaderError::CmdlineTooLong(
+            cmdline.len(),
+            layout::CMDLINE_MAX_SIZE - 1,
+        ));
+    }
+    let mut cmd =
+        Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(|e| LoaderError::Cmdline(e.to_string()))?;
+    cmd.insert_str(cmdline)
+        .map_err(|e| LoaderError::Cmdline(e.to_string()))?;
+    load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmd)
+        .map_err(|_| LoaderError::BootStructures)?;
+
+    let initrd_max = match &loaded.setup_header {
+        Some(hdr) if hdr.initrd_addr_max != 0 => u64::from(hdr.initrd_addr_max) + 1,
+        _ => u64::from(u32::MAX) + 1,
+    };
+    let initrd = match initrd_path {
+        Some(path) => Some(load_initrd(mem, path, loaded.kernel_end, initrd_max)?),
+        None => None,
+    };
+
+    let pvh_entry = match loaded.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) if format == KernelFormat::Elf => {
+            Some(addr.raw_value())
+        }
+        _ => None,
+    };
+    if let Some(entry) = pvh_entry {
+        write_pvh_start_info(mem, cmdline.len(), initrd)?;
+        return Ok(BootSetup {
+            entry: BootEntry::Pvh { entry },
+            boot_info: layout::PVH_INFO_START,
+        });
+    }
+
+    // The 64-bit entry point of a bzImage is 0x200 past the start of its protected-mode code; an
+    // ELF vmlinux without a PVH note is entered at its ELF entry, which is startup_64.
+    let entry = match format {
+        KernelFormat::BzImage => loaded.kernel_load.raw_value() + 0x200,
+        KernelFormat::Elf => loaded.kernel_load.raw_value(),
+    };
+    write_boot_params(mem, loaded.setup_header, cmdline.len(), initrd)?;
+    Ok(BootSetup {
+        entry: BootEntry::Linux64 { entry },
+        boot_info: layout::ZERO_PAGE_START,
+    })
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Places the initrd as high as allowed in low memory, page aligned, above the kernel.
+fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel_end: u64,
+    addr_limit: u64,
+) -> Result<(u64, u64)> {
+    let mut file = File::open(path).map_err(|e| LoaderError::OpenInitrd(path.into(), e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| LoaderError::OpenInitrd(path.into(), e))?
+        .len();
+    let top = low_memory_end(mem).min(addr_limit);
+    let too_large = || LoaderError::InitrdTooLarge(path.into(), size.div_ceil(1 << 20), top >> 20);
+    let start = top.checked_sub(size).ok_or_else(too_large)? & !0xfff;
+    if start < kernel_end {
+        return Err(too_large());
+    }
+    mem.read_exact_volatile_from(GuestAddress(start), &mut file, size as usize)
+        .map_err(|e| LoaderError::ReadInitrd(path.into(), e.to_string()))?;
+    Ok((start, size))
+}
+
+fn write_boot_params(
+    mem: &GuestMemoryMmap,
+    header: Option<setup_header>,
+    cmdline_len: usize,
+    initrd: Option<(u64, u64)>,
+) -> Result<()> {
+    let mut params = boot_params::default();
+    if let Some(hdr) = header {
+        params.hdr = hdr;
+    } else {
+        // An ELF vmlinux carries no setup header: describe a minimal one.
+        params.hdr.header = BZIMAGE_MAGIC;
+        params.hdr.boot_flag = 0xaa55;
+        params.hdr.kernel_alignment = 0x0100_0000;
+    }
+    params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
+    params.hdr.cmd_line_ptr = layout::CMDLINE_START as u32;
+    params.hdr.cmdline_size = cmdline_len as u32;
+    if let Some((start, size)) = initrd {
+        params.hdr.ramdisk_image = start as u32;
+        params.hdr.ramdisk_size = size as u32;
+    }
+    let map = e820_ram(mem);
+    for (slot, (addr, size)) in params.e820_table.iter_mut().zip(&map) {
+        *slot = boot_e820_entry {
+            addr: *addr,
+            size: *size,
+            r#type: E820_RAM,
+        };
+    }
+    params.e820_entries = map.len() as u8;
+    mem.write_obj(params, GuestAddress(layout::ZERO_PAGE_START))
+        .map_err(|_| LoaderError::BootStructures)
+}
+
+fn write_pvh_start_info(
+    mem: &GuestMemoryMmap,
+    _cmdline_len: usize,
+    initrd: Option<(u64, u64)>,
+) -> Result<()> {
+    let map = e820_ram(mem);
+    let info_size = std::mem::size_of::<hvm_start_info>() as u64;
+    let memmap_addr = layout::PVH_INFO_START + info_size;
+    let entry_size = std::mem::size_of::<hvm_memmap_table_entry>() as u64;
+    let modlist_addr = memmap_addr + entry_size * map.len() as u64;
+    let mut info = hvm_start_info {
+        magic: PVH_START_INFO_MAGIC,
+        version: 1,
+        cmdline_paddr: layout::CMDLINE_START,
+        memmap_paddr: memmap_addr,
+        memmap_entries: map.len() as u32,
+        ..Default::default()
+    };
+    for (i, (addr, size)) in map.iter().enumerate() {
+        let entry = hvm_memmap_table_entry {
+            addr: *addr,
+            size: *size,
+            type_: E820_RAM,
+            reserved: 0,
+        };
+        mem.write_obj(entry, GuestAddress(memmap_addr + entry_size * i as u64))
+            .map_err(|_| LoaderError::BootStructures)?;
+    }
+    if let Some((paddr, size)) = initrd {
+        let module = hvm_modlist_entry {
+            paddr,
+            size,
+            ..Default::default()
+        };
+        mem.write_obj(module, GuestAddress(modlist_addr))
+            .map_err(|_| LoaderError::BootStructures)?;
+        info.nr_modules = 1;
+        info.modlist_paddr = modlist_addr;
+    }
+    mem.write_obj(info, GuestAddress(layout::PVH_INFO_START))
+        .map_err(|_| LoaderError::BootStructures)
+}

@@ -1,0 +1,159 @@
+//! Assembles a VM from a `VmConfig`, runs it, and reports why it ended.
+
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::{layout, mptable, regs};
+use crate::bus::{Bus, BusDevice};
+use crate::config::VmConfig;
+use crate::event_loop::{ConsoleFlusher, ConsoleInput, ExitWatcher};
+use crate::exit::{ExitReason, VmExit};
+use crate::legacy::{
+    ConsoleOutput, GuestControl, I8042Reset, IrqTrigger, SerialDevice, SerialInputDrained,
+    SharedConsole, GUEST_EXIT_PORT, I8042_COMMAND_PORT,
+};
+use crate::loader::{self, LoaderError};
+use crate::terminal;
+use crate::vcpu::Vcpu;
+use crate::vm::{Vm, VmError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    #[error("vCPU setup failed: {0}")]
+    Regs(#[from] regs::RegsError),
+    #[error("--cpus {0} exceeds what this KVM supports ({1})")]
+    TooManyCpus(u32, usize),
+    #[error("cannot set up {0}: {1}")]
+    Setup(&'static str, std::io::Error),
+    #[error("cannot place a device: {0}")]
+    Bus(#[from] crate::bus::BusOverlap),
+    #[error("cannot start vCPU thread: {0}")]
+    Thread(std::io::Error),
+    #[error("event loop failed: {0}")]
+    EventLoop(String),
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
+    move |e| VmmError::Setup(what, e)
+}
+
+/// Boots the configured kernel and runs the VM until it ends.
+pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
+    let vm = Vm::new(config.memory_mib << 20, true)?;
+    let max_vcpus = vm.kvm.get_max_vcpus();
+    if config.cpus as usize > max_vcpus {
+        return Err(VmmError::TooManyCpus(config.cpus, max_vcpus));
+    }
+    let boot = loader::load_kernel(
+        &vm.memory,
+        &config.kernel,
+        config.initrd.as_deref(),
+        &config.cmdline,
+    )?;
+    mptable::setup_mptable(&vm.memory, config.cpus)?;
+
+    let exit = Arc::new(VmExit::new().map_err(io_err("the exit event"))?);
+    let console = Arc::new(Mutex::new(
+        ConsoleOutput::new(Box::new(std::io::stdout())).map_err(io_err("the console"))?,
+    ));
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("the serial interrupt"))?;
+    vm.fd
+        .register_irqfd(&serial_irq, layout::SERIAL_IRQ)
+        .map_err(|e| {
+            VmmError::Setup(
+                "the serial interrupt",
+                std::io::Error::from_raw_os_error(e.errno()),
+            )
+        })?;
+    let drained = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("the serial input"))?;
+    let serial = Arc::new(Mutex::new(SerialDevice {
+        serial: vm_superio::Serial::with_events(
+            IrqTrigger(serial_irq),
+            SerialInputDrained(drained.try_clone().map_err(io_err("the serial input"))?),
+            SharedConsole(console.clone()),
+        ),
+    }));
+
+    let mut io_bus = Bus::new();
+    io_bus.insert(u64::from(layout::SERIAL_PORT_BASE), 8, serial.clone())?;
+    let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042Reset { exit: exit.clone() }));
+    io_bus.insert(0x60, u64::from(I8042_COMMAND_PORT - 0x60 + 1), i8042)?;
+    let control: Arc<Mutex<dyn BusDevice>> =
+        Arc::new(Mutex::new(GuestControl { exit: exit.clone() }));
+    io_bus.insert(u64::from(GUEST_EXIT_PORT), 2, control)?;
+    let io_bus = Arc::new(io_bus);
+    let mmio_bus = Arc::new(Bus::new());
+
+    let supported = vm.supported_cpuid()?;
+    let mut vcpus = Vec::with_capacity(config.cpus as usize);
+    for index in 0..config.cpus {
+        let fd = vm.create_vcpu(&supported, index, config.cpus)?;
+        if index == 0 {
+            regs::setup_boot_vcpu(&fd, &vm.memory, &boot)?;
+        }
+        vcpus.push(Vcpu {
+            fd,
+            index,
+            io_bus: io_bus.clone(),
+            mmio_bus: mmio_bus.clone(),
+            exit: exit.clone(),
+        });
+    }
+
+    let signal_event = terminal::install_signal_handlers().map_err(io_err("signal handling"))?;
+    let mut events: EventManager<Subscriber> =
+        EventManager::new().map_err(|e| VmmError::EventLoop(format!("{e:?}")))?;
+    events.add_subscriber(Arc::new(Mutex::new(
+        ExitWatcher::new(exit.clone(), signal_event).map_err(io_err("the exit event"))?,
+    )));
+    events.add_subscriber(Arc::new(Mutex::new(
+        ConsoleFlusher::new(console.clone()).map_err(io_err("the console"))?,
+    )));
+    events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+        serial,
+        drained,
+        exit.clone(),
+    ))));
+
+    if crate::vm::kvm_is_pvm() {
+        eprintln!(
+            "vmm: warning: /dev/kvm is PVM (kvm_pvm), which cannot boot a stock Linux kernel; \
+             run vmm inside resources/lab/run-in-lab"
+        );
+    }
+    terminal::enter_raw_mode();
+    let mut threads = Vec::new();
+    for vcpu in vcpus {
+        let name = format!("vcpu{}", vcpu.index);
+        threads.push(
+            thread::Builder::new()
+                .name(name)
+                .spawn(move || vcpu.run())
+                .map_err(VmmError::Thread)?,
+        );
+    }
+    let result = loop {
+        if let Some(reason) = exit.reason() {
+            break Ok(reason);
+        }
+        if let Err(e) = events.run() {
+            break Err(VmmError::EventLoop(format!("{e:?}")));
+        }
+    };
+    crate::bus::lock(&console).flush_now();
+    terminal::restore();
+    // vCPU threads still inside KVM_RUN end with the process; the VM has no state to save.
+    drop(threads);
+    result
+}

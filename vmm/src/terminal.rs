@@ -1,0 +1,88 @@
+//! The host terminal: raw mode while the guest owns the console, restored exactly on exit; and
+//! SIGINT/SIGTERM/SIGHUP turned into an event the event loop can wait on.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
+
+use vmm_sys_util::eventfd::EventFd;
+
+static SAVED_TERMIOS: Mutex<Option<libc::termios>> = Mutex::new(None);
+static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+pub fn stdin_is_tty() -> bool {
+    // SAFETY: isatty only inspects the descriptor.
+    unsafe { libc::isatty(libc::STDIN_FILENO) == 1 }
+}
+
+/// Puts stdin in raw mode (guest gets every key, including Ctrl-C) if it is a terminal.
+pub fn enter_raw_mode() {
+    if !stdin_is_tty() {
+        return;
+    }
+    // SAFETY: termios is plain data, and tcgetattr fills it completely on success.
+    let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: valid descriptor and pointer to a termios.
+    if unsafe { libc::tcgetattr(libc::STDIN_FILENO, &mut termios) } != 0 {
+        return;
+    }
+    *SAVED_TERMIOS.lock().unwrap_or_else(|p| p.into_inner()) = Some(termios);
+    let mut raw = termios;
+    // SAFETY: cfmakeraw only edits the struct it is given.
+    unsafe { libc::cfmakeraw(&mut raw) };
+    // Keep output post-processing so that host-side messages still start at column 0.
+    raw.c_oflag |= libc::OPOST | libc::ONLCR;
+    // SAFETY: valid descriptor and termios.
+    unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &raw) };
+}
+
+/// Restores the terminal as it was before `enter_raw_mode`. Safe to call more than once.
+pub fn restore() {
+    if let Some(termios) = SAVED_TERMIOS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        // SAFETY: valid descriptor and the termios saved earlier.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &termios) };
+    }
+}
+
+extern "C" fn on_signal(signo: libc::c_int) {
+    LAST_SIGNAL.store(signo, Ordering::Relaxed);
+    let fd = SIGNAL_EVENT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; fd is an eventfd that lives until exit.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Routes SIGINT, SIGTERM and SIGHUP to the returned eventfd.
+pub fn install_signal_handlers() -> std::io::Result<EventFd> {
+    let event = EventFd::new(libc::EFD_NONBLOCK)?;
+    let fd: RawFd = std::os::fd::AsRawFd::as_raw_fd(&event);
+    SIGNAL_EVENT_FD.store(fd, Ordering::Relaxed);
+    for signo in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: sigaction is plain data; the handler only touches atomics and calls write(2).
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as *const () as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(signo, &action, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(event)
+}
+
+/// The last signal received, if any.
+pub fn last_signal() -> Option<i32> {
+    match LAST_SIGNAL.load(Ordering::Relaxed) {
+        0 => None,
+        signo => Some(signo),
+    }
+}

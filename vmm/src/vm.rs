@@ -1,0 +1,115 @@
+//! The KVM VM: guest memory, the in-kernel interrupt controllers and PIT, and the vCPU file
+//! descriptors with their boot state.
+
+use std::path::Path;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::arch::{cpuid, layout, regs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0} (is KVM enabled, and may this user open /dev/kvm?)")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("/dev/kvm lacks a capability vmm needs: {0}")]
+    MissingCapability(&'static str),
+    #[error("cannot allocate {0} MiB of guest memory: {1}")]
+    GuestMemory(u64, String),
+    #[error("KVM_{0} failed: {1}")]
+    Kvm(&'static str, kvm_ioctls::Error),
+    #[error("vCPU setup failed: {0}")]
+    Regs(#[from] regs::RegsError),
+}
+
+type Result<T> = std::result::Result<T, VmError>;
+
+/// Whether this host's KVM is PVM, which runs small guests but cannot boot a stock Linux kernel.
+pub fn kvm_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+pub struct Vm {
+    pub kvm: Kvm,
+    pub fd: VmFd,
+    pub memory: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Opens KVM, creates the VM with `mem_size` bytes of RAM (minus the MMIO hole), and, when
+    /// `irqchip` is set, the in-kernel IOAPIC/PIC/LAPICs and PIT.
+    pub fn new(mem_size: u64, irqchip: bool) -> Result<Self> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        for (cap, name) in [
+            (Cap::UserMemory, "USER_MEMORY"),
+            (Cap::Irqchip, "IRQCHIP"),
+            (Cap::Ioeventfd, "IOEVENTFD"),
+            (Cap::Irqfd, "IRQFD"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCapability(name));
+            }
+        }
+        let fd = kvm.create_vm().map_err(|e| VmError::Kvm("CREATE_VM", e))?;
+        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
+            .into_iter()
+            .map(|(start, size)| (GuestAddress(start), size as usize))
+            .collect();
+        let memory = GuestMemoryMmap::from_ranges(&ranges)
+            .map_err(|e| VmError::GuestMemory(mem_size >> 20, e.to_string()))?;
+        for (slot, region) in memory.iter().enumerate() {
+            let host_addr = memory
+                .get_host_address(region.start_addr())
+                .map_err(|e| VmError::GuestMemory(mem_size >> 20, e.to_string()))?;
+            let region_desc = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host_addr as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping owned by `memory`, which the returned Vm keeps
+            // for as long as the VM exists, and the slots do not overlap.
+            unsafe { fd.set_user_memory_region(region_desc) }
+                .map_err(|e| VmError::Kvm("SET_USER_MEMORY_REGION", e))?;
+        }
+        fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .map_err(|e| VmError::Kvm("SET_TSS_ADDR", e))?;
+        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(|e| VmError::Kvm("SET_IDENTITY_MAP_ADDR", e))?;
+        if irqchip {
+            fd.create_irq_chip()
+                .map_err(|e| VmError::Kvm("CREATE_IRQCHIP", e))?;
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            fd.create_pit2(pit)
+                .map_err(|e| VmError::Kvm("CREATE_PIT2", e))?;
+        }
+        Ok(Self { kvm, fd, memory })
+    }
+
+    /// KVM's supported CPUID, the base of every vCPU's table.
+    pub fn supported_cpuid(&self) -> Result<CpuId> {
+        self.kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmError::Kvm("GET_SUPPORTED_CPUID", e))
+    }
+
+    /// Creates vCPU `index` of `count` with its CPUID, MSRs, FPU and LAPIC set up.
+    pub fn create_vcpu(&self, supported: &CpuId, index: u32, count: u32) -> Result<VcpuFd> {
+        let vcpu = self
+            .fd
+            .create_vcpu(u64::from(index))
+            .map_err(|e| VmError::Kvm("CREATE_VCPU", e))?;
+        vcpu.set_cpuid2(&cpuid::vcpu_cpuid(supported, index, count))
+            .map_err(|e| VmError::Kvm("SET_CPUID2", e))?;
+        regs::setup_common(&vcpu)?;
+        Ok(vcpu)
+    }
+}

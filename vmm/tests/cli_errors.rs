@@ -1,0 +1,140 @@
+//! Bad input on the command line gets one clear line on stderr and exit status 2, never a panic.
+
+use std::io::Write;
+use std::process::Command;
+
+fn vmm(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(args)
+        .output()
+        .expect("run vmm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line_error(args: &[&str], expected: &str) {
+    let (code, stderr) = vmm(args);
+    assert_eq!(code, 2, "exit status for {args:?}: stderr {stderr:?}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line for {args:?}, got {stderr:?}");
+    assert!(lines[0].starts_with("vmm: "), "{stderr:?}");
+    assert!(
+        lines[0].contains(expected),
+        "{args:?}: expected {expected:?} in {stderr:?}"
+    );
+}
+
+fn temp_file(name: &str, contents: &[u8]) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("vmm-cli-{}-{name}", std::process::id()));
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(contents)
+        .unwrap();
+    path
+}
+
+#[test]
+fn missing_kernel_option() {
+    assert_one_line_error(&[], "--kernel");
+}
+
+#[test]
+fn missing_kernel_file() {
+    assert_one_line_error(
+        &["--kernel", "/nonexistent/bzImage"],
+        "cannot open kernel /nonexistent/bzImage",
+    );
+}
+
+#[test]
+fn kernel_that_is_not_a_kernel() {
+    let path = temp_file("text", b"just some text, certainly not a kernel\n");
+    assert_one_line_error(
+        &["--kernel", path.to_str().unwrap()],
+        "is not a Linux kernel",
+    );
+    assert_one_line_error(&["--kernel", "/"], "cannot read kernel /");
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn elf_program_is_not_a_vmlinux() {
+    let exe = std::env::current_exe().unwrap();
+    assert_one_line_error(&["--kernel", exe.to_str().unwrap()], "not a kernel");
+}
+
+#[test]
+fn bzimage_with_old_boot_protocol_or_32_bit_only() {
+    let mut image = vec![0u8; 0x400];
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020bu16.to_le_bytes());
+    let old = temp_file("old", &image);
+    assert_one_line_error(&["--kernel", old.to_str().unwrap()], "boot protocol 2.11");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x211] = 1; // loaded high, but no 64-bit entry in xloadflags
+    let only32 = temp_file("32bit", &image);
+    assert_one_line_error(&["--kernel", only32.to_str().unwrap()], "not a 64-bit");
+    std::fs::remove_file(old).unwrap();
+    std::fs::remove_file(only32).unwrap();
+}
+
+#[test]
+fn bad_memory_and_cpu_values() {
+    assert_one_line_error(
+        &["--kernel", "k", "--memory", "lots"],
+        "invalid size 'lots'",
+    );
+    assert_one_line_error(&["--kernel", "k", "--memory", "8M"], "too small");
+    assert_one_line_error(&["--kernel", "k", "--memory", "99999T"], "too large");
+    assert_one_line_error(
+        &["--kernel", "k", "--cpus", "0"],
+        "--cpus 0 is out of range",
+    );
+    assert_one_line_error(&["--kernel", "k", "--cpus", "two"], "not a number of vCPUs");
+}
+
+/// The smallest file that passes as a 64-bit bzImage (it would not run, but it loads).
+fn fake_bzimage() -> Vec<u8> {
+    let mut image = vec![0u8; 0x1000];
+    image[0x1f1] = 4; // setup_sects
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    image[0x211] = 1; // LOADED_HIGH
+    image[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    image[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
+    image
+}
+
+#[test]
+fn initrd_that_does_not_fit_or_does_not_exist() {
+    let kernel = temp_file("fake-bzimage", &fake_bzimage());
+    let initrd = std::env::temp_dir().join(format!("vmm-cli-{}-big-initrd", std::process::id()));
+    std::fs::File::create(&initrd)
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
+    assert_one_line_error(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--memory",
+            "32M",
+        ],
+        "does not fit in guest memory",
+    );
+    assert_one_line_error(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            "/nonexistent/initrd",
+        ],
+        "cannot open initrd /nonexistent/initrd",
+    );
+    std::fs::remove_file(kernel).unwrap();
+    std::fs::remove_file(initrd).unwrap();
+}

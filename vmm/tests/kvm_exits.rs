@@ -1,0 +1,122 @@
+//! Runs tiny real-mode guest programs on the host's KVM (no Linux, so this works on PVM too) and
+//! checks that the vCPU loop routes port I/O and MMIO exits to the right device and ends the VM
+//! for the right reason.
+
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress};
+use vmm::bus::{Bus, BusDevice};
+use vmm::exit::{ExitReason, VmExit};
+use vmm::legacy::{GuestControl, GUEST_EXIT_PORT};
+use vmm::vcpu::Vcpu;
+use vmm::vm::Vm;
+
+const CODE_START: u64 = 0x1000;
+const GUEST_MEMORY: u64 = 0x10000;
+/// Where the test's MMIO device sits: the first address past guest RAM.
+const MMIO_TEST_BASE: u64 = GUEST_MEMORY;
+
+/// Records MMIO writes and answers reads with `offset + 0x40`.
+#[derive(Default)]
+struct MmioProbe {
+    writes: Vec<(u64, u8)>,
+}
+
+impl BusDevice for MmioProbe {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(offset as u8 + 0x40);
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        self.writes.push((offset, data[0]));
+    }
+}
+
+fn real_mode_vcpu(vm: &Vm, code: &[u8]) -> VcpuFd {
+    vm.memory
+        .write_slice(code, GuestAddress(CODE_START))
+        .expect("code fits in guest memory");
+    let vcpu = vm.fd.create_vcpu(0).expect("KVM_CREATE_VCPU");
+    let mut sregs = vcpu.get_sregs().expect("KVM_GET_SREGS");
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs).expect("KVM_SET_SREGS");
+    let regs = kvm_bindings::kvm_regs {
+        rip: CODE_START,
+        rflags: 2,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).expect("KVM_SET_REGS");
+    vcpu
+}
+
+/// Runs `code` to its end and returns why the VM stopped, with the MMIO probe.
+fn run_guest(code: &[u8]) -> (ExitReason, Arc<Mutex<MmioProbe>>) {
+    assert!(
+        std::path::Path::new("/dev/kvm").exists(),
+        "these tests need /dev/kvm (any KVM, PVM included)"
+    );
+    let vm = Vm::new(GUEST_MEMORY, false).expect("create VM");
+    let fd = real_mode_vcpu(&vm, code);
+    let exit = Arc::new(VmExit::new().unwrap());
+    let mut io_bus = Bus::new();
+    io_bus
+        .insert(
+            u64::from(GUEST_EXIT_PORT),
+            2,
+            Arc::new(Mutex::new(GuestControl { exit: exit.clone() })),
+        )
+        .unwrap();
+    let probe = Arc::new(Mutex::new(MmioProbe::default()));
+    let mut mmio_bus = Bus::new();
+    mmio_bus
+        .insert(MMIO_TEST_BASE, 0x1000, probe.clone())
+        .unwrap();
+    let vcpu = Vcpu {
+        fd,
+        index: 0,
+        io_bus: Arc::new(io_bus),
+        mmio_bus: Arc::new(mmio_bus),
+        exit: exit.clone(),
+    };
+    vcpu.run();
+    (
+        exit.reason().expect("the vCPU loop reports why it stopped"),
+        probe,
+    )
+}
+
+#[test]
+fn out_to_the_exit_port_sets_the_guest_status() {
+    // mov al, 7; out 0xf4, al; hlt
+    let (reason, _) = run_guest(&[0xb0, 0x07, 0xe6, 0xf4, 0xf4]);
+    assert_eq!(reason, ExitReason::GuestStatus(7));
+}
+
+#[test]
+fn unclaimed_port_reads_all_ones() {
+    // in al, 0x80; out 0xf4, al; hlt
+    let (reason, _) = run_guest(&[0xe4, 0x80, 0xe6, 0xf4, 0xf4]);
+    assert_eq!(reason, ExitReason::GuestStatus(0xff));
+}
+
+#[test]
+fn hlt_without_irqchip_stops_the_vm() {
+    let (reason, _) = run_guest(&[0xf4]);
+    assert_eq!(reason, ExitReason::Halted);
+}
+
+#[test]
+fn mmio_reads_and_writes_reach_the_device_at_the_right_offset() {
+    let code = [
+        0xb8, 0x00, 0x10, // mov ax, 0x1000
+        0x8e, 0xd8, // mov ds, ax      (ds base = 0x10000 = MMIO_TEST_BASE)
+        0xc6, 0x06, 0x10, 0x00, 0x5a, // mov byte [0x10], 0x5a
+        0xa0, 0x04, 0x00, // mov al, [0x4]  (probe answers 0x44)
+        0xe6, 0xf4, // out 0xf4, al
+        0xf4, // hlt
+    ];
+    let (reason, probe) = run_guest(&code);
+    assert_eq!(reason, ExitReason::GuestStatus(0x44));
+    assert_eq!(probe.lock().unwrap().writes, vec![(0x10, 0x5a)]);
+}
