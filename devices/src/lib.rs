@@ -5,4 +5,5 @@
 //! - `virtio`: the `VirtioDevice` trait and the virtio-mmio transport.
 //! - `block`: the virtio-blk device, its request parser and its storage backends.
 
+pub mod block;
 pub mod virtio;
