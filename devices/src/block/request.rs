@@ -216,3 +216,206 @@ fn split_header<M: GuestMemory + ?Sized>(
     }
     Ok((header, rest))
 }
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+
+    use super::*;
+    use crate::virtio::GuestMemoryMmap;
+
+    const MEMORY_SIZE: u64 = 0x10_0000;
+
+    fn memory(size: u64) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap()
+    }
+
+    fn readable(addr: u64, len: u32) -> Descriptor {
+        Descriptor::new(addr, len, 0, 0)
+    }
+
+    fn writable(addr: u64, len: u32) -> Descriptor {
+        Descriptor::new(addr, len, VRING_DESC_F_WRITE as u16, 0)
+    }
+
+    fn header(memory: &GuestMemoryMmap, addr: u64, request_type: u32, sector: u64) {
+        let mut bytes = [0u8; HEADER_SIZE];
+        bytes[..4].copy_from_slice(&request_type.to_le_bytes());
+        bytes[8..].copy_from_slice(&sector.to_le_bytes());
+        memory.write_slice(&bytes, GuestAddress(addr)).unwrap();
+    }
+
+    fn segment(addr: u64, len: u32) -> Segment {
+        Segment {
+            addr: GuestAddress(addr),
+            len,
+        }
+    }
+
+    fn error_of(result: Result<Request, Malformed>) -> (ParseError, Option<GuestAddress>) {
+        let malformed = result.unwrap_err();
+        (malformed.error, malformed.status)
+    }
+
+    #[test]
+    fn linux_layout_header_data_status() {
+        let m = memory(MEMORY_SIZE);
+        header(&m, 0x1000, 1, 7);
+        let request = Request::parse(
+            &m,
+            [
+                readable(0x1000, 16),
+                readable(0x2000, 4096),
+                writable(0x3000, 1),
+            ],
+        )
+        .unwrap();
+        assert_eq!(request.request_type, 1);
+        assert_eq!(request.sector, 7);
+        assert_eq!(request.readable, vec![segment(0x2000, 4096)]);
+        assert!(request.writable.is_empty());
+        assert_eq!(request.status, GuestAddress(0x3000));
+    }
+
+    #[test]
+    fn header_data_and_status_may_share_or_split_descriptors() {
+        let m = memory(MEMORY_SIZE);
+        // Header split 10 + 6 bytes, the second descriptor carrying data after it; data and
+        // status share the last writable descriptor.
+        let mut bytes = [0u8; HEADER_SIZE];
+        bytes[..4].copy_from_slice(&0u32.to_le_bytes());
+        bytes[8..].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+        m.write_slice(&bytes[..10], GuestAddress(0x1000)).unwrap();
+        m.write_slice(&bytes[10..], GuestAddress(0x2000)).unwrap();
+        let request = Request::parse(
+            &m,
+            [
+                readable(0x1000, 10),
+                readable(0x2000, 6 + 100),
+                writable(0x3000, 0),
+                writable(0x4000, 512),
+                writable(0x5000, 513),
+                writable(0x6000, 0),
+            ],
+        )
+        .unwrap();
+        assert_eq!(request.sector, 0x1122_3344_5566_7788);
+        assert_eq!(request.readable, vec![segment(0x2006, 100)]);
+        assert_eq!(
+            request.writable,
+            vec![segment(0x4000, 512), segment(0x5000, 512)]
+        );
+        assert_eq!(request.status, GuestAddress(0x5000 + 512));
+        assert_eq!(request.readable_len(), 100);
+        assert_eq!(request.writable_len(), 1024);
+    }
+
+    #[test]
+    fn a_chain_without_a_writable_byte_cannot_be_answered() {
+        let m = memory(MEMORY_SIZE);
+        header(&m, 0x1000, 0, 0);
+        let (error, status) = error_of(Request::parse(&m, [readable(0x1000, 17)]));
+        assert!(matches!(error, ParseError::NoStatus));
+        assert_eq!(status, None);
+        let (error, _) = error_of(Request::parse(
+            &m,
+            [readable(0x1000, 16), writable(0x2000, 0)],
+        ));
+        assert!(matches!(error, ParseError::NoStatus));
+        let (error, _) = error_of(Request::parse(&m, []));
+        assert!(matches!(error, ParseError::NoStatus));
+    }
+
+    #[test]
+    fn a_status_byte_outside_memory_cannot_be_answered() {
+        let m = memory(MEMORY_SIZE);
+        header(&m, 0x1000, 0, 0);
+        let (error, status) = error_of(Request::parse(
+            &m,
+            [readable(0x1000, 16), writable(MEMORY_SIZE, 1)],
+        ));
+        assert!(matches!(error, ParseError::NoStatus));
+        assert_eq!(status, None);
+        let (error, _) = error_of(Request::parse(
+            &m,
+            [readable(0x1000, 16), writable(u64::MAX, 1)],
+        ));
+        assert!(matches!(error, ParseError::NoStatus));
+        // An address whose end overflows.
+        let (error, _) = error_of(Request::parse(
+            &m,
+            [readable(0x1000, 16), writable(u64::MAX - 2, 8)],
+        ));
+        assert!(matches!(error, ParseError::NoStatus));
+    }
+
+    #[test]
+    fn malformed_chains_with_a_status_byte_report_where_it_is() {
+        let m = memory(MEMORY_SIZE);
+        header(&m, 0x1000, 0, 0);
+        let status = Some(GuestAddress(0x3000));
+        let cases: Vec<(Vec<Descriptor>, fn(&ParseError) -> bool)> = vec![
+            (vec![readable(0x1000, 8), writable(0x3000, 1)], |e| {
+                matches!(e, ParseError::ShortHeader)
+            }),
+            (vec![writable(0x3000, 1)], |e| {
+                matches!(e, ParseError::ShortHeader)
+            }),
+            (
+                vec![
+                    readable(0x1000, 16),
+                    readable(MEMORY_SIZE - 8, 512),
+                    writable(0x3000, 1),
+                ],
+                |e| matches!(e, ParseError::OutsideMemory),
+            ),
+            (
+                vec![
+                    readable(0x1000, 16),
+                    writable(u64::MAX - 8, 512),
+                    writable(0x3000, 1),
+                ],
+                |e| matches!(e, ParseError::OutsideMemory),
+            ),
+            (
+                vec![
+                    writable(0x2000, 16),
+                    readable(0x1000, 16),
+                    writable(0x3000, 1),
+                ],
+                |e| matches!(e, ParseError::ReadableAfterWritable),
+            ),
+        ];
+        for (descriptors, expected) in cases {
+            let (error, at) = error_of(Request::parse(&m, descriptors.clone()));
+            assert!(expected(&error), "{descriptors:?} gave {error:?}");
+            assert_eq!(at, status);
+        }
+    }
+
+    #[test]
+    fn absurd_chains_are_refused() {
+        let m = memory(MEMORY_SIZE);
+        header(&m, 0x1000, 0, 0);
+        let mut long = vec![readable(0x1000, 16)];
+        long.extend((0..MAX_DESCRIPTORS).map(|_| writable(0x2000, 512)));
+        long.push(writable(0x3000, 1));
+        let (error, status) = error_of(Request::parse(&m, long));
+        assert!(matches!(error, ParseError::TooManyDescriptors));
+        assert_eq!(status, Some(GuestAddress(0x3000)));
+
+        let big = memory(MAX_REQUEST_DATA_BYTES + 0x10_0000);
+        header(&big, 0x1000, 0, 0);
+        let half = u32::try_from(MAX_REQUEST_DATA_BYTES / 2).unwrap();
+        let (error, _) = error_of(Request::parse(
+            &big,
+            [
+                readable(0x1000, 16),
+                writable(0x10_0000, half),
+                writable(0x10_0000, half),
+                writable(0x2000, 2),
+            ],
+        ));
+        assert!(matches!(error, ParseError::TooLarge));
+    }
+}
