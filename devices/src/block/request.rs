@@ -354,7 +354,8 @@ mod tests {
         let m = memory(MEMORY_SIZE);
         header(&m, 0x1000, 0, 0);
         let status = Some(GuestAddress(0x3000));
-        let cases: Vec<(Vec<Descriptor>, fn(&ParseError) -> bool)> = vec![
+        type Expect = fn(&ParseError) -> bool;
+        let cases: Vec<(Vec<Descriptor>, Expect)> = vec![
             (vec![readable(0x1000, 8), writable(0x3000, 1)], |e| {
                 matches!(e, ParseError::ShortHeader)
             }),
