@@ -1,3 +1,9 @@
 //! Device models for vmm. Nothing here knows about KVM: devices see guest memory through
 //! `vm-memory`, are driven through plain method calls, and signal the guest through small traits,
 //! so each one is testable without a VM.
+//!
+//! - `virtio`: the `VirtioDevice` trait and the virtio-mmio transport.
+//! - `block`: the virtio-blk device, its request parser and its storage backends.
+
+pub mod block;
+pub mod virtio;

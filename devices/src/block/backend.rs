@@ -1,0 +1,140 @@
+//! Storage behind a block device. The device speaks bytes at offsets through `BlockBackend`;
+//! `RawFile` serves them from a regular file or a host block device with positioned I/O.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Byte-addressed storage. Offsets and lengths passed in are already checked against `size`.
+pub trait BlockBackend: Send {
+    /// Size of the storage in bytes.
+    fn size(&self) -> u64;
+    /// Whether writes are refused.
+    fn read_only(&self) -> bool;
+    /// Fills all of `buf` from `offset`; a short read is an error.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`; a short write is an error.
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// Makes completed writes durable.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// Errors opening a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The backing file could not be opened.
+    #[error("cannot open {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The size of the backing file could not be found.
+    #[error("cannot find the size of the backing file")]
+    Size(#[source] io::Error),
+}
+
+/// A file (or host block device) used as-is: byte N of the disk is byte N of the file.
+#[derive(Debug)]
+pub struct RawFile {
+    file: File,
+    size: u64,
+    read_only: bool,
+}
+
+impl RawFile {
+    /// Opens `path` read-write, or read-only when `read_only` is set.
+    pub fn open(path: &Path, read_only: bool) -> Result<Self, BackendError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|source| BackendError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Self::new(file, read_only)
+    }
+
+    /// Wraps an open file. Its size is taken now; seeking to the end also works for block
+    /// devices, whose metadata length is 0.
+    pub fn new(mut file: File, read_only: bool) -> Result<Self, BackendError> {
+        let size = file.seek(SeekFrom::End(0)).map_err(BackendError::Size)?;
+        Ok(RawFile {
+            file,
+            size,
+            read_only,
+        })
+    }
+}
+
+impl BlockBackend for RawFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the backend is read-only",
+            ));
+        }
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use vmm_sys_util::tempfile::TempFile;
+
+    use super::*;
+
+    #[test]
+    fn raw_file_reads_and_writes_at_offsets() {
+        let temp = TempFile::new_with_prefix(std::env::temp_dir().join("devices-rawfile")).unwrap();
+        temp.as_file().set_len(4096).unwrap();
+        let mut backend = RawFile::open(temp.as_path(), false).unwrap();
+        assert_eq!(backend.size(), 4096);
+        assert!(!backend.read_only());
+        backend.write_at(1000, b"hello").unwrap();
+        backend.flush().unwrap();
+        let mut buf = [0u8; 7];
+        backend.read_at(999, &mut buf).unwrap();
+        assert_eq!(&buf, b"\0hello\0");
+        // Reading past the end is a short read, reported as an error.
+        assert!(backend.read_at(4090, &mut buf).is_err());
+    }
+
+    #[test]
+    fn read_only_raw_file_refuses_writes() {
+        let temp = TempFile::new_with_prefix(std::env::temp_dir().join("devices-rawfile")).unwrap();
+        temp.as_file().set_len(512).unwrap();
+        let mut backend = RawFile::open(temp.as_path(), true).unwrap();
+        assert!(backend.read_only());
+        assert!(backend.write_at(0, b"x").is_err());
+        assert!(backend.flush().is_ok());
+    }
+
+    #[test]
+    fn opening_a_missing_file_is_an_error() {
+        let error = RawFile::open(Path::new("/nonexistent/disk.img"), false).unwrap_err();
+        assert!(matches!(error, BackendError::Open { .. }));
+    }
+}

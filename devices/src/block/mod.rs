@@ -1,0 +1,69 @@
+//! virtio-blk: the device (`device`: features, config space, queue processing), the request
+//! parser (`request`: one request from a descriptor chain), data movement between guest memory
+//! and storage (`data`), and the storage seam (`backend`: the `BlockBackend` trait and the
+//! `RawFile` implementation). A zoned device plugs in through `device::RequestHandler`.
+
+pub mod backend;
+pub mod data;
+pub mod device;
+
+pub mod request;
+
+use virtio_bindings::virtio_blk;
+
+pub use backend::{BackendError, BlockBackend, RawFile};
+pub use device::{Block, Completion, RequestHandler};
+
+pub use request::{Malformed, ParseError, Request, Segment};
+
+/// virtio-blk addresses storage in 512-byte sectors, whatever the block size.
+pub const SECTOR_SIZE: u64 = 512;
+/// Size of the one request queue. A request needs at most `QUEUE_SIZE` descriptors.
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest number of data segments a request may carry: the queue minus header and status.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Largest data payload one request may carry. Linux sends at most `max_sectors_kb` (1280 KiB by
+/// default); this only stops absurd requests from tying up the device.
+pub const MAX_REQUEST_DATA_BYTES: u64 = 64 << 20;
+/// Length of the GET_ID reply (the serial number), in bytes.
+pub const SERIAL_BYTES: usize = virtio_blk::VIRTIO_BLK_ID_BYTES as usize;
+
+/// Request types (virtio 1.x §5.2.6).
+pub mod request_type {
+    use virtio_bindings::virtio_blk;
+
+    /// Read sectors into device-writable buffers.
+    pub const IN: u32 = virtio_blk::VIRTIO_BLK_T_IN;
+    /// Write sectors from device-readable buffers.
+    pub const OUT: u32 = virtio_blk::VIRTIO_BLK_T_OUT;
+    /// Make previous writes durable.
+    pub const FLUSH: u32 = virtio_blk::VIRTIO_BLK_T_FLUSH;
+    /// Return the device serial number.
+    pub const GET_ID: u32 = virtio_blk::VIRTIO_BLK_T_GET_ID;
+}
+
+/// Request status codes (virtio 1.x §5.2.6), written to the status byte.
+pub mod request_status {
+    use virtio_bindings::virtio_blk;
+
+    /// Success.
+    pub const OK: u8 = virtio_blk::VIRTIO_BLK_S_OK as u8;
+    /// The request was malformed or the I/O failed.
+    pub const IOERR: u8 = virtio_blk::VIRTIO_BLK_S_IOERR as u8;
+    /// The request type is not supported.
+    pub const UNSUPP: u8 = virtio_blk::VIRTIO_BLK_S_UNSUPP as u8;
+}
+
+/// virtio-blk feature bits, as 64-bit masks.
+pub mod feature {
+    use virtio_bindings::virtio_blk;
+
+    /// `seg_max` in config space is valid.
+    pub const SEG_MAX: u64 = 1 << virtio_blk::VIRTIO_BLK_F_SEG_MAX;
+    /// `blk_size` in config space is valid.
+    pub const BLK_SIZE: u64 = 1 << virtio_blk::VIRTIO_BLK_F_BLK_SIZE;
+    /// The device is read-only.
+    pub const RO: u64 = 1 << virtio_blk::VIRTIO_BLK_F_RO;
+    /// The device accepts FLUSH requests.
+    pub const FLUSH: u64 = 1 << virtio_blk::VIRTIO_BLK_F_FLUSH;
+}

@@ -1,0 +1,422 @@
+//! Parsing one virtio-blk request out of a descriptor chain, whatever way the driver split it:
+//! the 16-byte header is the first 16 device-readable bytes, the status is the last
+//! device-writable byte, and everything in between is data, kept as guest segments in chain
+//! order. Every address and length comes from the guest and is checked here; the result says
+//! nothing about whether the request type makes sense (that is the device's business).
+
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions};
+
+use super::{MAX_REQUEST_DATA_BYTES, QUEUE_SIZE};
+
+/// Size of the request header: le32 type, le32 reserved (ioprio), le64 sector.
+pub const HEADER_SIZE: usize = 16;
+/// Longest chain accepted. A driver without indirect descriptors cannot build a longer one.
+pub const MAX_DESCRIPTORS: usize = QUEUE_SIZE as usize;
+
+/// A run of guest memory, already checked to lie inside guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub addr: GuestAddress,
+    pub len: u32,
+}
+
+/// One well-formed request: header fields, data segments and where the status goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The `type` field of the header (`request_type::*`).
+    pub request_type: u32,
+    /// The `sector` field of the header.
+    pub sector: u64,
+    /// Device-readable bytes after the header, in chain order.
+    pub readable: Vec<Segment>,
+    /// Device-writable bytes before the status byte, in chain order.
+    pub writable: Vec<Segment>,
+    /// The status byte: the last device-writable byte of the chain.
+    pub status: GuestAddress,
+}
+
+/// Why a chain is not a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// No device-writable byte in the chain (or it lies outside guest memory).
+    #[error("the chain has no writable status byte")]
+    NoStatus,
+    /// More descriptors than any valid request needs.
+    #[error("the chain has more than {MAX_DESCRIPTORS} descriptors")]
+    TooManyDescriptors,
+    /// A descriptor points outside guest memory.
+    #[error("a descriptor points outside guest memory")]
+    OutsideMemory,
+    /// The spec puts all device-readable descriptors before the device-writable ones.
+    #[error("a device-readable descriptor follows a device-writable one")]
+    ReadableAfterWritable,
+    /// Fewer than 16 device-readable bytes.
+    #[error("the request header is incomplete")]
+    ShortHeader,
+    /// The data segments add up to more than `MAX_REQUEST_DATA_BYTES`.
+    #[error("the request carries more than {MAX_REQUEST_DATA_BYTES} data bytes")]
+    TooLarge,
+    /// The header could not be read from guest memory.
+    #[error("the request header cannot be read")]
+    HeaderUnreadable(#[source] GuestMemoryError),
+}
+
+/// A chain that is not a request, and where to report it if anywhere.
+#[derive(Debug)]
+pub struct Malformed {
+    pub error: ParseError,
+    /// Where to write IOERR; `None` when the chain has no usable status byte and can only be
+    /// returned with a used length of 0.
+    pub status: Option<GuestAddress>,
+}
+
+impl Request {
+    /// Parses the descriptors of one chain (as yielded by virtio-queue's `DescriptorChain`).
+    pub fn parse<M: GuestMemory + ?Sized>(
+        memory: &M,
+        descriptors: impl IntoIterator<Item = Descriptor>,
+    ) -> Result<Request, Malformed> {
+        let mut chain = Vec::new();
+        let mut too_many = false;
+        // The status location is needed even for chains rejected as too long, so the whole
+        // chain is walked (virtio-queue bounds the walk), but only the first part is kept.
+        let mut last_writable = None;
+        for descriptor in descriptors {
+            if descriptor.is_write_only() && descriptor.len() > 0 {
+                last_writable = Some(descriptor);
+            }
+            if chain.len() == MAX_DESCRIPTORS {
+                too_many = true;
+            } else {
+                chain.push(descriptor);
+            }
+        }
+
+        let status = last_writable
+            .and_then(|d| d.addr().checked_add(u64::from(d.len()) - 1))
+            .filter(|&addr| memory.check_range(addr, 1, Permissions::Write))
+            .ok_or(Malformed {
+                error: ParseError::NoStatus,
+                status: None,
+            })?;
+        let malformed = |error| Malformed {
+            error,
+            status: Some(status),
+        };
+        if too_many {
+            return Err(malformed(ParseError::TooManyDescriptors));
+        }
+
+        let mut seen_writable = false;
+        for descriptor in &chain {
+            let writable = descriptor.is_write_only();
+            if seen_writable && !writable {
+                return Err(malformed(ParseError::ReadableAfterWritable));
+            }
+            seen_writable |= writable;
+            let access = if writable {
+                Permissions::Write
+            } else {
+                Permissions::Read
+            };
+            let Ok(len) = usize::try_from(descriptor.len()) else {
+                return Err(malformed(ParseError::OutsideMemory));
+            };
+            if len > 0 && !memory.check_range(descriptor.addr(), len, access) {
+                return Err(malformed(ParseError::OutsideMemory));
+            }
+        }
+
+        // Carve the status byte off the last non-empty writable descriptor.
+        let mut writable: Vec<Segment> = chain
+            .iter()
+            .filter(|d| d.is_write_only())
+            .map(segment_of)
+            .collect();
+        if let Some(last) = writable.iter_mut().rev().find(|s| s.len > 0) {
+            last.len -= 1;
+        }
+        writable.retain(|s| s.len > 0);
+
+        let readable: Vec<Segment> = chain
+            .iter()
+            .filter(|d| !d.is_write_only())
+            .map(segment_of)
+            .collect();
+        let (header, readable) = split_header(memory, &readable).map_err(malformed)?;
+
+        let data_bytes = readable
+            .iter()
+            .chain(writable.iter())
+            .map(|s| u64::from(s.len))
+            .sum::<u64>();
+        if data_bytes > MAX_REQUEST_DATA_BYTES {
+            return Err(malformed(ParseError::TooLarge));
+        }
+
+        let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = header;
+        Ok(Request {
+            request_type: u32::from_le_bytes([t0, t1, t2, t3]),
+            sector: u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
+            readable,
+            writable,
+            status,
+        })
+    }
+
+    /// Total bytes of the device-readable data segments.
+    pub fn readable_len(&self) -> u64 {
+        self.readable.iter().map(|s| u64::from(s.len)).sum()
+    }
+
+    /// Total bytes of the device-writable data segments (the status byte excluded).
+    pub fn writable_len(&self) -> u64 {
+        self.writable.iter().map(|s| u64::from(s.len)).sum()
+    }
+}
+
+fn segment_of(descriptor: &Descriptor) -> Segment {
+    Segment {
+        addr: descriptor.addr(),
+        len: descriptor.len(),
+    }
+}
+
+/// Reads the header from the first `HEADER_SIZE` bytes of `readable` and returns it with the
+/// segments that remain after it.
+fn split_header<M: GuestMemory + ?Sized>(
+    memory: &M,
+    readable: &[Segment],
+) -> Result<([u8; HEADER_SIZE], Vec<Segment>), ParseError> {
+    let mut header = [0u8; HEADER_SIZE];
+    let mut filled = 0;
+    let mut rest = Vec::new();
+    for segment in readable {
+        let wanted = HEADER_SIZE - filled;
+        // A segment longer than the header remainder is split; u32 -> usize is lossless here.
+        let take = wanted.min(segment.len as usize);
+        if take > 0 {
+            memory
+                .read_slice(&mut header[filled..filled + take], segment.addr)
+                .map_err(ParseError::HeaderUnreadable)?;
+            filled += take;
+        }
+        let left = segment.len as usize - take;
+        if left > 0 {
+            // `take` <= 16 and the whole segment was checked to be in guest memory.
+            rest.push(Segment {
+                addr: segment.addr.unchecked_add(take as u64),
+                len: left as u32,
+            });
+        }
+    }
+    if filled < HEADER_SIZE {
+        return Err(ParseError::ShortHeader);
+    }
+    Ok((header, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+
+    use super::*;
+    use crate::virtio::GuestMemoryMmap;
+
+    const MEMORY_SIZE: u64 = 0x10_0000;
+
+    fn memory(size: u64) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).unwrap()
+    }
+
+    fn readable(addr: u64, len: u32) -> Descriptor {
+        Descriptor::new(addr, len, 0, 0)
+    }
+
+    fn writable(addr: u64, len: u32) -> Descriptor {
+        Descriptor::new(addr, len, VRING_DESC_F_WRITE as u16, 0)
+    }
+
+    fn header(memory: &GuestMemoryMmap, addr: u64, request_type: u32, sector: u64) {
+        let mut bytes = [0u8; HEADER_SIZE];
+        bytes[..4].copy_from_slice(&request_type.to_le_bytes());
+        bytes[8..].copy_from_slice(&sector.to_le_bytes());
+        memory.write_slice(&bytes, GuestAddress(addr)).unwrap();
+    }
+
+    fn segment(addr: u64, len: u32) -> Segment {
+        Segment {
+            addr: GuestAddress(addr),
+            len,
+        }
+    }
+
+    fn error_of(result: Result<Request, Malformed>) -> (ParseError, Option<GuestAddress>) {
+        let malformed = result.unwrap_err();
+        (malformed.error, malformed.status)
+    }
+
+    #[test]
+    fn linux_layout_header_data_status() {
+        let m = memory(MEMORY_SIZE);
+        header(&m, 0x1000, 1, 7);
+        let request = Request::parse(
+            &m,
+            [
+                readable(0x1000, 16),
+                readable(0x2000, 4096),
+                writable(0x3000, 1),
+            ],
+        )
+        .unwrap();
+        assert_eq!(request.request_type, 1);
+        assert_eq!(request.sector, 7);
+        assert_eq!(request.readable, vec![segment(0x2000, 4096)]);
+        assert!(request.writable.is_empty());
+        assert_eq!(request.status, GuestAddress(0x3000));
+    }
+
+    #[test]
+    fn header_data_and_status_may_share_or_split_descriptors() {
+        let m = memory(MEMORY_SIZE);
+        // Header split 10 + 6 bytes, the second descriptor carrying data after it; data and
+        // status share the last writable descriptor.
+        let mut bytes = [0u8; HEADER_SIZE];
+        bytes[..4].copy_from_slice(&0u32.to_le_bytes());
+        bytes[8..].copy_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+        m.write_slice(&bytes[..10], GuestAddress(0x1000)).unwrap();
+        m.write_slice(&bytes[10..], GuestAddress(0x2000)).unwrap();
+        let request = Request::parse(
+            &m,
+            [
+                readable(0x1000, 10),
+                readable(0x2000, 6 + 100),
+                writable(0x3000, 0),
+                writable(0x4000, 512),
+                writable(0x5000, 513),
+                writable(0x6000, 0),
+            ],
+        )
+        .unwrap();
+        assert_eq!(request.sector, 0x1122_3344_5566_7788);
+        assert_eq!(request.readable, vec![segment(0x2006, 100)]);
+        assert_eq!(
+            request.writable,
+            vec![segment(0x4000, 512), segment(0x5000, 512)]
+        );
+        assert_eq!(request.status, GuestAddress(0x5000 + 512));
+        assert_eq!(request.readable_len(), 100);
+        assert_eq!(request.writable_len(), 1024);
+    }
+
+    #[test]
+    fn a_chain_without_a_writable_byte_cannot_be_answered() {
+        let m = memory(MEMORY_SIZE);
+        header(&m, 0x1000, 0, 0);
+        let (error, status) = error_of(Request::parse(&m, [readable(0x1000, 17)]));
+        assert!(matches!(error, ParseError::NoStatus));
+        assert_eq!(status, None);
+        let (error, _) = error_of(Request::parse(
+            &m,
+            [readable(0x1000, 16), writable(0x2000, 0)],
+        ));
+        assert!(matches!(error, ParseError::NoStatus));
+        let (error, _) = error_of(Request::parse(&m, []));
+        assert!(matches!(error, ParseError::NoStatus));
+    }
+
+    #[test]
+    fn a_status_byte_outside_memory_cannot_be_answered() {
+        let m = memory(MEMORY_SIZE);
+        header(&m, 0x1000, 0, 0);
+        let (error, status) = error_of(Request::parse(
+            &m,
+            [readable(0x1000, 16), writable(MEMORY_SIZE, 1)],
+        ));
+        assert!(matches!(error, ParseError::NoStatus));
+        assert_eq!(status, None);
+        let (error, _) = error_of(Request::parse(
+            &m,
+            [readable(0x1000, 16), writable(u64::MAX, 1)],
+        ));
+        assert!(matches!(error, ParseError::NoStatus));
+        // An address whose end overflows.
+        let (error, _) = error_of(Request::parse(
+            &m,
+            [readable(0x1000, 16), writable(u64::MAX - 2, 8)],
+        ));
+        assert!(matches!(error, ParseError::NoStatus));
+    }
+
+    #[test]
+    fn malformed_chains_with_a_status_byte_report_where_it_is() {
+        let m = memory(MEMORY_SIZE);
+        header(&m, 0x1000, 0, 0);
+        let status = Some(GuestAddress(0x3000));
+        type Expect = fn(&ParseError) -> bool;
+        let cases: Vec<(Vec<Descriptor>, Expect)> = vec![
+            (vec![readable(0x1000, 8), writable(0x3000, 1)], |e| {
+                matches!(e, ParseError::ShortHeader)
+            }),
+            (vec![writable(0x3000, 1)], |e| {
+                matches!(e, ParseError::ShortHeader)
+            }),
+            (
+                vec![
+                    readable(0x1000, 16),
+                    readable(MEMORY_SIZE - 8, 512),
+                    writable(0x3000, 1),
+                ],
+                |e| matches!(e, ParseError::OutsideMemory),
+            ),
+            (
+                vec![
+                    readable(0x1000, 16),
+                    writable(u64::MAX - 8, 512),
+                    writable(0x3000, 1),
+                ],
+                |e| matches!(e, ParseError::OutsideMemory),
+            ),
+            (
+                vec![
+                    writable(0x2000, 16),
+                    readable(0x1000, 16),
+                    writable(0x3000, 1),
+                ],
+                |e| matches!(e, ParseError::ReadableAfterWritable),
+            ),
+        ];
+        for (descriptors, expected) in cases {
+            let (error, at) = error_of(Request::parse(&m, descriptors.clone()));
+            assert!(expected(&error), "{descriptors:?} gave {error:?}");
+            assert_eq!(at, status);
+        }
+    }
+
+    #[test]
+    fn absurd_chains_are_refused() {
+        let m = memory(MEMORY_SIZE);
+        header(&m, 0x1000, 0, 0);
+        let mut long = vec![readable(0x1000, 16)];
+        long.extend((0..MAX_DESCRIPTORS).map(|_| writable(0x2000, 512)));
+        long.push(writable(0x3000, 1));
+        let (error, status) = error_of(Request::parse(&m, long));
+        assert!(matches!(error, ParseError::TooManyDescriptors));
+        assert_eq!(status, Some(GuestAddress(0x3000)));
+
+        let big = memory(MAX_REQUEST_DATA_BYTES + 0x10_0000);
+        header(&big, 0x1000, 0, 0);
+        let half = u32::try_from(MAX_REQUEST_DATA_BYTES / 2).unwrap();
+        let (error, _) = error_of(Request::parse(
+            &big,
+            [
+                readable(0x1000, 16),
+                writable(0x10_0000, half),
+                writable(0x10_0000, half),
+                writable(0x2000, 2),
+            ],
+        ));
+        assert!(matches!(error, ParseError::TooLarge));
+    }
+}
