@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::arch::mptable;
+use crate::device_manager::DiskConfig;
 
 /// Smallest guest memory vmm accepts: a compressed kernel and a small initrd must fit.
 pub const MIN_MEMORY_MIB: u64 = 32;
@@ -22,8 +23,9 @@ const DEFAULT_PARAMS: [(&str, &str); 3] = [
 pub struct VmConfig {
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
-    /// The full kernel command line, defaults included.
+    /// The user's kernel command line; vmm adds its defaults and device entries.
     pub cmdline: String,
+    pub disks: Vec<DiskConfig>,
     pub memory_mib: u64,
     pub cpus: u32,
     /// Print boot-time milestones on exit.

@@ -8,6 +8,7 @@
 pub mod arch;
 pub mod bus;
 pub mod config;
+pub mod device_manager;
 pub mod event_loop;
 pub mod exit;
 pub mod legacy;

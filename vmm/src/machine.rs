@@ -8,7 +8,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{layout, mptable, regs};
 use crate::bus::{Bus, BusDevice};
-use crate::config::VmConfig;
+use crate::config::{self, VmConfig};
+use crate::device_manager::{DeviceError, DeviceManager};
 use crate::event_loop::{ConsoleFlusher, ConsoleInput, ExitWatcher};
 use crate::exit::{ExitReason, VmExit};
 use crate::legacy::{
@@ -38,6 +39,8 @@ pub enum VmmError {
     Bus(#[from] crate::bus::BusOverlap),
     #[error("cannot start vCPU thread: {0}")]
     Thread(std::io::Error),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
     #[error("event loop failed: {0}")]
     EventLoop(String),
 }
@@ -55,14 +58,6 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     if config.cpus as usize > max_vcpus {
         return Err(VmmError::TooManyCpus(config.cpus, max_vcpus));
     }
-    let boot = loader::load_kernel(
-        &vm.memory,
-        &config.kernel,
-        config.initrd.as_deref(),
-        &config.cmdline,
-    )?;
-    mptable::setup_mptable(&vm.memory, config.cpus)?;
-
     let exit = Arc::new(VmExit::new().map_err(io_err("the exit event"))?);
     let console = Arc::new(Mutex::new(
         ConsoleOutput::new(Box::new(std::io::stdout())).map_err(io_err("the console"))?,
@@ -93,7 +88,26 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         Arc::new(Mutex::new(GuestControl { exit: exit.clone() }));
     io_bus.insert(u64::from(GUEST_EXIT_PORT), 2, control)?;
     let io_bus = Arc::new(io_bus);
-    let mmio_bus = Arc::new(Bus::new());
+
+    let mut mmio_bus = Bus::new();
+    let mut devices = DeviceManager::new();
+    for disk in &config.disks {
+        devices.add_disk(&vm.fd, &vm.memory, &mut mmio_bus, disk)?;
+    }
+    let mmio_bus = Arc::new(mmio_bus);
+    let device_params: Vec<String> = devices
+        .slots()
+        .iter()
+        .map(|slot| slot.cmdline_entry())
+        .collect();
+    let cmdline = config::build_cmdline(&config.cmdline, &device_params);
+    let boot = loader::load_kernel(
+        &vm.memory,
+        &config.kernel,
+        config.initrd.as_deref(),
+        &cmdline,
+    )?;
+    mptable::setup_mptable(&vm.memory, config.cpus)?;
 
     let supported = vm.supported_cpuid()?;
     let mut vcpus = Vec::with_capacity(config.cpus as usize);

@@ -27,6 +27,9 @@ struct Cli {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_cpus)]
     cpus: u32,
+    /// A virtio-blk disk: PATH[,ro][,serial=ID]. Repeatable; disks appear as vda, vdb, ...
+    #[arg(long, value_name = "PATH[,ro][,serial=ID]")]
+    disk: Vec<vmm::device_manager::DiskConfig>,
     /// Print when the first vCPU started and when the guest reached userspace.
     #[arg(long)]
     boot_time: bool,
@@ -64,7 +67,8 @@ fn main() -> ExitCode {
         }
     };
     let config = VmConfig {
-        cmdline: config::build_cmdline(&cli.cmdline, &[]),
+        cmdline: cli.cmdline,
+        disks: cli.disk,
         kernel: cli.kernel,
         initrd: cli.initrd,
         memory_mib: cli.memory,
@@ -84,7 +88,7 @@ fn main() -> ExitCode {
             ExitCode::from(reason.exit_code().clamp(0, 255) as u8)
         }
         Err(e) => {
-            eprintln!("vmm: {e}");
+            eprintln!("vmm: {}", vmm::device_manager::chain(&e));
             ExitCode::from(VMM_ERROR)
         }
     }

@@ -138,3 +138,19 @@ fn initrd_that_does_not_fit_or_does_not_exist() {
     std::fs::remove_file(kernel).unwrap();
     std::fs::remove_file(initrd).unwrap();
 }
+
+#[test]
+fn bad_disk_options() {
+    let kernel = temp_file("fake-bzimage-disk", &fake_bzimage());
+    let k = kernel.to_str().unwrap();
+    assert_one_line_error(
+        &["--kernel", k, "--disk", "/nonexistent/disk.img"],
+        "disk /nonexistent/disk.img",
+    );
+    assert_one_line_error(
+        &["--kernel", k, "--disk", "x.img,rw"],
+        "--disk option 'rw' is unknown",
+    );
+    assert_one_line_error(&["--kernel", k, "--disk", ""], "--disk needs a path");
+    std::fs::remove_file(kernel).unwrap();
+}

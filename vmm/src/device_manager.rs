@@ -1,0 +1,282 @@
+//! Puts virtio devices on the guest's MMIO bus: one 4 KiB window and one IRQ each, queue
+//! notifications through ioeventfds, interrupts through irqfds, and a `virtio_mmio.device=` entry
+//! for the kernel command line (the ACPI description comes from the same list).
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use devices::block::{Block, RawFile};
+use devices::virtio::{MmioTransport, VirtioDevice};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::layout;
+use crate::bus::{lock, Bus, BusDevice, BusOverlap};
+
+/// A `--disk` option: `PATH[,ro][,serial=ID]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub serial: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DiskOptionError {
+    #[error("--disk needs a path")]
+    MissingPath,
+    #[error("--disk option '{0}' is unknown: expected ro or serial=ID")]
+    UnknownOption(String),
+    #[error("--disk serial '{0}' is longer than 20 bytes")]
+    SerialTooLong(String),
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = DiskOptionError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut parts = text.split(',');
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or(DiskOptionError::MissingPath)?;
+        let mut disk = DiskConfig {
+            path: PathBuf::from(path),
+            read_only: false,
+            serial: None,
+        };
+        for option in parts {
+            match option.split_once('=') {
+                None if option == "ro" => disk.read_only = true,
+                Some(("serial", id)) if id.len() <= devices::block::SERIAL_BYTES => {
+                    disk.serial = Some(id.to_string())
+                }
+                Some(("serial", id)) => return Err(DiskOptionError::SerialTooLong(id.to_string())),
+                _ => return Err(DiskOptionError::UnknownOption(option.to_string())),
+            }
+        }
+        Ok(disk)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("disk {0}: {1}")]
+    Disk(PathBuf, String),
+    #[error("too many devices: IRQs {first}..={last} are all taken", first = layout::VIRTIO_IRQ_BASE, last = layout::IRQ_MAX)]
+    OutOfIrqs,
+    #[error("cannot create the virtio-mmio transport: {0}")]
+    Transport(String),
+    #[error("cannot set up {0}: {1}")]
+    Kvm(&'static str, kvm_ioctls::Error),
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(std::io::Error),
+    #[error(transparent)]
+    Bus(#[from] BusOverlap),
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        MmioTransport::read(self, offset, data)
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        MmioTransport::write(self, offset, data)
+    }
+}
+
+/// One virtio-mmio device as the guest finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioSlot {
+    pub base: u64,
+    pub size: u64,
+    pub irq: u32,
+}
+
+impl MmioSlot {
+    /// The kernel command-line entry that makes virtio_mmio probe this window.
+    pub fn cmdline_entry(&self) -> String {
+        format!(
+            "virtio_mmio.device={}K@{:#x}:{}",
+            self.size >> 10,
+            self.base,
+            self.irq
+        )
+    }
+}
+
+/// Wakes a transport when the guest notifies one of its queues.
+struct QueueNotifier {
+    transport: Arc<Mutex<MmioTransport>>,
+    queues: Vec<(EventFd, u32)>,
+}
+
+impl MutEventSubscriber for QueueNotifier {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (event, _) in &self.queues {
+            // Registration only fails for an invalid fd, which an EventFd is not.
+            let _ = ops.add(Events::new(event, EventSet::IN));
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if let Some((event, queue)) = self
+            .queues
+            .iter()
+            .find(|(e, _)| e.as_raw_fd() == events.fd())
+        {
+            let _ = event.read();
+            lock(&self.transport).notify_queue(*queue);
+        }
+    }
+}
+
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// The virtio devices of one VM.
+#[derive(Default)]
+pub struct DeviceManager {
+    slots: Vec<MmioSlot>,
+    notifiers: Vec<Subscriber>,
+}
+
+impl DeviceManager {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn slots(&self) -> &[MmioSlot] {
+        &self.slots
+    }
+
+    /// Event-loop subscribers for the queue notifications; hand each to the event manager.
+    pub fn take_subscribers(&mut self) -> Vec<Subscriber> {
+        std::mem::take(&mut self.notifiers)
+    }
+
+    /// Opens a `--disk` and attaches it as the next virtio-blk device.
+    pub fn add_disk(
+        &mut self,
+        vm: &VmFd,
+        memory: &GuestMemoryMmap,
+        bus: &mut Bus,
+        disk: &DiskConfig,
+    ) -> Result<MmioSlot, DeviceError> {
+        let backend = RawFile::open(&disk.path, disk.read_only)
+            .map_err(|e| DeviceError::Disk(disk.path.clone(), chain(&e)))?;
+        let serial = disk
+            .serial
+            .clone()
+            .unwrap_or_else(|| format!("vmm-disk{}", self.slots.len()));
+        self.add_virtio(
+            vm,
+            memory,
+            bus,
+            Box::new(Block::new(Box::new(backend), &serial)),
+        )
+    }
+
+    /// Places `device` in the next MMIO window with the next IRQ.
+    pub fn add_virtio(
+        &mut self,
+        vm: &VmFd,
+        memory: &GuestMemoryMmap,
+        bus: &mut Bus,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<MmioSlot, DeviceError> {
+        let index = self.slots.len() as u32;
+        let irq = layout::VIRTIO_IRQ_BASE + index;
+        if irq > layout::IRQ_MAX {
+            return Err(DeviceError::OutOfIrqs);
+        }
+        let slot = MmioSlot {
+            base: layout::VIRTIO_MMIO_START + u64::from(index) * layout::VIRTIO_MMIO_WINDOW_SIZE,
+            size: layout::VIRTIO_MMIO_WINDOW_SIZE,
+            irq,
+        };
+        let irq_event = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        vm.register_irqfd(&irq_event, irq)
+            .map_err(|e| DeviceError::Kvm("an irqfd", e))?;
+        let transport = MmioTransport::new(memory.clone(), device, Box::new(irq_event))
+            .map_err(|e| DeviceError::Transport(chain(&e)))?;
+        let mut queues = Vec::new();
+        for (offset, queue) in transport.queue_notify_ioevents() {
+            let event = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+            vm.register_ioevent(&event, &IoEventAddress::Mmio(slot.base + offset), queue)
+                .map_err(|e| DeviceError::Kvm("an ioeventfd", e))?;
+            queues.push((event, queue));
+        }
+        let transport = Arc::new(Mutex::new(transport));
+        bus.insert(slot.base, slot.size, transport.clone())?;
+        self.notifiers
+            .push(Arc::new(Mutex::new(QueueNotifier { transport, queues })));
+        self.slots.push(slot);
+        Ok(slot)
+    }
+}
+
+/// An error and its sources on one line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_options() {
+        assert_eq!(
+            "a.img".parse(),
+            Ok(DiskConfig {
+                path: "a.img".into(),
+                read_only: false,
+                serial: None
+            })
+        );
+        assert_eq!(
+            "/x/b.img,ro,serial=abc".parse(),
+            Ok(DiskConfig {
+                path: "/x/b.img".into(),
+                read_only: true,
+                serial: Some("abc".into())
+            })
+        );
+        assert_eq!("".parse::<DiskConfig>(), Err(DiskOptionError::MissingPath));
+        assert_eq!(
+            ",ro".parse::<DiskConfig>(),
+            Err(DiskOptionError::MissingPath)
+        );
+        assert_eq!(
+            "a,rw".parse::<DiskConfig>(),
+            Err(DiskOptionError::UnknownOption("rw".into()))
+        );
+        assert!(matches!(
+            "a,serial=123456789012345678901".parse::<DiskConfig>(),
+            Err(DiskOptionError::SerialTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn cmdline_entry_format() {
+        let slot = MmioSlot {
+            base: 0xd000_0000,
+            size: 0x1000,
+            irq: 5,
+        };
+        assert_eq!(slot.cmdline_entry(), "virtio_mmio.device=4K@0xd0000000:5");
+    }
+}
