@@ -15,7 +15,7 @@ use super::backend::BlockBackend;
 use super::data::{backend_to_guest, bytes_to_guest, guest_to_backend};
 use super::request::{Malformed, Request};
 use super::{
-    feature, request_status, request_type, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_BYTES,
+    feature, request_status, request_type, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_BYTES, SIZE_MAX,
 };
 use crate::virtio::{
     read_config_bytes, ActivateError, GuestMemoryMmap, InterruptSignal, QueueError, VirtioDevice,
@@ -29,6 +29,8 @@ pub const CONFIG_SIZE: usize = 96;
 pub mod config_offset {
     /// le64: disk size in 512-byte sectors.
     pub const CAPACITY: usize = 0;
+    /// le32: largest data segment in bytes.
+    pub const SIZE_MAX: usize = 8;
     /// le32: largest number of data segments in one request.
     pub const SEG_MAX: usize = 12;
     /// le32: logical block size in bytes.
@@ -150,7 +152,7 @@ impl RequestServer {
     /// IN: device-writable data only, whole sectors, inside the disk.
     fn read(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
         let len = request.writable_len();
-        let Some(offset) = self.checked_offset(request, len) else {
+        let Some(offset) = request.data_offset(len, self.capacity_bytes) else {
             return Completion::with_status(request_status::IOERR);
         };
         if !request.readable.is_empty() {
@@ -169,7 +171,7 @@ impl RequestServer {
     /// OUT: device-readable data only, whole sectors, inside the disk, disk writable.
     fn write(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
         let len = request.readable_len();
-        let Some(offset) = self.checked_offset(request, len) else {
+        let Some(offset) = request.data_offset(len, self.capacity_bytes) else {
             return Completion::with_status(request_status::IOERR);
         };
         if !request.writable.is_empty() || self.backend.read_only() {
@@ -210,17 +212,6 @@ impl RequestServer {
                 Completion::with_status(request_status::IOERR)
             }
         }
-    }
-
-    /// The byte offset of a data transfer of `len` bytes at the request's sector, if it is
-    /// whole sectors and lies inside the disk.
-    fn checked_offset(&self, request: &Request, len: u64) -> Option<u64> {
-        if len % SECTOR_SIZE != 0 {
-            return None;
-        }
-        let offset = request.sector.checked_mul(SECTOR_SIZE)?;
-        let end = offset.checked_add(len)?;
-        (end <= self.capacity_bytes).then_some(offset)
     }
 }
 
@@ -264,8 +255,11 @@ impl Block {
         handler: Option<Box<dyn RequestHandler>>,
     ) -> Self {
         let capacity_sectors = backend.size() / SECTOR_SIZE;
-        let mut avail_features =
-            VIRTIO_F_VERSION_1 | feature::SEG_MAX | feature::BLK_SIZE | feature::FLUSH;
+        let mut avail_features = VIRTIO_F_VERSION_1
+            | feature::SIZE_MAX
+            | feature::SEG_MAX
+            | feature::BLK_SIZE
+            | feature::FLUSH;
         if backend.read_only() {
             avail_features |= feature::RO;
         }
@@ -274,6 +268,11 @@ impl Block {
             &mut config,
             config_offset::CAPACITY,
             &capacity_sectors.to_le_bytes(),
+        );
+        put(
+            &mut config,
+            config_offset::SIZE_MAX,
+            &SIZE_MAX.to_le_bytes(),
         );
         put(&mut config, config_offset::SEG_MAX, &SEG_MAX.to_le_bytes());
         // SECTOR_SIZE is 512, which fits in u32.
@@ -916,6 +915,7 @@ mod tests {
         // Capacity as Linux reads it on virtio-mmio: two 32-bit reads.
         let capacity = u64::from(read32(0)) | (u64::from(read32(4)) << 32);
         assert_eq!(capacity, sectors);
+        assert_eq!(read32(8), SIZE_MAX);
         assert_eq!(read32(12), SEG_MAX);
         assert_eq!(read32(20), 512);
         let mut byte = [0xffu8; 1];
@@ -925,6 +925,7 @@ mod tests {
         let features = block.avail_features();
         for bit in [
             VIRTIO_F_VERSION_1,
+            feature::SIZE_MAX,
             feature::SEG_MAX,
             feature::BLK_SIZE,
             feature::FLUSH,
