@@ -107,7 +107,10 @@ impl RequestServer {
     ) -> u32 {
         let (status_address, completion) = match Request::parse(memory, descriptors) {
             Ok(request) => {
-                let completion = self.execute(memory, &request);
+                let mut completion = self.execute(memory, &request);
+                // A handler cannot claim more bytes than the guest offered.
+                let writable = u32::try_from(request.writable_len()).unwrap_or(u32::MAX);
+                completion.data_bytes_written = completion.data_bytes_written.min(writable);
                 (request.status, completion)
             }
             Err(Malformed {
