@@ -235,6 +235,17 @@ pub struct Block {
     active: Option<Active>,
 }
 
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("capacity_sectors", &self.capacity_sectors())
+            .field("avail_features", &self.avail_features)
+            .field("acked_features", &self.acked_features)
+            .field("activated", &self.active.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Block {
     /// A plain block device over `backend`. `serial` is what GET_ID returns (truncated to 20
     /// bytes). Read-only backends get the RO feature.

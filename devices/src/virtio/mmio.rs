@@ -123,6 +123,17 @@ pub struct MmioTransport {
     bad_access_logged: bool,
 }
 
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device_type", &self.device.device_type())
+            .field("device_status", &self.device_status)
+            .field("driver_features", &self.driver_features)
+            .field("interrupt_status", &self.interrupt.status())
+            .finish_non_exhaustive()
+    }
+}
+
 impl MmioTransport {
     /// Creates a transport for `device`, which will access `memory` and interrupt the guest
     /// through `irq`.
