@@ -1020,4 +1020,88 @@ mod tests {
             })
         ));
     }
+
+    /// xorshift64: deterministic pseudo-random numbers for the robustness test.
+    struct Random(u64);
+
+    impl Random {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn pick<T: Copy>(&mut self, choices: &[T]) -> T {
+            choices[(self.next() % choices.len() as u64) as usize]
+        }
+    }
+
+    #[test]
+    fn random_chains_never_panic_and_used_lengths_stay_in_bounds() {
+        let mut random = Random(0x9e37_79b9_7f4a_7c15);
+        let addresses = [
+            HEADER,
+            DATA,
+            STATUS,
+            MEMORY_SIZE as u64 - 1,
+            MEMORY_SIZE as u64 - 16,
+            MEMORY_SIZE as u64,
+            u64::MAX,
+            u64::MAX - 15,
+        ];
+        let lengths = [0u32, 1, 8, 15, 16, 17, 511, 512, 528, 4096, u32::MAX];
+        let types = [0u32, 1, 4, 8, 2, 16, u32::MAX];
+        let sectors = [
+            0u64,
+            1,
+            DISK_SECTORS - 1,
+            DISK_SECTORS,
+            u64::MAX,
+            u64::MAX / 512,
+        ];
+        let m = memory();
+        let mut served = 0;
+        let mut answered = 0;
+        for _round in 0..40 {
+            let mut disk = TestDisk::new(&m, random.next() % 4 == 0);
+            // The mock ring does not wrap, so each disk takes fewer chains than the queue size.
+            for _ in 0..(TEST_QUEUE_SIZE / 8) {
+                disk.header(random.pick(&types), random.pick(&sectors));
+                let count = (random.next() % 7) as usize;
+                let parts: Vec<Part> = (0..count)
+                    .map(|_| {
+                        (
+                            random.pick(&addresses),
+                            random.pick(&lengths),
+                            random.next() % 2 == 0,
+                        )
+                    })
+                    .collect();
+                if parts.is_empty() {
+                    continue;
+                }
+                let offered: u64 = parts
+                    .iter()
+                    .filter(|part| part.2)
+                    .map(|part| u64::from(part.1))
+                    .sum();
+                disk.add_chain(&parts);
+                let used_before = disk.used_count();
+                if disk.block.process_queue(0).is_err() {
+                    break;
+                }
+                assert_eq!(disk.used_count(), used_before.wrapping_add(1));
+                let used_len = disk.last_used_len();
+                assert!(u64::from(used_len) <= offered, "{parts:?}");
+                served += 1;
+                answered += usize::from(used_len > 0);
+            }
+        }
+        // The test must exercise the device, not just break out on queue errors.
+        assert!(
+            served > 150 && answered > 30,
+            "served {served}, answered {answered}"
+        );
+    }
 }

@@ -1028,4 +1028,39 @@ mod tests {
         assert_eq!(interrupt.status(), 3);
         assert_eq!(eventfd.read().unwrap(), 2);
     }
+
+    #[test]
+    fn random_register_traffic_never_panics() {
+        let mut h = harness();
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let offset = match next() % 4 {
+                0 => next() % 0x200,
+                1 => (next() % 0x40) * 4,
+                2 => u64::from(regs::VIRTIO_MMIO_STATUS),
+                _ => next(),
+            };
+            let len = [0usize, 1, 2, 3, 4, 8, 16][(next() % 7) as usize];
+            let mut data = vec![0u8; len];
+            if next() % 2 == 0 {
+                h.transport.read(offset, &mut data);
+            } else {
+                let value = match next() % 3 {
+                    0 => next() % 16,
+                    1 => next() % 256,
+                    _ => next(),
+                };
+                for (i, byte) in data.iter_mut().enumerate() {
+                    *byte = (value >> (8 * (i % 8))) as u8;
+                }
+                h.transport.write(offset, &data);
+            }
+        }
+    }
 }
