@@ -129,6 +129,7 @@ impl MutEventSubscriber for QueueNotifier {
             .find(|(e, _)| e.as_raw_fd() == events.fd())
         {
             let _ = event.read();
+            log::trace!("queue {queue} notified");
             lock(&self.transport).notify_queue(*queue);
         }
     }

@@ -13,6 +13,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod legacy;
 pub mod loader;
+pub mod logger;
 pub mod machine;
 pub mod terminal;
 pub mod timing;

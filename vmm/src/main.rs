@@ -47,6 +47,7 @@ const VMM_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     vmm::timing::start();
+    vmm::logger::init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

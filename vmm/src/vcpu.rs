@@ -34,9 +34,11 @@ pub fn dispatch(exit: VcpuExit<'_>, io_bus: &Bus, mmio_bus: &Bus) -> Next {
             if !mmio_bus.read(addr, data) {
                 data.fill(0xff);
             }
+            log::trace!("mmio read {addr:#x} -> {data:02x?}");
             Next::Continue
         }
         VcpuExit::MmioWrite(addr, data) => {
+            log::trace!("mmio write {addr:#x} <- {data:02x?}");
             mmio_bus.write(addr, data);
             Next::Continue
         }
