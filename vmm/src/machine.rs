@@ -13,8 +13,8 @@ use crate::device_manager::{DeviceError, DeviceManager};
 use crate::event_loop::{ConsoleFlusher, ConsoleInput, ExitWatcher};
 use crate::exit::{ExitReason, VmExit};
 use crate::legacy::{
-    ConsoleOutput, GuestControl, I8042Reset, IrqTrigger, SerialDevice, SerialInputDrained,
-    SharedConsole, GUEST_EXIT_PORT, I8042_COMMAND_PORT,
+    AcpiPowerControl, ConsoleOutput, GuestControl, I8042Reset, IrqTrigger, SerialDevice,
+    SerialInputDrained, SharedConsole, GUEST_EXIT_PORT, I8042_COMMAND_PORT,
 };
 use crate::loader::{self, LoaderError};
 use crate::terminal;
@@ -87,6 +87,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let control: Arc<Mutex<dyn BusDevice>> =
         Arc::new(Mutex::new(GuestControl { exit: exit.clone() }));
     io_bus.insert(u64::from(GUEST_EXIT_PORT), 2, control)?;
+    let power: Arc<Mutex<dyn BusDevice>> =
+        Arc::new(Mutex::new(AcpiPowerControl { exit: exit.clone() }));
+    io_bus.insert(u64::from(layout::ACPI_POWER_PORT), 1, power)?;
     let io_bus = Arc::new(io_bus);
 
     let mut mmio_bus = Bus::new();
