@@ -51,6 +51,8 @@ const NMI_LINT: u8 = 1;
 /// IA-PC boot architecture flags (FADT offset 109): no VGA to probe and no CMOS RTC. The
 /// LEGACY_DEVICES and 8042 bits stay clear: there are no ISA devices but COM1 (described in the
 /// DSDT), and the i8042 is only a reset line, which Linux's `reboot=k` uses without probing it.
+/// MSI_NOT_SUPPORTED and PCIE_ASPM_CONTROLS stay clear: there is no PCI, and a PCI device added
+/// later should not inherit a ban on MSI.
 const IAPC_NO_VGA: u16 = 1 << 2;
 const IAPC_NO_CMOS_RTC: u16 = 1 << 5;
 
@@ -131,15 +133,20 @@ impl Aml for IrqNoFlags {
 }
 
 /// The DSDT: `\_S5_` for poweroff, and in `\_SB_` the COM1 port and one device per
-/// virtio-mmio window.
+/// virtio-mmio window. COM1 must be here: on a hardware-reduced platform Linux has no legacy
+/// PIC, so its IRQ numbers are no longer the GSIs, and only a device described with its GSI (the
+/// PNP0501 port, bound by 8250_pnp) gets a working interrupt.
 fn dsdt(slots: &[MmioSlot]) -> Result<Vec<u8>, AcpiError> {
-    // Interrupt choice: virtio interrupts reach the IOAPIC through KVM irqfds, which raise and
-    // lower the pin at once (a pulse), and nothing tells the VMM when the guest acknowledges one.
-    // Edge-triggered, active-high is what such a pulse is; a level-triggered pin would also see
-    // each pulse but would then depend on KVM's remote-IRR handling of a line that is already
-    // low. It is also what the MP table says (ISA conforming: edge, high), what Linux assumes for
-    // the cmdline-announced devices, and how Firecracker describes its virtio-mmio devices.
-    // Exclusive: each window has its own pin.
+    // Interrupt choice: edge-triggered, active-high, exclusive. Virtio interrupts reach the
+    // IOAPIC through KVM irqfds, which raise and lower the pin at once (a pulse), and nothing
+    // tells the VMM when the guest acknowledges one: an edge is what such a pulse is. A level-
+    // triggered pin would also latch each pulse, but it would then rely on KVM's remote-IRR
+    // handling of a line that is already low again. QEMU's microvm says Level because its
+    // virtio-mmio holds the line until the guest acknowledges; Firecracker, which also signals
+    // through irqfds, says Edge. Edge, active-high is also what the MP table says (ISA
+    // conforming) and what Linux assumes for the cmdline-announced devices, so the pin is
+    // programmed the same whichever way a device was found. Exclusive: each window has its own
+    // pin.
     let edge_triggered = true;
     let active_low = false;
     let shared = false;
@@ -178,6 +185,8 @@ fn dsdt(slots: &[MmioSlot]) -> Result<Vec<u8>, AcpiError> {
             vec![
                 &Name::new("_HID".into(), &hid),
                 &Name::new("_UID".into(), &(uid as u32)),
+                // DMA is cache-coherent (x86 assumes so without _CCA; saying it costs nothing).
+                &Name::new("_CCA".into(), &1u8),
                 &Name::new("_CRS".into(), &crs),
             ],
         )
