@@ -155,6 +155,10 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         drained,
         exit.clone(),
     ))));
+    // Queue notifications arrive on ioeventfds: without these subscribers no request is served.
+    for notifier in devices.take_subscribers() {
+        events.add_subscriber(notifier);
+    }
 
     if crate::vm::kvm_is_pvm() {
         eprintln!(
