@@ -4,6 +4,37 @@
 //!
 //! - `virtio`: the `VirtioDevice` trait and the virtio-mmio transport.
 //! - `block`: the virtio-blk device, its request parser and its storage backends.
+//!
+//! # Wiring a disk into a VM
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use std::sync::{Arc, Mutex};
+//!
+//! use devices::block::{Block, RawFile};
+//! use devices::virtio::{GuestMemoryMmap, MmioTransport};
+//! use vmm_sys_util::eventfd::EventFd;
+//!
+//! # fn wire(memory: GuestMemoryMmap) -> Result<(), Box<dyn std::error::Error>> {
+//! let backend = RawFile::open(Path::new("disk.img"), false)?;
+//! let block = Block::new(Box::new(backend), "disk0");
+//! // The VMM registers this eventfd as an irqfd for the device's GSI.
+//! let irqfd = EventFd::new(libc::EFD_NONBLOCK)?;
+//! let transport = MmioTransport::new(memory, Box::new(block), Box::new(irqfd.try_clone()?))?;
+//! let transport = Arc::new(Mutex::new(transport));
+//! let ioevents = transport.lock().unwrap().queue_notify_ioevents();
+//! for (offset, queue_index) in ioevents {
+//!     // Register an ioeventfd at MMIO address base + offset, 4-byte datamatch queue_index.
+//! #   let _ = (offset, queue_index);
+//! }
+//! // Event loop: when the ioeventfd of queue 0 fires, drain it, then:
+//! transport.lock().unwrap().notify_queue(0);
+//! // On an MMIO exit at base + offset (window size `devices::virtio::mmio::MMIO_WINDOW_SIZE`):
+//! let mut data = [0u8; 4];
+//! transport.lock().unwrap().read(0, &mut data);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod block;
 pub mod virtio;

@@ -15,7 +15,7 @@ use super::backend::BlockBackend;
 use super::data::{backend_to_guest, bytes_to_guest, guest_to_backend};
 use super::request::{Malformed, Request};
 use super::{
-    feature, request_status, request_type, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_BYTES,
+    feature, request_status, request_type, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_BYTES, SIZE_MAX,
 };
 use crate::virtio::{
     read_config_bytes, ActivateError, GuestMemoryMmap, InterruptSignal, QueueError, VirtioDevice,
@@ -29,6 +29,8 @@ pub const CONFIG_SIZE: usize = 96;
 pub mod config_offset {
     /// le64: disk size in 512-byte sectors.
     pub const CAPACITY: usize = 0;
+    /// le32: largest data segment in bytes.
+    pub const SIZE_MAX: usize = 8;
     /// le32: largest number of data segments in one request.
     pub const SEG_MAX: usize = 12;
     /// le32: logical block size in bytes.
@@ -105,7 +107,10 @@ impl RequestServer {
     ) -> u32 {
         let (status_address, completion) = match Request::parse(memory, descriptors) {
             Ok(request) => {
-                let completion = self.execute(memory, &request);
+                let mut completion = self.execute(memory, &request);
+                // A handler cannot claim more bytes than the guest offered.
+                let writable = u32::try_from(request.writable_len()).unwrap_or(u32::MAX);
+                completion.data_bytes_written = completion.data_bytes_written.min(writable);
                 (request.status, completion)
             }
             Err(Malformed {
@@ -150,7 +155,7 @@ impl RequestServer {
     /// IN: device-writable data only, whole sectors, inside the disk.
     fn read(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
         let len = request.writable_len();
-        let Some(offset) = self.checked_offset(request, len) else {
+        let Some(offset) = request.data_offset(len, self.capacity_bytes) else {
             return Completion::with_status(request_status::IOERR);
         };
         if !request.readable.is_empty() {
@@ -169,7 +174,7 @@ impl RequestServer {
     /// OUT: device-readable data only, whole sectors, inside the disk, disk writable.
     fn write(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
         let len = request.readable_len();
-        let Some(offset) = self.checked_offset(request, len) else {
+        let Some(offset) = request.data_offset(len, self.capacity_bytes) else {
             return Completion::with_status(request_status::IOERR);
         };
         if !request.writable.is_empty() || self.backend.read_only() {
@@ -211,17 +216,6 @@ impl RequestServer {
             }
         }
     }
-
-    /// The byte offset of a data transfer of `len` bytes at the request's sector, if it is
-    /// whole sectors and lies inside the disk.
-    fn checked_offset(&self, request: &Request, len: u64) -> Option<u64> {
-        if len % SECTOR_SIZE != 0 {
-            return None;
-        }
-        let offset = request.sector.checked_mul(SECTOR_SIZE)?;
-        let end = offset.checked_add(len)?;
-        (end <= self.capacity_bytes).then_some(offset)
-    }
 }
 
 /// What the device holds between DRIVER_OK and reset.
@@ -239,6 +233,17 @@ pub struct Block {
     config: [u8; CONFIG_SIZE],
     queue_max_sizes: [u16; 1],
     active: Option<Active>,
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block")
+            .field("capacity_sectors", &self.capacity_sectors())
+            .field("avail_features", &self.avail_features)
+            .field("acked_features", &self.acked_features)
+            .field("activated", &self.active.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Block {
@@ -264,8 +269,11 @@ impl Block {
         handler: Option<Box<dyn RequestHandler>>,
     ) -> Self {
         let capacity_sectors = backend.size() / SECTOR_SIZE;
-        let mut avail_features =
-            VIRTIO_F_VERSION_1 | feature::SEG_MAX | feature::BLK_SIZE | feature::FLUSH;
+        let mut avail_features = VIRTIO_F_VERSION_1
+            | feature::SIZE_MAX
+            | feature::SEG_MAX
+            | feature::BLK_SIZE
+            | feature::FLUSH;
         if backend.read_only() {
             avail_features |= feature::RO;
         }
@@ -274,6 +282,11 @@ impl Block {
             &mut config,
             config_offset::CAPACITY,
             &capacity_sectors.to_le_bytes(),
+        );
+        put(
+            &mut config,
+            config_offset::SIZE_MAX,
+            &SIZE_MAX.to_le_bytes(),
         );
         put(&mut config, config_offset::SEG_MAX, &SEG_MAX.to_le_bytes());
         // SECTOR_SIZE is 512, which fits in u32.
@@ -424,5 +437,671 @@ impl VirtioDevice for Block {
                 .map_err(QueueError::Interrupt)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::tempfile::TempFile;
+
+    use super::*;
+    use crate::block::backend::RawFile;
+    use crate::block::request::HEADER_SIZE;
+
+    const MEMORY_SIZE: usize = 0x10_0000;
+    const TEST_QUEUE_SIZE: u16 = 64;
+    const DISK_SECTORS: u64 = 64;
+    const HEADER: u64 = 0x1_0000;
+    const DATA: u64 = 0x2_0000;
+    const STATUS: u64 = 0x3_0000;
+
+    #[derive(Default)]
+    struct CountingInterrupt {
+        used: AtomicUsize,
+        config: AtomicUsize,
+    }
+
+    impl InterruptSignal for CountingInterrupt {
+        fn signal_used_queue(&self, _queue_index: u16) -> std::io::Result<()> {
+            self.used.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn signal_config_change(&self) -> std::io::Result<()> {
+            self.config.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// A part of a chain: address, length, device-writable.
+    type Part = (u64, u32, bool);
+
+    /// A block device over a temp file, activated on a mock queue in `memory`.
+    struct TestDisk<'a> {
+        memory: &'a GuestMemoryMmap,
+        queue: MockSplitQueue<'a, GuestMemoryMmap>,
+        block: Block,
+        file: TempFile,
+        interrupt: Arc<CountingInterrupt>,
+        next_descriptor: u16,
+    }
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEMORY_SIZE)]).unwrap()
+    }
+
+    fn temp_disk(bytes: u64) -> TempFile {
+        let file = TempFile::new_with_prefix(std::env::temp_dir().join("devices-blk")).unwrap();
+        file.as_file().set_len(bytes).unwrap();
+        file
+    }
+
+    impl<'a> TestDisk<'a> {
+        fn new(memory: &'a GuestMemoryMmap, read_only: bool) -> Self {
+            let file = temp_disk(DISK_SECTORS * SECTOR_SIZE);
+            let backend = RawFile::open(file.as_path(), read_only).unwrap();
+            Self::with_block(
+                memory,
+                file,
+                Block::new(Box::new(backend), "zoned-disk-serial-0123"),
+            )
+        }
+
+        fn with_block(memory: &'a GuestMemoryMmap, file: TempFile, mut block: Block) -> Self {
+            let queue = MockSplitQueue::new(memory, TEST_QUEUE_SIZE);
+            let interrupt = Arc::new(CountingInterrupt::default());
+            block
+                .activate(
+                    memory.clone(),
+                    vec![queue.create_queue::<Queue>().unwrap()],
+                    interrupt.clone(),
+                )
+                .unwrap();
+            TestDisk {
+                memory,
+                queue,
+                block,
+                file,
+                interrupt,
+                next_descriptor: 0,
+            }
+        }
+
+        /// Makes `parts` available as one chain and lets the device process the queue.
+        /// Returns the used length reported for it.
+        fn submit(&mut self, parts: &[Part]) -> u32 {
+            self.add_chain(parts);
+            self.block.process_queue(0).unwrap();
+            self.last_used_len()
+        }
+
+        fn add_chain(&mut self, parts: &[Part]) {
+            let first = self.next_descriptor;
+            let descriptors: Vec<RawDescriptor> = parts
+                .iter()
+                .enumerate()
+                .map(|(i, &(addr, len, writable))| {
+                    let index = first + i as u16;
+                    let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 };
+                    if i + 1 < parts.len() {
+                        flags |= VRING_DESC_F_NEXT;
+                    }
+                    RawDescriptor::from(Descriptor::new(addr, len, flags as u16, index + 1))
+                })
+                .collect();
+            self.queue.add_desc_chains(&descriptors, first).unwrap();
+            self.next_descriptor = first + parts.len() as u16;
+        }
+
+        fn last_used_len(&self) -> u32 {
+            let used_idx = self.queue.used().idx().load();
+            let element = self
+                .queue
+                .used()
+                .ring()
+                .ref_at(usize::from(used_idx - 1))
+                .unwrap()
+                .load();
+            element.len()
+        }
+
+        fn used_count(&self) -> u16 {
+            self.queue.used().idx().load()
+        }
+
+        fn header(&self, request_type: u32, sector: u64) {
+            let mut bytes = [0u8; HEADER_SIZE];
+            bytes[..4].copy_from_slice(&request_type.to_le_bytes());
+            bytes[8..].copy_from_slice(&sector.to_le_bytes());
+            self.memory
+                .write_slice(&bytes, GuestAddress(HEADER))
+                .unwrap();
+        }
+
+        fn status(&self, addr: u64) -> u8 {
+            self.memory.read_obj(GuestAddress(addr)).unwrap()
+        }
+
+        /// Sets the status byte to a value no request produces, to see it overwritten.
+        fn poison_status(&self, addr: u64) {
+            self.memory.write_obj(0xaau8, GuestAddress(addr)).unwrap();
+        }
+
+        fn file_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
+            use std::os::unix::fs::FileExt;
+            let mut bytes = vec![0u8; len];
+            self.file
+                .as_file()
+                .read_exact_at(&mut bytes, offset)
+                .unwrap();
+            bytes
+        }
+
+        /// Runs a request with header, one data part and a 1-byte status; returns
+        /// (status, used length).
+        fn simple(&mut self, request_type: u32, sector: u64, data: Option<Part>) -> (u8, u32) {
+            self.header(request_type, sector);
+            self.poison_status(STATUS);
+            let mut parts = vec![(HEADER, HEADER_SIZE as u32, false)];
+            parts.extend(data);
+            parts.push((STATUS, 1, true));
+            let used = self.submit(&parts);
+            (self.status(STATUS), used)
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn write_then_read_round_trips_through_the_file() {
+        let m = memory();
+        let mut disk = TestDisk::new(&m, false);
+        let data = pattern(1024, 7);
+        m.write_slice(&data, GuestAddress(DATA)).unwrap();
+        let (status, used) = disk.simple(request_type::OUT, 3, Some((DATA, 1024, false)));
+        assert_eq!((status, used), (request_status::OK, 1));
+        assert_eq!(disk.file_bytes(3 * 512, 1024), data);
+        assert_eq!(disk.interrupt.used.load(Ordering::SeqCst), 1);
+
+        m.write_slice(&[0u8; 1024], GuestAddress(DATA)).unwrap();
+        let (status, used) = disk.simple(request_type::IN, 3, Some((DATA, 1024, true)));
+        assert_eq!((status, used), (request_status::OK, 1025));
+        let mut read = vec![0u8; 1024];
+        m.read_slice(&mut read, GuestAddress(DATA)).unwrap();
+        assert_eq!(read, data);
+
+        // The last sectors of the disk are reachable; zero-length transfers are fine.
+        let (status, _) = disk.simple(request_type::IN, DISK_SECTORS - 1, Some((DATA, 512, true)));
+        assert_eq!(status, request_status::OK);
+        let (status, _) = disk.simple(request_type::IN, DISK_SECTORS, None);
+        assert_eq!(status, request_status::OK);
+    }
+
+    #[test]
+    fn any_split_of_header_data_and_status_is_served() {
+        let m = memory();
+        let mut disk = TestDisk::new(&m, false);
+        disk.file.as_file().set_len(DISK_SECTORS * 512).unwrap();
+        let data = pattern(1024, 3);
+        {
+            use std::os::unix::fs::FileExt;
+            disk.file.as_file().write_all_at(&data, 5 * 512).unwrap();
+        }
+        // Header in two pieces, data in three writable pieces, the status sharing the last one.
+        disk.header(request_type::IN, 5);
+        let used = disk.submit(&[
+            (HEADER, 9, false),
+            (HEADER + 9, 7, false),
+            (DATA, 100, true),
+            (DATA + 0x1000, 412, true),
+            (DATA + 0x2000, 513, true),
+        ]);
+        assert_eq!(used, 1025);
+        let mut read = vec![0u8; 1024];
+        m.read_slice(&mut read[..100], GuestAddress(DATA)).unwrap();
+        m.read_slice(&mut read[100..512], GuestAddress(DATA + 0x1000))
+            .unwrap();
+        m.read_slice(&mut read[512..], GuestAddress(DATA + 0x2000))
+            .unwrap();
+        assert_eq!(read, data);
+        assert_eq!(disk.status(DATA + 0x2000 + 512), request_status::OK);
+
+        // A write whose data shares the header's descriptor.
+        let payload = pattern(512, 9);
+        disk.header(request_type::OUT, 9);
+        m.write_slice(&payload, GuestAddress(HEADER + 16)).unwrap();
+        disk.poison_status(STATUS);
+        let used = disk.submit(&[(HEADER, 16 + 512, false), (STATUS, 1, true)]);
+        assert_eq!(used, 1);
+        assert_eq!(disk.status(STATUS), request_status::OK);
+        assert_eq!(disk.file_bytes(9 * 512, 512), payload);
+    }
+
+    #[test]
+    fn flush_get_id_and_unknown_types() {
+        let m = memory();
+        let mut disk = TestDisk::new(&m, false);
+        assert_eq!(
+            disk.simple(request_type::FLUSH, 0, None),
+            (request_status::OK, 1)
+        );
+
+        let (status, used) = disk.simple(request_type::GET_ID, 0, Some((DATA, 20, true)));
+        assert_eq!((status, used), (request_status::OK, 21));
+        let mut id = [0u8; 20];
+        m.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id, b"zoned-disk-serial-01");
+
+        // A short ID buffer gets what fits.
+        m.write_slice(&[0u8; 20], GuestAddress(DATA)).unwrap();
+        let (status, used) = disk.simple(request_type::GET_ID, 0, Some((DATA, 8, true)));
+        assert_eq!((status, used), (request_status::OK, 9));
+        m.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id[..9], b"zoned-di\0");
+
+        for unknown in [2, 11, 13, 15, 16, 0xffff_ffff] {
+            let (status, used) = disk.simple(unknown, 0, None);
+            assert_eq!(
+                (status, used),
+                (request_status::UNSUPP, 1),
+                "type {unknown}"
+            );
+        }
+    }
+
+    #[test]
+    fn read_only_disk_refuses_writes_and_offers_ro() {
+        let m = memory();
+        let mut disk = TestDisk::new(&m, true);
+        assert_ne!(disk.block.avail_features() & feature::RO, 0);
+        m.write_slice(&pattern(512, 1), GuestAddress(DATA)).unwrap();
+        let (status, used) = disk.simple(request_type::OUT, 0, Some((DATA, 512, false)));
+        assert_eq!((status, used), (request_status::IOERR, 1));
+        assert_eq!(disk.file_bytes(0, 512), vec![0u8; 512]);
+        let (status, _) = disk.simple(request_type::IN, 0, Some((DATA, 512, true)));
+        assert_eq!(status, request_status::OK);
+        assert_eq!(
+            disk.simple(request_type::FLUSH, 0, None).0,
+            request_status::OK
+        );
+    }
+
+    #[test]
+    fn malformed_requests_complete_with_ioerr() {
+        let m = memory();
+        let mut disk = TestDisk::new(&m, false);
+        let ioerr = (request_status::IOERR, 1);
+        // Data direction against the type.
+        assert_eq!(
+            disk.simple(request_type::IN, 0, Some((DATA, 512, false))),
+            ioerr
+        );
+        assert_eq!(
+            disk.simple(request_type::OUT, 0, Some((DATA, 512, true))),
+            ioerr
+        );
+        assert_eq!(
+            disk.simple(request_type::GET_ID, 0, Some((DATA, 20, false))),
+            ioerr
+        );
+        assert_eq!(
+            disk.simple(request_type::FLUSH, 0, Some((DATA, 512, false))),
+            ioerr
+        );
+        // Lengths that are not whole sectors.
+        assert_eq!(
+            disk.simple(request_type::IN, 0, Some((DATA, 511, true))),
+            ioerr
+        );
+        assert_eq!(
+            disk.simple(request_type::OUT, 0, Some((DATA, 513, false))),
+            ioerr
+        );
+        // Past the end of the disk, and sector arithmetic that overflows.
+        assert_eq!(
+            disk.simple(request_type::IN, DISK_SECTORS, Some((DATA, 512, true))),
+            ioerr
+        );
+        assert_eq!(
+            disk.simple(
+                request_type::OUT,
+                DISK_SECTORS - 1,
+                Some((DATA, 1024, false))
+            ),
+            ioerr
+        );
+        assert_eq!(
+            disk.simple(request_type::IN, u64::MAX, Some((DATA, 512, true))),
+            ioerr
+        );
+        assert_eq!(
+            disk.simple(request_type::IN, u64::MAX / 512, Some((DATA, 512, true))),
+            ioerr
+        );
+        // Data outside guest memory.
+        let outside = MEMORY_SIZE as u64 - 256;
+        assert_eq!(
+            disk.simple(request_type::IN, 0, Some((outside, 512, true))),
+            ioerr
+        );
+        assert_eq!(
+            disk.simple(request_type::OUT, 0, Some((u64::MAX - 100, 512, false))),
+            ioerr
+        );
+
+        // A header too short to hold a type and a sector.
+        disk.poison_status(STATUS);
+        let used = disk.submit(&[(HEADER, 8, false), (STATUS, 1, true)]);
+        assert_eq!((disk.status(STATUS), used), ioerr);
+        // A header outside guest memory.
+        disk.poison_status(STATUS);
+        let used = disk.submit(&[(MEMORY_SIZE as u64 - 8, 16, false), (STATUS, 1, true)]);
+        assert_eq!((disk.status(STATUS), used), ioerr);
+        // Device-readable after device-writable.
+        disk.header(request_type::OUT, 0);
+        disk.poison_status(STATUS);
+        let used = disk.submit(&[
+            (HEADER, 16, false),
+            (DATA, 512, true),
+            (DATA, 512, false),
+            (STATUS, 1, true),
+        ]);
+        assert_eq!((disk.status(STATUS), used), ioerr);
+        assert_eq!(disk.interrupt.config.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn chains_without_a_usable_status_byte_are_returned_unanswered() {
+        let m = memory();
+        let mut disk = TestDisk::new(&m, false);
+        disk.header(request_type::IN, 0);
+        // No writable descriptor at all (the "status" is device-readable).
+        disk.poison_status(STATUS);
+        assert_eq!(disk.submit(&[(HEADER, 16, false), (STATUS, 1, false)]), 0);
+        assert_eq!(disk.status(STATUS), 0xaa);
+        // The status descriptor lies outside guest memory.
+        assert_eq!(
+            disk.submit(&[(HEADER, 16, false), (MEMORY_SIZE as u64, 1, true)]),
+            0
+        );
+        // Only a zero-length writable descriptor.
+        assert_eq!(disk.submit(&[(HEADER, 16, false), (STATUS, 0, true)]), 0);
+        assert_eq!(disk.used_count(), 3);
+        // The queue keeps working afterwards.
+        assert_eq!(
+            disk.simple(request_type::FLUSH, 0, None),
+            (request_status::OK, 1)
+        );
+    }
+
+    #[test]
+    fn a_chain_that_breaks_the_ring_is_a_queue_error() {
+        let m = memory();
+        let mut disk = TestDisk::new(&m, false);
+        // A head index past the queue size.
+        let avail = disk.queue.avail();
+        let idx = avail.idx().load();
+        avail
+            .ring()
+            .ref_at(usize::from(idx))
+            .unwrap()
+            .store(TEST_QUEUE_SIZE + 3);
+        avail.idx().store(idx + 1);
+        assert!(matches!(
+            disk.block.process_queue(0),
+            Err(QueueError::Queue(_))
+        ));
+
+        // An available index far ahead of what the queue can hold.
+        let m = memory();
+        let mut disk = TestDisk::new(&m, false);
+        disk.queue.avail().idx().store(TEST_QUEUE_SIZE + 1);
+        assert!(matches!(
+            disk.block.process_queue(0),
+            Err(QueueError::Queue(_))
+        ));
+        assert!(matches!(
+            disk.block.process_queue(1),
+            Err(QueueError::UnknownQueue(1))
+        ));
+    }
+
+    /// A backend whose every I/O fails, as a broken host disk would.
+    struct FailingBackend;
+
+    impl BlockBackend for FailingBackend {
+        fn size(&self) -> u64 {
+            DISK_SECTORS * SECTOR_SIZE
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read_at(&mut self, _offset: u64, _buf: &mut [u8]) -> io::Result<()> {
+            Err(io::Error::other("broken"))
+        }
+        fn write_at(&mut self, _offset: u64, _buf: &[u8]) -> io::Result<()> {
+            Err(io::Error::other("broken"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Err(io::Error::other("broken"))
+        }
+    }
+
+    #[test]
+    fn host_io_errors_become_ioerr() {
+        let m = memory();
+        let block = Block::new(Box::new(FailingBackend), "x");
+        let mut disk = TestDisk::with_block(&m, temp_disk(0), block);
+        let ioerr = (request_status::IOERR, 1);
+        assert_eq!(
+            disk.simple(request_type::IN, 0, Some((DATA, 512, true))),
+            ioerr
+        );
+        assert_eq!(
+            disk.simple(request_type::OUT, 0, Some((DATA, 512, false))),
+            ioerr
+        );
+        assert_eq!(disk.simple(request_type::FLUSH, 0, None), ioerr);
+    }
+
+    #[test]
+    fn config_space_describes_the_disk() {
+        let file = temp_disk(3 * 1024 * 1024 * 1024 + 300);
+        let backend = RawFile::open(file.as_path(), false).unwrap();
+        let block = Block::new(Box::new(backend), "serial");
+        let sectors = (3u64 << 30) / 512;
+        assert_eq!(block.capacity_sectors(), sectors);
+        let read32 = |offset: u64| {
+            let mut data = [0u8; 4];
+            block.read_config(offset, &mut data);
+            u32::from_le_bytes(data)
+        };
+        // Capacity as Linux reads it on virtio-mmio: two 32-bit reads.
+        let capacity = u64::from(read32(0)) | (u64::from(read32(4)) << 32);
+        assert_eq!(capacity, sectors);
+        assert_eq!(read32(8), SIZE_MAX);
+        assert_eq!(read32(12), SEG_MAX);
+        assert_eq!(read32(20), 512);
+        let mut byte = [0xffu8; 1];
+        block.read_config(CONFIG_SIZE as u64, &mut byte);
+        assert_eq!(byte, [0]);
+        assert_eq!(read32(1000), 0);
+        let features = block.avail_features();
+        for bit in [
+            VIRTIO_F_VERSION_1,
+            feature::SIZE_MAX,
+            feature::SEG_MAX,
+            feature::BLK_SIZE,
+            feature::FLUSH,
+        ] {
+            assert_ne!(features & bit, 0);
+        }
+        assert_eq!(features & feature::RO, 0);
+        assert_eq!(block.device_type(), 2);
+        assert_eq!(block.queue_max_sizes(), &[QUEUE_SIZE]);
+    }
+
+    /// Serves type 16 with a made-up status, to show the delegation seam.
+    struct ExtraTypes;
+
+    const EXTRA_TYPE: u32 = 16;
+
+    impl RequestHandler for ExtraTypes {
+        fn features(&self) -> u64 {
+            1 << 17
+        }
+        fn fill_config(&self, config: &mut [u8; CONFIG_SIZE]) {
+            config[config_offset::ZONED] = 0x42;
+        }
+        fn handle(
+            &mut self,
+            request: &Request,
+            _memory: &GuestMemoryMmap,
+            _backend: &mut dyn BlockBackend,
+        ) -> Option<Completion> {
+            (request.request_type == EXTRA_TYPE).then_some(Completion::with_status(3))
+        }
+    }
+
+    #[test]
+    fn a_request_handler_serves_extra_types() {
+        let m = memory();
+        let file = temp_disk(DISK_SECTORS * SECTOR_SIZE);
+        let backend = RawFile::open(file.as_path(), false).unwrap();
+        let block = Block::with_handler(Box::new(backend), "x", Box::new(ExtraTypes));
+        let mut disk = TestDisk::with_block(&m, file, block);
+        assert_ne!(disk.block.avail_features() & (1 << 17), 0);
+        let mut byte = [0u8; 1];
+        disk.block
+            .read_config(config_offset::ZONED as u64, &mut byte);
+        assert_eq!(byte, [0x42]);
+        assert_eq!(disk.simple(EXTRA_TYPE, 0, None), (3, 1));
+        assert_eq!(
+            disk.simple(request_type::FLUSH, 0, None),
+            (request_status::OK, 1)
+        );
+        assert_eq!(disk.simple(18, 0, None), (request_status::UNSUPP, 1));
+    }
+
+    #[test]
+    fn reset_deactivates_and_activation_checks_queues() {
+        let m = memory();
+        let mut disk = TestDisk::new(&m, false);
+        assert!(disk.block.is_activated());
+        let interrupt: Arc<dyn InterruptSignal> = disk.interrupt.clone();
+        assert!(matches!(
+            disk.block
+                .activate(m.clone(), Vec::new(), interrupt.clone()),
+            Err(ActivateError::AlreadyActivated)
+        ));
+        disk.block.set_acked_features(VIRTIO_F_VERSION_1);
+        disk.block.reset();
+        assert!(!disk.block.is_activated());
+        assert_eq!(disk.block.acked_features(), 0);
+        assert!(matches!(
+            disk.block.process_queue(0),
+            Err(QueueError::NotActivated)
+        ));
+        assert!(matches!(
+            disk.block.activate(m.clone(), Vec::new(), interrupt),
+            Err(ActivateError::QueueCount {
+                expected: 1,
+                given: 0
+            })
+        ));
+    }
+
+    /// xorshift64: deterministic pseudo-random numbers for the robustness test.
+    struct Random(u64);
+
+    impl Random {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn pick<T: Copy>(&mut self, choices: &[T]) -> T {
+            choices[(self.next() % choices.len() as u64) as usize]
+        }
+    }
+
+    #[test]
+    fn random_chains_never_panic_and_used_lengths_stay_in_bounds() {
+        let mut random = Random(0x9e37_79b9_7f4a_7c15);
+        let addresses = [
+            HEADER,
+            DATA,
+            STATUS,
+            MEMORY_SIZE as u64 - 1,
+            MEMORY_SIZE as u64 - 16,
+            MEMORY_SIZE as u64,
+            u64::MAX,
+            u64::MAX - 15,
+        ];
+        let lengths = [0u32, 1, 8, 15, 16, 17, 511, 512, 528, 4096, u32::MAX];
+        let types = [0u32, 1, 4, 8, 2, 16, u32::MAX];
+        let sectors = [
+            0u64,
+            1,
+            DISK_SECTORS - 1,
+            DISK_SECTORS,
+            u64::MAX,
+            u64::MAX / 512,
+        ];
+        let m = memory();
+        let mut served = 0;
+        let mut answered = 0;
+        for _round in 0..40 {
+            let mut disk = TestDisk::new(&m, random.next() % 4 == 0);
+            // The mock ring does not wrap, so each disk takes fewer chains than the queue size.
+            for _ in 0..(TEST_QUEUE_SIZE / 8) {
+                disk.header(random.pick(&types), random.pick(&sectors));
+                let count = (random.next() % 7) as usize;
+                let parts: Vec<Part> = (0..count)
+                    .map(|_| {
+                        (
+                            random.pick(&addresses),
+                            random.pick(&lengths),
+                            random.next() % 2 == 0,
+                        )
+                    })
+                    .collect();
+                if parts.is_empty() {
+                    continue;
+                }
+                let offered: u64 = parts
+                    .iter()
+                    .filter(|part| part.2)
+                    .map(|part| u64::from(part.1))
+                    .sum();
+                disk.add_chain(&parts);
+                let used_before = disk.used_count();
+                if disk.block.process_queue(0).is_err() {
+                    break;
+                }
+                assert_eq!(disk.used_count(), used_before.wrapping_add(1));
+                let used_len = disk.last_used_len();
+                assert!(u64::from(used_len) <= offered, "{parts:?}");
+                served += 1;
+                answered += usize::from(used_len > 0);
+            }
+        }
+        // The test must exercise the device, not just break out on queue errors.
+        assert!(
+            served > 150 && answered > 30,
+            "served {served}, answered {answered}"
+        );
     }
 }

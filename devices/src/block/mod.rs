@@ -22,9 +22,13 @@ pub const SECTOR_SIZE: u64 = 512;
 pub const QUEUE_SIZE: u16 = 256;
 /// Largest number of data segments a request may carry: the queue minus header and status.
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
-/// Largest data payload one request may carry. Linux sends at most `max_sectors_kb` (1280 KiB by
-/// default); this only stops absurd requests from tying up the device.
+/// Largest data segment the driver may use (offered through SIZE_MAX).
+pub const SIZE_MAX: u32 = 256 << 10;
+/// Largest data payload one request may carry. A driver honouring SEG_MAX and SIZE_MAX stays
+/// below it (254 * 256 KiB); it stops absurd requests from tying up the device.
 pub const MAX_REQUEST_DATA_BYTES: u64 = 64 << 20;
+
+const _: () = assert!(SEG_MAX as u64 * SIZE_MAX as u64 <= MAX_REQUEST_DATA_BYTES);
 /// Length of the GET_ID reply (the serial number), in bytes.
 pub const SERIAL_BYTES: usize = virtio_blk::VIRTIO_BLK_ID_BYTES as usize;
 
@@ -58,6 +62,8 @@ pub mod request_status {
 pub mod feature {
     use virtio_bindings::virtio_blk;
 
+    /// `size_max` in config space is valid.
+    pub const SIZE_MAX: u64 = 1 << virtio_blk::VIRTIO_BLK_F_SIZE_MAX;
     /// `seg_max` in config space is valid.
     pub const SEG_MAX: u64 = 1 << virtio_blk::VIRTIO_BLK_F_SEG_MAX;
     /// `blk_size` in config space is valid.

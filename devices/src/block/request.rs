@@ -7,7 +7,7 @@
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions};
 
-use super::{MAX_REQUEST_DATA_BYTES, QUEUE_SIZE};
+use super::{MAX_REQUEST_DATA_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 
 /// Size of the request header: le32 type, le32 reserved (ioprio), le64 sector.
 pub const HEADER_SIZE: usize = 16;
@@ -163,6 +163,17 @@ impl Request {
             writable,
             status,
         })
+    }
+
+    /// Disk byte offset of a transfer of `len` bytes at `sector`, if the transfer is whole
+    /// sectors and ends inside a disk of `capacity_bytes` (no arithmetic overflows).
+    pub fn data_offset(&self, len: u64, capacity_bytes: u64) -> Option<u64> {
+        if len % SECTOR_SIZE != 0 {
+            return None;
+        }
+        let offset = self.sector.checked_mul(SECTOR_SIZE)?;
+        let end = offset.checked_add(len)?;
+        (end <= capacity_bytes).then_some(offset)
     }
 
     /// Total bytes of the device-readable data segments.

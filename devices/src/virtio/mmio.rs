@@ -123,6 +123,17 @@ pub struct MmioTransport {
     bad_access_logged: bool,
 }
 
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device_type", &self.device.device_type())
+            .field("device_status", &self.device_status)
+            .field("driver_features", &self.driver_features)
+            .field("interrupt_status", &self.interrupt.status())
+            .finish_non_exhaustive()
+    }
+}
+
 impl MmioTransport {
     /// Creates a transport for `device`, which will access `memory` and interrupt the guest
     /// through `irq`.
@@ -890,5 +901,166 @@ mod tests {
             status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::FAILED,
         );
         assert_ne!(read32(t, regs::VIRTIO_MMIO_STATUS) & status::FAILED, 0);
+    }
+
+    #[test]
+    fn block_device_serves_io_after_the_linux_probe_sequence() {
+        use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+        use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+        use virtio_queue::mock::MockSplitQueue;
+        use vm_memory::Bytes;
+        use vmm_sys_util::tempfile::TempFile;
+
+        use crate::block::{feature, request_status, request_type, Block, RawFile};
+
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let file = TempFile::new_with_prefix(std::env::temp_dir().join("devices-mmio")).unwrap();
+        file.as_file().set_len(1 << 20).unwrap();
+        let backend = RawFile::open(file.as_path(), false).unwrap();
+        let irqs = Arc::new(AtomicUsize::new(0));
+        let mut transport = MmioTransport::new(
+            memory.clone(),
+            Box::new(Block::new(Box::new(backend), "e2e")),
+            Box::new(CountingIrq(irqs.clone())),
+        )
+        .unwrap();
+        let t = &mut transport;
+
+        // Probe: reset, ACK, DRIVER, features, FEATURES_OK.
+        write32(t, regs::VIRTIO_MMIO_STATUS, 0);
+        write32(t, regs::VIRTIO_MMIO_STATUS, status::ACKNOWLEDGE);
+        write32(
+            t,
+            regs::VIRTIO_MMIO_STATUS,
+            status::ACKNOWLEDGE | status::DRIVER,
+        );
+        write32(t, regs::VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        let high = read32(t, regs::VIRTIO_MMIO_DEVICE_FEATURES);
+        write32(t, regs::VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+        let low = read32(t, regs::VIRTIO_MMIO_DEVICE_FEATURES);
+        let offered = (u64::from(high) << 32) | u64::from(low);
+        assert_ne!(offered & VIRTIO_F_VERSION_1, 0);
+        let accepted = VIRTIO_F_VERSION_1 | feature::SEG_MAX | feature::BLK_SIZE | feature::FLUSH;
+        assert_eq!(offered & accepted, accepted);
+        write32(t, regs::VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        write32(
+            t,
+            regs::VIRTIO_MMIO_DRIVER_FEATURES,
+            (accepted >> 32) as u32,
+        );
+        write32(t, regs::VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        write32(t, regs::VIRTIO_MMIO_DRIVER_FEATURES, accepted as u32);
+        write32(
+            t,
+            regs::VIRTIO_MMIO_STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        assert_ne!(read32(t, regs::VIRTIO_MMIO_STATUS) & status::FEATURES_OK, 0);
+        assert_eq!(t.device().acked_features(), accepted);
+
+        // Config: capacity as two 32-bit reads, then blk_size and seg_max.
+        let capacity = u64::from(read32(t, 0x100)) | (u64::from(read32(t, 0x104)) << 32);
+        assert_eq!(capacity, 2048);
+        assert_eq!(read32(t, 0x114), 512);
+        assert_eq!(read32(t, 0x10c), 254);
+
+        // Queue 0 where the mock ring lives.
+        let ring = MockSplitQueue::new(&memory, 16);
+        write32(t, regs::VIRTIO_MMIO_QUEUE_SEL, 0);
+        assert_eq!(read32(t, regs::VIRTIO_MMIO_QUEUE_READY), 0);
+        assert_eq!(read32(t, regs::VIRTIO_MMIO_QUEUE_NUM_MAX), 256);
+        write32(t, regs::VIRTIO_MMIO_QUEUE_NUM, 16);
+        let addresses = [
+            (regs::VIRTIO_MMIO_QUEUE_DESC_LOW, ring.desc_table_addr().0),
+            (regs::VIRTIO_MMIO_QUEUE_AVAIL_LOW, ring.avail_addr().0),
+            (regs::VIRTIO_MMIO_QUEUE_USED_LOW, ring.used_addr().0),
+        ];
+        for (low, address) in addresses {
+            write32(t, low, address as u32);
+            write32(t, low + 4, (address >> 32) as u32);
+        }
+        write32(t, regs::VIRTIO_MMIO_QUEUE_READY, 1);
+        write32(
+            t,
+            regs::VIRTIO_MMIO_STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
+        assert!(t.device().is_activated());
+
+        // One write request: header, 512 bytes of data, status; notified by register write.
+        let mut header = [0u8; 16];
+        header[..4].copy_from_slice(&request_type::OUT.to_le_bytes());
+        header[8..].copy_from_slice(&2u64.to_le_bytes());
+        memory.write_slice(&header, GuestAddress(0x1_0000)).unwrap();
+        memory
+            .write_slice(&[0x5a; 512], GuestAddress(0x2_0000))
+            .unwrap();
+        let next = VRING_DESC_F_NEXT as u16;
+        let chain = [
+            Descriptor::new(0x1_0000, 16, next, 1),
+            Descriptor::new(0x2_0000, 512, next, 2),
+            Descriptor::new(0x3_0000, 1, VRING_DESC_F_WRITE as u16, 0),
+        ]
+        .map(RawDescriptor::from);
+        ring.add_desc_chains(&chain, 0).unwrap();
+        write32(t, regs::VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+
+        assert_eq!(ring.used().idx().load(), 1);
+        let status_byte: u8 = memory.read_obj(GuestAddress(0x3_0000)).unwrap();
+        assert_eq!(status_byte, request_status::OK);
+        assert_eq!(irqs.load(Ordering::SeqCst), 1);
+        assert_eq!(read32(t, regs::VIRTIO_MMIO_INTERRUPT_STATUS), 1);
+        write32(t, regs::VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        assert_eq!(read32(t, regs::VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+        let mut on_disk = [0u8; 512];
+        std::os::unix::fs::FileExt::read_exact_at(file.as_file(), &mut on_disk, 1024).unwrap();
+        assert_eq!(on_disk, [0x5a; 512]);
+    }
+
+    #[test]
+    fn an_eventfd_is_an_irq_trigger_and_the_transport_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<MmioTransport>();
+        let eventfd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let interrupt = MmioInterrupt::new(Box::new(eventfd.try_clone().unwrap()));
+        interrupt.signal_used_queue(0).unwrap();
+        interrupt.signal_config_change().unwrap();
+        assert_eq!(interrupt.status(), 3);
+        assert_eq!(eventfd.read().unwrap(), 2);
+    }
+
+    #[test]
+    fn random_register_traffic_never_panics() {
+        let mut h = harness();
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let offset = match next() % 4 {
+                0 => next() % 0x200,
+                1 => (next() % 0x40) * 4,
+                2 => u64::from(regs::VIRTIO_MMIO_STATUS),
+                _ => next(),
+            };
+            let len = [0usize, 1, 2, 3, 4, 8, 16][(next() % 7) as usize];
+            let mut data = vec![0u8; len];
+            if next() % 2 == 0 {
+                h.transport.read(offset, &mut data);
+            } else {
+                let value = match next() % 3 {
+                    0 => next() % 16,
+                    1 => next() % 256,
+                    _ => next(),
+                };
+                for (i, byte) in data.iter_mut().enumerate() {
+                    *byte = (value >> (8 * (i % 8))) as u8;
+                }
+                h.transport.write(offset, &data);
+            }
+        }
     }
 }
