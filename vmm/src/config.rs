@@ -19,6 +19,36 @@ const DEFAULT_PARAMS: [(&str, &str); 3] = [
     ("panic", "panic=-1"),
 ];
 
+/// How the guest learns about the virtio-mmio devices.
+///
+/// `Both` is the default because it is the one setting that finds the devices with every kernel:
+/// one with only cmdline devices (CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), one with only ACPI
+/// (Debian's cloud kernel), one without ACPI (it reads the MP table and the command line). A
+/// kernel with both registers each window twice: the ACPI device first (ACPI enumerates before
+/// the cmdline devices are registered), which works, then the cmdline one, whose probe fails
+/// with -EBUSY ("virtio-mmio: probe of virtio-mmio.0 failed with error -16") because the region
+/// is taken. One harmless log line per device; `Acpi` or `Cmdline` avoids it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Discovery {
+    /// `virtio_mmio.device=` entries on the kernel command line; no ACPI tables.
+    Cmdline,
+    /// ACPI tables (DSDT devices with _HID LNRO0005); nothing on the command line.
+    Acpi,
+    /// Both: works with cmdline-only, ACPI-only and non-ACPI kernels.
+    #[default]
+    Both,
+}
+
+impl Discovery {
+    pub fn uses_cmdline(self) -> bool {
+        matches!(self, Discovery::Cmdline | Discovery::Both)
+    }
+
+    pub fn uses_acpi(self) -> bool {
+        matches!(self, Discovery::Acpi | Discovery::Both)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub kernel: PathBuf,
@@ -26,6 +56,8 @@ pub struct VmConfig {
     /// The user's kernel command line; vmm adds its defaults and device entries.
     pub cmdline: String,
     pub disks: Vec<DiskConfig>,
+    /// How devices are announced: command line, ACPI tables, or both.
+    pub discovery: Discovery,
     pub memory_mib: u64,
     pub cpus: u32,
     /// Print boot-time milestones on exit.
@@ -149,6 +181,21 @@ mod tests {
         assert_eq!(validate_cpus(1), Ok(1));
         assert_eq!(validate_cpus(0), Err(ConfigError::BadCpuCount(0)));
         assert_eq!(validate_cpus(1000), Err(ConfigError::BadCpuCount(1000)));
+    }
+
+    #[test]
+    fn discovery_modes() {
+        use clap::ValueEnum;
+        assert_eq!(Discovery::default(), Discovery::Both);
+        assert_eq!(Discovery::from_str("acpi", false), Ok(Discovery::Acpi));
+        assert_eq!(
+            Discovery::from_str("cmdline", false),
+            Ok(Discovery::Cmdline)
+        );
+        assert!(Discovery::from_str("dt", false).is_err());
+        assert!(Discovery::Both.uses_acpi() && Discovery::Both.uses_cmdline());
+        assert!(Discovery::Acpi.uses_acpi() && !Discovery::Acpi.uses_cmdline());
+        assert!(!Discovery::Cmdline.uses_acpi() && Discovery::Cmdline.uses_cmdline());
     }
 
     #[test]

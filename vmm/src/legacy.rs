@@ -1,6 +1,7 @@
 //! The few legacy devices a Linux guest needs: a 16550 serial console (vm-superio), the keyboard
-//! controller's reset line, and the guest-control ports through which the guest reports its exit
-//! status and the moment userspace starts.
+//! controller's reset line, the ACPI power register (poweroff and reset of an ACPI guest), and
+//! the guest-control ports through which the guest reports its exit status and the moment
+//! userspace starts.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -144,6 +145,48 @@ impl BusDevice for I8042Reset {
     }
 }
 
+/// Value the FADT tells the guest to write to its RESET_REG (`layout::ACPI_POWER_PORT`) to reset.
+/// Bit 0 is reserved in the sleep control register, so a sleep request can never look like it.
+pub const ACPI_RESET_VALUE: u8 = 0x01;
+/// SLP_TYP of S5 (soft off), as the DSDT's `\_S5_` package gives it to the guest.
+pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
+/// Sleep control register (ACPI 6.5, 4.8.3.7): SLP_EN starts the transition to SLP_TYP.
+const ACPI_SLEEP_ENABLE: u8 = 1 << 5;
+const ACPI_SLEEP_TYPE_SHIFT: u8 = 2;
+const ACPI_SLEEP_TYPE_MASK: u8 = 0x7 << ACPI_SLEEP_TYPE_SHIFT;
+
+/// The hardware-reduced ACPI sleep control and status register, which is also the reset register:
+/// S5 ends the VM as a poweroff, the reset value as a reset. The status register reads as zero
+/// (never awake from sleep), and the guest's write of WAK_STS to clear it is ignored.
+pub struct AcpiPowerControl {
+    pub exit: Arc<VmExit>,
+}
+
+impl AcpiPowerControl {
+    /// What a byte written to the register asks for, if anything the VMM acts on.
+    pub fn decode(value: u8) -> Option<ExitReason> {
+        if value == ACPI_RESET_VALUE {
+            return Some(ExitReason::Reset);
+        }
+        let sleep_type = (value & ACPI_SLEEP_TYPE_MASK) >> ACPI_SLEEP_TYPE_SHIFT;
+        // Only S5 is offered in the DSDT; a request for another state is not acted on.
+        (value & ACPI_SLEEP_ENABLE != 0 && sleep_type == ACPI_S5_SLEEP_TYPE)
+            .then_some(ExitReason::Shutdown)
+    }
+}
+
+impl BusDevice for AcpiPowerControl {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (0, Some(reason)) = (offset, data.first().copied().and_then(Self::decode)) {
+            self.exit.request(reason);
+        }
+    }
+}
+
 /// Ports 0xf4 (exit status) and 0xf5 (userspace marker). See docs/guest-interface.md.
 pub struct GuestControl {
     pub exit: Arc<VmExit>,
@@ -187,6 +230,37 @@ mod tests {
         kbd.write(4, &[0x20]);
         assert_eq!(exit.reason(), None);
         kbd.write(4, &[I8042_CMD_RESET]);
+        assert_eq!(exit.reason(), Some(ExitReason::Reset));
+    }
+
+    #[test]
+    fn acpi_power_register_powers_off_on_s5_and_resets_on_the_reset_value() {
+        let s5 = ACPI_SLEEP_ENABLE | (ACPI_S5_SLEEP_TYPE << ACPI_SLEEP_TYPE_SHIFT);
+        assert_eq!(s5, 0x34);
+        assert_eq!(AcpiPowerControl::decode(s5), Some(ExitReason::Shutdown));
+        assert_eq!(
+            AcpiPowerControl::decode(ACPI_RESET_VALUE),
+            Some(ExitReason::Reset)
+        );
+        // Clearing WAK_STS, S5's type without SLP_EN, and other sleep states do nothing.
+        assert_eq!(AcpiPowerControl::decode(0x80), None);
+        assert_eq!(AcpiPowerControl::decode(0x14), None);
+        assert_eq!(AcpiPowerControl::decode(0x20 | (3 << 2)), None);
+        assert_eq!(AcpiPowerControl::decode(0), None);
+
+        let exit = Arc::new(VmExit::new().unwrap());
+        let mut power = AcpiPowerControl { exit: exit.clone() };
+        let mut status = [0xffu8];
+        power.read(0, &mut status);
+        assert_eq!(status, [0]);
+        power.write(0, &[0x80]);
+        assert_eq!(exit.reason(), None);
+        power.write(0, &[s5]);
+        assert_eq!(exit.reason(), Some(ExitReason::Shutdown));
+
+        let exit = Arc::new(VmExit::new().unwrap());
+        let mut power = AcpiPowerControl { exit: exit.clone() };
+        power.write(0, &[ACPI_RESET_VALUE]);
         assert_eq!(exit.reason(), Some(ExitReason::Reset));
     }
 

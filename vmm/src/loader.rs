@@ -1,5 +1,6 @@
 //! Loads a Linux kernel (bzImage or ELF vmlinux), its initrd and command line into guest memory,
-//! and writes the boot structures the chosen entry protocol needs (boot_params or PVH start_info).
+//! and writes the boot structures the chosen entry protocol needs (boot_params or PVH start_info),
+//! including where the ACPI RSDP is when there is one.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -151,12 +152,16 @@ fn e820_ram(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
     map
 }
 
-/// Loads the kernel, initrd and command line and writes the boot structures.
+/// Loads the kernel, initrd and command line and writes the boot structures. `rsdp` is the ACPI
+/// RSDP's address, if the VMM wrote ACPI tables: handed over in boot_params.acpi_rsdp_addr
+/// (boot protocol 2.14+; older kernels ignore it and find the RSDP by scanning 0xe0000..1 MiB)
+/// or hvm_start_info.rsdp_paddr.
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
     kernel_path: &Path,
     initrd_path: Option<&Path>,
     cmdline: &str,
+    rsdp: Option<u64>,
 ) -> Result<BootSetup> {
     let mut kernel =
         File::open(kernel_path).map_err(|e| LoaderError::OpenKernel(kernel_path.into(), e))?;
@@ -213,7 +218,7 @@ pub fn load_kernel(
         _ => None,
     };
     if let Some(entry) = pvh_entry {
-        write_pvh_start_info(mem, cmdline.len(), initrd)?;
+        write_pvh_start_info(mem, initrd, rsdp)?;
         return Ok(BootSetup {
             entry: BootEntry::Pvh { entry },
             boot_info: layout::PVH_INFO_START,
@@ -226,7 +231,7 @@ pub fn load_kernel(
         KernelFormat::BzImage => loaded.kernel_load.raw_value() + 0x200,
         KernelFormat::Elf => loaded.kernel_load.raw_value(),
     };
-    write_boot_params(mem, loaded.setup_header, cmdline.len(), initrd)?;
+    write_boot_params(mem, loaded.setup_header, cmdline.len(), initrd, rsdp)?;
     Ok(BootSetup {
         entry: BootEntry::Linux64 { entry },
         boot_info: layout::ZERO_PAGE_START,
@@ -272,8 +277,12 @@ fn write_boot_params(
     header: Option<setup_header>,
     cmdline_len: usize,
     initrd: Option<(u64, u64)>,
+    rsdp: Option<u64>,
 ) -> Result<()> {
-    let mut params = boot_params::default();
+    let mut params = boot_params {
+        acpi_rsdp_addr: rsdp.unwrap_or(0),
+        ..Default::default()
+    };
     if let Some(hdr) = header {
         params.hdr = hdr;
     } else {
@@ -304,8 +313,8 @@ fn write_boot_params(
 
 fn write_pvh_start_info(
     mem: &GuestMemoryMmap,
-    _cmdline_len: usize,
     initrd: Option<(u64, u64)>,
+    rsdp: Option<u64>,
 ) -> Result<()> {
     let map = e820_ram(mem);
     let info_size = std::mem::size_of::<hvm_start_info>() as u64;
@@ -318,6 +327,7 @@ fn write_pvh_start_info(
         cmdline_paddr: layout::CMDLINE_START,
         memmap_paddr: memmap_addr,
         memmap_entries: map.len() as u32,
+        rsdp_paddr: rsdp.unwrap_or(0),
         ..Default::default()
     };
     for (i, (addr, size)) in map.iter().enumerate() {
@@ -343,4 +353,35 @@ fn write_pvh_start_info(
     }
     mem.write_obj(info, GuestAddress(layout::PVH_INFO_START))
         .map_err(|_| LoaderError::BootStructures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
+    }
+
+    #[test]
+    fn boot_params_carry_the_rsdp_address() {
+        let mem = memory();
+        write_boot_params(&mem, None, 10, None, Some(layout::ACPI_RSDP_START)).unwrap();
+        let params: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
+        let rsdp = params.acpi_rsdp_addr;
+        assert_eq!(rsdp, layout::ACPI_RSDP_START);
+        write_boot_params(&mem, None, 10, None, None).unwrap();
+        let params: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
+        let rsdp = params.acpi_rsdp_addr;
+        assert_eq!(rsdp, 0);
+    }
+
+    #[test]
+    fn pvh_start_info_carries_the_rsdp_address() {
+        let mem = memory();
+        write_pvh_start_info(&mem, None, Some(layout::ACPI_RSDP_START)).unwrap();
+        let info: hvm_start_info = mem.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
+        assert_eq!(info.magic, PVH_START_INFO_MAGIC);
+        assert_eq!(info.rsdp_paddr, layout::ACPI_RSDP_START);
+    }
 }

@@ -6,15 +6,15 @@ use std::thread;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::{layout, mptable, regs};
+use crate::arch::{acpi, layout, mptable, regs};
 use crate::bus::{Bus, BusDevice};
 use crate::config::{self, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::event_loop::{ConsoleFlusher, ConsoleInput, ExitWatcher};
 use crate::exit::{ExitReason, VmExit};
 use crate::legacy::{
-    ConsoleOutput, GuestControl, I8042Reset, IrqTrigger, SerialDevice, SerialInputDrained,
-    SharedConsole, GUEST_EXIT_PORT, I8042_COMMAND_PORT,
+    AcpiPowerControl, ConsoleOutput, GuestControl, I8042Reset, IrqTrigger, SerialDevice,
+    SerialInputDrained, SharedConsole, GUEST_EXIT_PORT, I8042_COMMAND_PORT,
 };
 use crate::loader::{self, LoaderError};
 use crate::terminal;
@@ -29,6 +29,8 @@ pub enum VmmError {
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     #[error("vCPU setup failed: {0}")]
     Regs(#[from] regs::RegsError),
     #[error("--cpus {0} exceeds what this KVM supports ({1})")]
@@ -87,6 +89,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let control: Arc<Mutex<dyn BusDevice>> =
         Arc::new(Mutex::new(GuestControl { exit: exit.clone() }));
     io_bus.insert(u64::from(GUEST_EXIT_PORT), 2, control)?;
+    let power: Arc<Mutex<dyn BusDevice>> =
+        Arc::new(Mutex::new(AcpiPowerControl { exit: exit.clone() }));
+    io_bus.insert(u64::from(layout::ACPI_POWER_PORT), 1, power)?;
     let io_bus = Arc::new(io_bus);
 
     let mut mmio_bus = Bus::new();
@@ -95,19 +100,30 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         devices.add_disk(&vm.fd, &vm.memory, &mut mmio_bus, disk)?;
     }
     let mmio_bus = Arc::new(mmio_bus);
-    let device_params: Vec<String> = devices
-        .slots()
-        .iter()
-        .map(|slot| slot.cmdline_entry())
-        .collect();
+    let device_params: Vec<String> = if config.discovery.uses_cmdline() {
+        devices
+            .slots()
+            .iter()
+            .map(|slot| slot.cmdline_entry())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let cmdline = config::build_cmdline(&config.cmdline, &device_params);
+    // The MP table is always there: a kernel without ACPI (or booted with acpi=off) reads it.
+    mptable::setup_mptable(&vm.memory, config.cpus)?;
+    let rsdp = if config.discovery.uses_acpi() {
+        Some(acpi::setup_acpi(&vm.memory, config.cpus, devices.slots())?)
+    } else {
+        None
+    };
     let boot = loader::load_kernel(
         &vm.memory,
         &config.kernel,
         config.initrd.as_deref(),
         &cmdline,
+        rsdp,
     )?;
-    mptable::setup_mptable(&vm.memory, config.cpus)?;
 
     let supported = vm.supported_cpuid()?;
     let mut vcpus = Vec::with_capacity(config.cpus as usize);
@@ -139,6 +155,10 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         drained,
         exit.clone(),
     ))));
+    // Queue notifications arrive on ioeventfds: without these subscribers no request is served.
+    for notifier in devices.take_subscribers() {
+        events.add_subscriber(notifier);
+    }
 
     if crate::vm::kvm_is_pvm() {
         eprintln!(

@@ -30,6 +30,13 @@ struct Cli {
     /// A virtio-blk disk: PATH[,ro][,serial=ID]. Repeatable; disks appear as vda, vdb, ...
     #[arg(long, value_name = "PATH[,ro][,serial=ID]")]
     disk: Vec<vmm::device_manager::DiskConfig>,
+    /// How the guest finds the virtio devices: `cmdline` adds virtio_mmio.device= to the kernel
+    /// command line (kernels with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), `acpi` writes ACPI tables
+    /// (kernels that find virtio-mmio only through ACPI, such as Debian's; without ACPI tables a
+    /// kernel uses the MP table), `both` does both and suits every kernel, at the cost of one
+    /// harmless "probe ... failed with error -16" line per device from kernels that have both.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = config::Discovery::Both)]
+    discovery: config::Discovery,
     /// Print when the first vCPU started and when the guest reached userspace.
     #[arg(long)]
     boot_time: bool,
@@ -70,6 +77,7 @@ fn main() -> ExitCode {
     let config = VmConfig {
         cmdline: cli.cmdline,
         disks: cli.disk,
+        discovery: cli.discovery,
         kernel: cli.kernel,
         initrd: cli.initrd,
         memory_mib: cli.memory,

@@ -154,3 +154,11 @@ fn bad_disk_options() {
     assert_one_line_error(&["--kernel", k, "--disk", ""], "--disk needs a path");
     std::fs::remove_file(kernel).unwrap();
 }
+
+#[test]
+fn unknown_discovery_mode() {
+    assert_one_line_error(
+        &["--kernel", "k", "--discovery", "devicetree"],
+        "invalid value 'devicetree' for '--discovery <MODE>' [possible values: cmdline, acpi, both]",
+    );
+}

@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
+use vmm::arch::layout::ACPI_POWER_PORT;
 use vmm::bus::{Bus, BusDevice};
 use vmm::exit::{ExitReason, VmExit};
-use vmm::legacy::{GuestControl, GUEST_EXIT_PORT};
+use vmm::legacy::{AcpiPowerControl, GuestControl, GUEST_EXIT_PORT};
 use vmm::vcpu::Vcpu;
 use vmm::vm::Vm;
 
@@ -67,6 +68,13 @@ fn run_guest(code: &[u8]) -> (ExitReason, Arc<Mutex<MmioProbe>>) {
             Arc::new(Mutex::new(GuestControl { exit: exit.clone() })),
         )
         .unwrap();
+    io_bus
+        .insert(
+            u64::from(ACPI_POWER_PORT),
+            1,
+            Arc::new(Mutex::new(AcpiPowerControl { exit: exit.clone() })),
+        )
+        .unwrap();
     let probe = Arc::new(Mutex::new(MmioProbe::default()));
     let mut mmio_bus = Bus::new();
     mmio_bus
@@ -119,4 +127,28 @@ fn mmio_reads_and_writes_reach_the_device_at_the_right_offset() {
     let (reason, probe) = run_guest(&code);
     assert_eq!(reason, ExitReason::GuestStatus(0x44));
     assert_eq!(probe.lock().unwrap().writes, vec![(0x10, 0x5a)]);
+}
+
+/// `mov dx, ACPI_POWER_PORT; mov al, value; out dx, al`, then what follows.
+fn acpi_power_write(value: u8, then: &[u8]) -> Vec<u8> {
+    let [port_lo, port_hi] = ACPI_POWER_PORT.to_le_bytes();
+    let mut code = vec![0xba, port_lo, port_hi, 0xb0, value, 0xee];
+    code.extend_from_slice(then);
+    code
+}
+
+#[test]
+fn acpi_s5_sleep_request_powers_off_and_the_reset_value_resets() {
+    // SLP_EN | SLP_TYP 5, as Linux's acpi_power_off writes it; hlt.
+    let (reason, _) = run_guest(&acpi_power_write(0x34, &[0xf4]));
+    assert_eq!(reason, ExitReason::Shutdown);
+    let (reason, _) = run_guest(&acpi_power_write(0x01, &[0xf4]));
+    assert_eq!(reason, ExitReason::Reset);
+}
+
+#[test]
+fn acpi_wake_status_clear_and_status_read_keep_the_vm_running() {
+    // out WAK_STS (0x80); in al, dx (status reads 0); out 0xf4, al; hlt
+    let (reason, _) = run_guest(&acpi_power_write(0x80, &[0xec, 0xe6, 0xf4, 0xf4]));
+    assert_eq!(reason, ExitReason::GuestStatus(0));
 }

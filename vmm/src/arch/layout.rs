@@ -5,7 +5,8 @@
 //! 0x0000_0520  IDT (empty)               0x0000_8ff0  boot stack top
 //! 0x0000_6000  PVH start_info + memmap   0x0000_9000  PML4, PDPT (0xa000), PD (0xb000)
 //! 0x0002_0000  kernel command line       0x0009_fc00  EBDA .. 1 MiB: reserved
-//! 0x000f_0000  MP table                  0x0010_0000  kernel
+//! 0x000e_0000  ACPI RSDP and tables      0x000f_0000  MP table
+//! 0x0010_0000  kernel
 //! 0xc000_0000 .. 4 GiB: MMIO hole (virtio-mmio windows, IOAPIC, LAPIC); RAM beyond it moves above 4 GiB
 //! ```
 
@@ -31,6 +32,11 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the extended BIOS data area; from here to 1 MiB is not RAM for the guest.
 pub const EBDA_START: u64 = 0x9fc00;
+/// ACPI RSDP, followed by the other ACPI tables up to `ACPI_TABLES_END`. Linux scans
+/// 0xe0000..0x100000 for the RSDP when the boot protocol does not hand it over.
+pub const ACPI_RSDP_START: u64 = 0xe0000;
+/// End of the room for ACPI tables: the MP table follows.
+pub const ACPI_TABLES_END: u64 = MPTABLE_START;
 /// MP floating pointer and configuration table (scanned by Linux in 0xf0000..0x100000).
 pub const MPTABLE_START: u64 = 0xf0000;
 /// Where the kernel is loaded.
@@ -56,6 +62,9 @@ pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 pub const SERIAL_PORT_BASE: u16 = 0x3f8;
 /// COM1 interrupt line.
 pub const SERIAL_IRQ: u32 = 4;
+/// ACPI sleep control/status and reset register (one byte), named by the FADT. 0x600 is free of
+/// every legacy PC device the guest might probe.
+pub const ACPI_POWER_PORT: u16 = 0x600;
 /// First IRQ handed to virtio-mmio devices.
 pub const VIRTIO_IRQ_BASE: u32 = 5;
 /// Last usable IOAPIC pin.
