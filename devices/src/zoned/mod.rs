@@ -2,3 +2,4 @@
 //! the virtio-blk wire encodings of zone information, and the file-emulated backend.
 
 pub mod geometry;
+pub mod state;
