@@ -3,3 +3,4 @@
 
 pub mod geometry;
 pub mod state;
+pub mod wire;

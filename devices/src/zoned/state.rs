@@ -25,6 +25,7 @@
 use std::collections::VecDeque;
 
 use super::geometry::{ZonedGeometry, SECTOR_SIZE};
+use super::wire::status;
 
 /// Zone type, with the virtio/Linux numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,17 +116,6 @@ pub enum ZoneError {
     /// The active zone limit would be exceeded.
     #[error("too many active zones")]
     ActiveResource,
-}
-
-/// virtio-blk status codes.
-pub mod status {
-    pub const OK: u8 = 0;
-    pub const IOERR: u8 = 1;
-    pub const UNSUPP: u8 = 2;
-    pub const ZONE_INVALID_CMD: u8 = 3;
-    pub const ZONE_UNALIGNED_WP: u8 = 4;
-    pub const ZONE_OPEN_RESOURCE: u8 = 5;
-    pub const ZONE_ACTIVE_RESOURCE: u8 = 6;
 }
 
 impl ZoneError {
