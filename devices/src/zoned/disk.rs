@@ -72,6 +72,13 @@ impl<S: ZoneStorage> ZonedDisk<S> {
         &self.storage
     }
 
+    /// The storage backend, mutable: for backend-specific hooks inside this crate only, since
+    /// writing through it bypasses the zone state.
+    #[allow(dead_code)]
+    pub(crate) fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
     /// VIRTIO_BLK_T_IN: reads `buf.len()` bytes (a multiple of 512) at `sector`. Reads may
     /// cross zones; parts above a write pointer read as zeros without touching storage.
     pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), ZoneError> {

@@ -3,5 +3,6 @@
 
 pub mod disk;
 pub mod geometry;
+pub mod image;
 pub mod state;
 pub mod wire;

@@ -815,4 +815,4 @@ pub fn sectors_to_bytes(nr: u64) -> u64 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
