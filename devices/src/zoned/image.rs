@@ -12,7 +12,9 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::disk::{ZoneStorage, ZonedDisk};
-use super::geometry::{GeometryError, GeometryOverrides, ZonedGeometry, SECTOR_SIZE};
+use super::geometry::{
+    GeometryError, GeometryOverrides, ZonedDiskOptions, ZonedGeometry, SECTOR_SIZE,
+};
 use super::state::{ZoneCondition, ZoneOpPlan, ZoneSet};
 
 /// File magic at offset 0.
@@ -387,6 +389,23 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> ImageError + '_ {
 }
 
 impl ZonedDisk<ImageFile> {
+    /// What the command line asks for: opens the image at `options.path` if it exists
+    /// (explicit options must match it), else creates it from the options plus defaults.
+    pub fn open_or_create(options: &ZonedDiskOptions) -> Result<Self, ImageError> {
+        let path = options.path.as_path();
+        if path.exists() {
+            return Self::open(path, &options.overrides);
+        }
+        let geometry = options
+            .overrides
+            .geometry()
+            .map_err(|source| ImageError::Geometry {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Self::create(path, geometry)
+    }
+
     /// Creates a new image; refuses to touch an existing file. The file is sparse: only the
     /// header and zone table take space until data is written.
     pub fn create(path: &Path, geometry: ZonedGeometry) -> Result<Self, ImageError> {

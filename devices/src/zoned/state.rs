@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 
-use super::geometry::{ZonedGeometry, SECTOR_SIZE};
+use super::geometry::ZonedGeometry;
 use super::wire::status;
 
 /// Zone type, with the virtio/Linux numbers.
@@ -807,11 +807,6 @@ impl ZoneSet {
         self.set_state(index, cond, wp);
         Ok(())
     }
-}
-
-/// Bytes in `nr` sectors, for callers sizing buffers.
-pub fn sectors_to_bytes(nr: u64) -> u64 {
-    nr * SECTOR_SIZE
 }
 
 #[cfg(test)]

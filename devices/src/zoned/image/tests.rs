@@ -1,5 +1,5 @@
 use super::*;
-use crate::zoned::geometry::GeometryOption;
+use crate::zoned::geometry::{GeometryOption, ZonedDiskOptions};
 use crate::zoned::state::{ZoneError, ZoneOp};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -538,4 +538,36 @@ fn hundred_thousand_zones_open_and_report_fast() {
         d.write(99 * 8, &[0u8; 512]),
         Err(ZoneError::UnalignedWritePointer)
     );
+}
+
+#[test]
+fn open_or_create_from_option_string() {
+    let dir = Scratch::new("cli");
+    let path = dir.path("cli.img");
+    let text = format!("{},size=8M,zone-size=1M,max-open=3", path.display());
+    let options = ZonedDiskOptions::parse(&text).unwrap();
+    let mut d = ZonedImage::open_or_create(&options).unwrap();
+    assert_eq!(d.geometry().nr_zones(), 8);
+    d.write(0, &pattern(0, 8, 0)).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    // Reopen with no options, the same ones, and a conflicting one.
+    let bare = ZonedDiskOptions::parse(&path.display().to_string()).unwrap();
+    let mut d = ZonedImage::open_or_create(&bare).unwrap();
+    assert_eq!(d.geometry().max_open, 3);
+    assert_eq!(read(&mut d, 0, 8), pattern(0, 8, 0));
+    drop(d);
+    ZonedImage::open_or_create(&options).unwrap();
+    let other = ZonedDiskOptions::parse(&format!("{},max-open=4", path.display())).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let msg = ZonedImage::open_or_create(&other).unwrap_err().to_string();
+    assert!(
+        msg.contains("max-open=3") && msg.contains("max-open=4"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let bad = ZonedDiskOptions::parse(&format!("{},zone-size=3M", dir.path("new.img").display()))
+        .unwrap();
+    let msg = ZonedImage::open_or_create(&bad).unwrap_err().to_string();
+    assert!(msg.contains("6144"), "{msg}");
 }
