@@ -30,6 +30,17 @@ pub trait ZoneStorage {
     /// Makes every completed write durable, then the current state of the zones listed in
     /// `zones.changed_zones()` (those changed since the last successful flush).
     fn flush(&mut self, zones: &ZoneSet) -> io::Result<()>;
+
+    /// After a failed write or append to the sequential zone starting at `zone_start`: the
+    /// zone's actual (condition, write pointer) if storage can tell. A host zoned device
+    /// re-reads it with BLKREPORTZONE, since part of the write may have landed. `None` (the
+    /// default, right for the file image whose failed writes change no state) keeps the state.
+    fn zone_state_after_error(
+        &mut self,
+        _zone_start: u64,
+    ) -> io::Result<Option<(ZoneCondition, u64)>> {
+        Ok(None)
+    }
 }
 
 /// A zoned disk: zone state plus storage.
@@ -101,9 +112,30 @@ impl<S: ZoneStorage> ZonedDisk<S> {
     pub fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), ZoneError> {
         let plan = self.zones.prepare_write(sector, sectors_of(data.len())?)?;
         if plan.nr_sectors > 0 {
-            self.storage.write(plan.sector, data).map_err(io_error)?;
+            if let Err(e) = self.storage.write(plan.sector, data) {
+                self.resync_after_error(plan.sector);
+                return Err(io_error(e));
+            }
         }
         self.zones.commit_write(plan)
+    }
+
+    /// Lets storage correct the state of a sequential zone after a failed write.
+    fn resync_after_error(&mut self, sector: u64) {
+        let geometry = *self.zones.geometry();
+        let Some(index) = geometry.zone_index(sector) else {
+            return;
+        };
+        if geometry.is_conventional(index) {
+            return;
+        }
+        if let Ok(Some((cond, wp))) = self
+            .storage
+            .zone_state_after_error(geometry.zone_start(index))
+        {
+            // A report that contradicts the geometry is ignored: keeping the old state is safe.
+            let _ = self.zones.resync_zone(index, cond, wp);
+        }
     }
 
     /// VIRTIO_BLK_T_ZONE_APPEND: appends `data` to the zone starting at `zone_start` and
@@ -114,7 +146,10 @@ impl<S: ZoneStorage> ZonedDisk<S> {
             .prepare_append(zone_start, sectors_of(data.len())?)?;
         let sector = plan.sector;
         if plan.nr_sectors > 0 {
-            self.storage.write(sector, data).map_err(io_error)?;
+            if let Err(e) = self.storage.write(sector, data) {
+                self.resync_after_error(sector);
+                return Err(io_error(e));
+            }
         }
         self.zones.commit_write(plan)?;
         Ok(sector)
@@ -193,6 +228,7 @@ mod tests {
     struct MemStorage {
         data: Vec<u8>,
         fail: bool,
+        after_error: Option<(ZoneCondition, u64)>,
         flushes: usize,
         zone_ops: Vec<ZoneOpKind>,
     }
@@ -227,6 +263,12 @@ mod tests {
             }
             self.flushes += 1;
             Ok(())
+        }
+        fn zone_state_after_error(
+            &mut self,
+            _zone_start: u64,
+        ) -> io::Result<Option<(ZoneCondition, u64)>> {
+            Ok(self.after_error)
         }
     }
 
@@ -300,5 +342,14 @@ mod tests {
         assert_eq!(d.zones().saved_state(1), (ZoneCondition::ImplicitOpen, 17));
         d.storage.fail = false;
         d.write(17, &[1u8; 512]).unwrap();
+        // A backend that can re-read the zone corrects the write pointer after an error.
+        d.storage.fail = true;
+        d.storage.after_error = Some((ZoneCondition::ImplicitOpen, 19));
+        assert_eq!(d.write(18, &[1u8; 1024]), Err(ZoneError::Io));
+        assert_eq!(d.zones().saved_state(1), (ZoneCondition::ImplicitOpen, 19));
+        // A nonsensical report is ignored.
+        d.storage.after_error = Some((ZoneCondition::Empty, 19));
+        assert_eq!(d.append(16, &[1u8; 512]), Err(ZoneError::Io));
+        assert_eq!(d.zones().saved_state(1), (ZoneCondition::ImplicitOpen, 19));
     }
 }

@@ -273,6 +273,24 @@ impl ZoneSet {
         geometry: ZonedGeometry,
         states: impl ExactSizeIterator<Item = (ZoneCondition, u64)>,
     ) -> Result<Self, RestoreError> {
+        Self::load(geometry, states, true)
+    }
+
+    /// Builds zones from the states a live device reports (e.g. BLKREPORTZONE on a host zoned
+    /// device): open zones stay open and hold resources; implicitly-open ones enter the
+    /// implicit-close order by zone index.
+    pub fn from_reported(
+        geometry: ZonedGeometry,
+        states: impl ExactSizeIterator<Item = (ZoneCondition, u64)>,
+    ) -> Result<Self, RestoreError> {
+        Self::load(geometry, states, false)
+    }
+
+    fn load(
+        geometry: ZonedGeometry,
+        states: impl ExactSizeIterator<Item = (ZoneCondition, u64)>,
+        power_loss: bool,
+    ) -> Result<Self, RestoreError> {
         let expected = geometry.nr_zones();
         if states.len() as u64 != expected {
             return Err(RestoreError::Count {
@@ -282,48 +300,74 @@ impl ZoneSet {
         }
         let mut set = ZoneSet::new(geometry);
         for (index, (cond, wp)) in states.enumerate() {
-            let start = geometry.zone_start(index);
-            let cap_end = start + geometry.zone_capacity_of(index);
-            let len_end = start + geometry.zone_len(index);
-            let bad = || RestoreError::Inconsistent { index, cond, wp };
-            let cond = if geometry.is_conventional(index) {
-                match cond {
-                    ZoneCondition::NotWritePointer
-                    | ZoneCondition::ReadOnly
-                    | ZoneCondition::Offline
-                        if wp == len_end =>
-                    {
-                        cond
-                    }
-                    _ => return Err(bad()),
-                }
-            } else {
-                if wp < start || wp > cap_end {
-                    return Err(bad());
-                }
-                match cond {
-                    ZoneCondition::Empty if wp == start => cond,
-                    ZoneCondition::ImplicitOpen
-                    | ZoneCondition::ExplicitOpen
-                    | ZoneCondition::Closed
-                        if wp < cap_end =>
-                    {
-                        if wp == start {
-                            ZoneCondition::Empty
-                        } else {
-                            ZoneCondition::Closed
-                        }
-                    }
-                    ZoneCondition::Full | ZoneCondition::ReadOnly | ZoneCondition::Offline => cond,
-                    _ => return Err(bad()),
-                }
-            };
-            if cond.is_active() {
-                set.nr_active += 1;
-            }
-            set.entries[index] = ZoneEntry { cond, wp };
+            let cond = Self::checked_state(&geometry, index, cond, wp, power_loss)?;
+            set.set_state(index, cond, wp);
         }
+        set.clear_changed();
         Ok(set)
+    }
+
+    /// Validates a zone state against the geometry; returns the condition to use.
+    fn checked_state(
+        geometry: &ZonedGeometry,
+        index: usize,
+        cond: ZoneCondition,
+        wp: u64,
+        power_loss: bool,
+    ) -> Result<ZoneCondition, RestoreError> {
+        let start = geometry.zone_start(index);
+        let cap_end = start + geometry.zone_capacity_of(index);
+        let len_end = start + geometry.zone_len(index);
+        let bad = || RestoreError::Inconsistent { index, cond, wp };
+        if geometry.is_conventional(index) {
+            return match cond {
+                ZoneCondition::NotWritePointer
+                | ZoneCondition::ReadOnly
+                | ZoneCondition::Offline
+                    if wp == len_end =>
+                {
+                    Ok(cond)
+                }
+                _ => Err(bad()),
+            };
+        }
+        if wp < start || wp > cap_end {
+            return Err(bad());
+        }
+        Ok(match cond {
+            ZoneCondition::Empty if wp == start => cond,
+            ZoneCondition::ExplicitOpen if wp < cap_end && !power_loss => cond,
+            ZoneCondition::ImplicitOpen if start < wp && wp < cap_end && !power_loss => cond,
+            ZoneCondition::ImplicitOpen | ZoneCondition::ExplicitOpen | ZoneCondition::Closed
+                if wp < cap_end =>
+            {
+                if wp == start {
+                    ZoneCondition::Empty
+                } else {
+                    ZoneCondition::Closed
+                }
+            }
+            ZoneCondition::Full | ZoneCondition::ReadOnly | ZoneCondition::Offline => cond,
+            _ => return Err(bad()),
+        })
+    }
+
+    /// Replaces the state of zone `index` with what storage reports, e.g. after a failed write
+    /// to a host zoned device, whose write pointer may then have moved. Any plan prepared
+    /// before is invalidated.
+    pub fn resync_zone(
+        &mut self,
+        index: usize,
+        cond: ZoneCondition,
+        wp: u64,
+    ) -> Result<(), RestoreError> {
+        if index >= self.entries.len() {
+            return Err(RestoreError::Inconsistent { index, cond, wp });
+        }
+        let cond = Self::checked_state(&self.geometry, index, cond, wp, false)?;
+        self.generation += 1;
+        self.set_state(index, cond, wp);
+        Ok(())
     }
 
     /// The geometry.

@@ -570,6 +570,55 @@ fn restore_closes_open_zones() {
     assert!(bad(s));
 }
 
+#[test]
+fn from_reported_keeps_open_zones_and_resync_replaces_state() {
+    let g = geometry(2, 3);
+    let states = vec![
+        (NotWritePointer, 16),
+        (ImplicitOpen, 20),
+        (ExplicitOpen, 32),
+        (Closed, 50),
+        (ImplicitOpen, 66),
+        (Empty, 80),
+    ];
+    let mut z = ZoneSet::from_reported(g, states.into_iter()).unwrap();
+    assert_eq!(
+        (cond(&z, 1), cond(&z, 2), cond(&z, 4)),
+        (ImplicitOpen, ExplicitOpen, ImplicitOpen)
+    );
+    assert_eq!(
+        (z.open_zones(), z.active_zones(), z.implicit_open_zones()),
+        (3, 4, 2)
+    );
+    assert!(z.changed_zones().is_empty());
+    // Over the open limit already: a closed zone reopens by closing the lowest implicit one.
+    let plan = z.prepare_write(50, 2).unwrap();
+    assert_eq!(plan.implicitly_closes, Some(16));
+    // An implicitly-open zone at its start is taken as EMPTY; a wp past capacity is refused.
+    let bad = vec![
+        (NotWritePointer, 16),
+        (ImplicitOpen, 16),
+        (Empty, 32),
+        (Empty, 48),
+        (Empty, 64),
+        (Empty, 80),
+    ];
+    let odd = ZoneSet::from_reported(g, bad.clone().into_iter()).unwrap();
+    assert_eq!((cond(&odd, 1), odd.open_zones()), (Empty, 0));
+    let mut bad = bad;
+    bad[2] = (ExplicitOpen, 44);
+    assert!(ZoneSet::from_reported(g, bad.into_iter()).is_err());
+    // Resync after a failed write: the device says the zone moved on.
+    let stale = z.prepare_write(20, 2).unwrap();
+    z.resync_zone(1, ImplicitOpen, 22).unwrap();
+    assert_eq!(z.commit_write(stale), Err(ZoneError::Io));
+    assert_eq!(z.saved_state(1), (ImplicitOpen, 22));
+    z.resync_zone(1, Closed, 22).unwrap();
+    assert_eq!((z.open_zones(), z.implicit_open_zones()), (2, 1));
+    assert!(z.resync_zone(1, Closed, 40).is_err());
+    assert!(z.resync_zone(9, Empty, 0).is_err());
+}
+
 /// A deliberately naive model of the rules, written separately from `ZoneSet`: linear scans,
 /// no incremental counters, the implicit-close victim found by timestamp.
 #[derive(Clone)]
