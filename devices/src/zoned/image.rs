@@ -15,7 +15,7 @@ use super::disk::{ZoneStorage, ZonedDisk};
 use super::geometry::{
     GeometryError, GeometryOverrides, ZonedDiskOptions, ZonedGeometry, SECTOR_SIZE,
 };
-use super::state::{ZoneCondition, ZoneOpPlan, ZoneSet};
+use super::state::{ZoneCondition, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet};
 
 /// File magic at offset 0.
 pub const MAGIC: [u8; 8] = *b"VMMZONED";
@@ -351,10 +351,16 @@ impl ZoneStorage for ImageFile {
     /// partly landed, the old write pointer would cover a mix of old and new data. Open, close
     /// and finish only change state that the next flush persists.
     fn apply_zone_op(&mut self, plan: &ZoneOpPlan) -> io::Result<()> {
+        let is_reset = matches!(
+            plan.kind,
+            ZoneOpKind::Single(ZoneOp::Reset) | ZoneOpKind::ResetAll
+        );
+        if !is_reset {
+            return Ok(());
+        }
         let resets: Vec<(usize, ZoneCondition, u64)> = plan
             .updates
             .iter()
-            .filter(|u| u.cond == ZoneCondition::Empty && u.old_cond != ZoneCondition::Empty)
             .map(|u| (u.index, u.cond, u.wp))
             .collect();
         self.persist(&resets)?;

@@ -571,3 +571,29 @@ fn open_or_create_from_option_string() {
     let msg = ZonedImage::open_or_create(&bad).unwrap_err().to_string();
     assert!(msg.contains("6144"), "{msg}");
 }
+
+#[test]
+fn only_flush_and_reset_sync() {
+    let dir = Scratch::new("syncs");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    let syncs = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let counter = syncs.clone();
+    d.storage_mut().io_hook = Some(Box::new(move |event: IoEvent<'_>| {
+        if let IoEvent::Sync = event {
+            counter.set(counter.get() + 1);
+        }
+    }));
+    d.write(256, &pattern(256, 4, 0)).unwrap();
+    d.append(512, &pattern(512, 4, 0)).unwrap();
+    d.zone_op(ZoneOp::Open, 768).unwrap();
+    d.zone_op(ZoneOp::Close, 768).unwrap(); // explicit open, empty: back to EMPTY
+    d.zone_op(ZoneOp::Finish, 512).unwrap();
+    assert_eq!(syncs.get(), 0);
+    d.zone_op(ZoneOp::Reset, 256).unwrap();
+    assert_eq!(syncs.get(), 1);
+    d.zone_op(ZoneOp::Reset, 256).unwrap(); // already empty: nothing to do
+    assert_eq!(syncs.get(), 1);
+    d.flush().unwrap();
+    assert_eq!(syncs.get(), 3, "data, then zone table");
+}
