@@ -21,6 +21,24 @@
 //! conventional (INVALID_CMD); for sequential zones: sector != wp or length not a multiple of the
 //! write granularity (UNALIGNED_WP); past the zone capacity (INVALID_CMD); resources
 //! (ACTIVE_RESOURCE before OPEN_RESOURCE). A zero-length write in range is a no-op success.
+//!
+//! Appends: sector not a zone's first sector, or past the end (INVALID_CMD); conventional zone
+//! (INVALID_CMD); READ_ONLY/OFFLINE/FULL (INVALID_CMD); longer than max_append_sectors
+//! (INVALID_CMD; a geometry with 0 is refused, so UNSUPP never arises); then as a write at wp.
+//!
+//! Zone operations (sector must be a zone's first sector, else INVALID_CMD; conventional,
+//! READ_ONLY and OFFLINE zones: INVALID_CMD), following null_blk:
+//!
+//! | op | EMPTY | IMPLICIT_OPEN | EXPLICIT_OPEN | CLOSED | FULL |
+//! |---|---|---|---|---|---|
+//! | OPEN | EXPLICIT_OPEN (active+open) | EXPLICIT_OPEN | ok, no change | EXPLICIT_OPEN (open) | INVALID_CMD |
+//! | CLOSE | INVALID_CMD | CLOSED / EMPTY if wp == start | CLOSED / EMPTY if wp == start | ok, no change | INVALID_CMD |
+//! | FINISH | FULL (active+open) | FULL | FULL | FULL (open) | ok, no change |
+//! | RESET | ok, no change | EMPTY | EMPTY | EMPTY | EMPTY |
+//!
+//! "(active+open)" and "(open)" are the resource checks made first, which may implicitly close
+//! another zone. RESET_ALL resets every open, closed and full sequential zone. A REPORT from a
+//! sector past the end is INVALID_CMD. UNSUPP is left to the device for unknown request types.
 
 use std::collections::VecDeque;
 
