@@ -8,8 +8,8 @@
 //! - [`disk`]: [`ZonedDisk`], the request-level API, over the [`ZoneStorage`] backend seam.
 //! - [`image`]: [`ZonedImage`], the file-emulated backend (docs/zoned-image-format.md).
 //!
-//! A request handler maps each virtio-blk request to one call and writes `status()` of the
-//! error (or `wire::status::OK`) into the status byte:
+//! A request handler maps each virtio-blk request to one call and writes
+//! `wire::status_of(&result)` (OK, or the error's `status()`) into the status byte:
 //!
 //! | request | call |
 //! |---|---|

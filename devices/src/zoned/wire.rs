@@ -2,7 +2,7 @@
 //! config space, and the ZONE_REPORT reply. All fields little-endian.
 
 use super::geometry::ZonedGeometry;
-use super::state::{Zone, ZoneOp, ZoneOpKind};
+use super::state::{Zone, ZoneError, ZoneOp, ZoneOpKind};
 
 /// Feature bit VIRTIO_BLK_F_ZONED.
 pub const VIRTIO_BLK_F_ZONED: u32 = 17;
@@ -27,6 +27,14 @@ pub mod status {
     pub const ZONE_UNALIGNED_WP: u8 = 4;
     pub const ZONE_OPEN_RESOURCE: u8 = 5;
     pub const ZONE_ACTIVE_RESOURCE: u8 = 6;
+}
+
+/// The status byte for a request's outcome.
+pub fn status_of<T>(result: &Result<T, ZoneError>) -> u8 {
+    match result {
+        Ok(_) => status::OK,
+        Err(e) => e.status(),
+    }
 }
 
 /// Size of struct virtio_blk_config including the zoned fields.
@@ -186,6 +194,8 @@ mod tests {
         assert_eq!(zone_op_of_request(26), Some(ZoneOpKind::ResetAll));
         assert_eq!(zone_op_of_request(15), None);
         assert_eq!(zone_op_of_request(16), None);
+        assert_eq!(status_of(&Ok::<u64, ZoneError>(5)), 0);
+        assert_eq!(status_of::<()>(&Err(ZoneError::ActiveResource)), 6);
     }
 
     #[test]
