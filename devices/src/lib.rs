@@ -4,6 +4,7 @@
 //!
 //! - `virtio`: the `VirtioDevice` trait and the virtio-mmio transport.
 //! - `block`: the virtio-blk device, its request parser and its storage backends.
+//! - `zoned`: the zone state machine, the zoned wire formats, and the file-emulated zoned image.
 //!
 //! # Wiring a disk into a VM
 //!
@@ -38,3 +39,4 @@
 
 pub mod block;
 pub mod virtio;
+pub mod zoned;

@@ -1,0 +1,355 @@
+//! A zoned disk: the zone state machine plus a storage backend behind the small
+//! [`ZoneStorage`] seam. This is what a virtio-blk request handler calls; every method returns
+//! a [`ZoneError`] whose `status()` is the byte to put in the request's status.
+//!
+//! Backends only move bytes and persist or forward zone state; every rule (write pointer,
+//! resources, conditions, error codes) lives in [`ZoneSet`], so the file-emulated image and a
+//! future host zoned device behave the same.
+
+use std::io;
+
+use super::geometry::{ZonedGeometry, SECTOR_SIZE};
+use super::state::{Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet};
+use super::wire;
+
+/// What a zoned disk needs from its storage. Called only with requests the state machine has
+/// already validated; an `Err` leaves the zone state unchanged and fails the request with IOERR.
+pub trait ZoneStorage {
+    /// Reads `buf.len()` bytes at `sector`. Only called for ranges below the write pointer;
+    /// the disk fills zeros above it itself.
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Writes `data` at `sector` (for an append: at the write pointer the state machine chose).
+    fn write(&mut self, sector: u64, data: &[u8]) -> io::Result<()>;
+
+    /// Applies a zone management plan (OPEN/CLOSE/FINISH/RESET/RESET_ALL, including any
+    /// implicit close it carries) before the state machine commits it. A host zoned device
+    /// forwards it as ioctls; the file image makes resets durable here.
+    fn apply_zone_op(&mut self, plan: &ZoneOpPlan) -> io::Result<()>;
+
+    /// Makes every completed write durable, then the current state of the zones listed in
+    /// `zones.changed_zones()` (those changed since the last successful flush).
+    fn flush(&mut self, zones: &ZoneSet) -> io::Result<()>;
+
+    /// After a failed write or append to the sequential zone starting at `zone_start`: the
+    /// zone's actual (condition, write pointer) if storage can tell. A host zoned device
+    /// re-reads it with BLKREPORTZONE, since part of the write may have landed. `None` (the
+    /// default, right for the file image whose failed writes change no state) keeps the state.
+    fn zone_state_after_error(
+        &mut self,
+        _zone_start: u64,
+    ) -> io::Result<Option<(ZoneCondition, u64)>> {
+        Ok(None)
+    }
+}
+
+/// A zoned disk: zone state plus storage.
+#[derive(Debug)]
+pub struct ZonedDisk<S> {
+    zones: ZoneSet,
+    storage: S,
+}
+
+fn sectors_of(len: usize) -> Result<u64, ZoneError> {
+    let len = len as u64;
+    if len & (SECTOR_SIZE - 1) != 0 {
+        return Err(ZoneError::Io);
+    }
+    Ok(len / SECTOR_SIZE)
+}
+
+fn io_error(_: io::Error) -> ZoneError {
+    ZoneError::Io
+}
+
+impl<S: ZoneStorage> ZonedDisk<S> {
+    /// Combines restored (or fresh) zone state with its storage.
+    pub fn new(zones: ZoneSet, storage: S) -> Self {
+        ZonedDisk { zones, storage }
+    }
+
+    /// The disk's geometry (for the config space: see [`wire::fill_zoned_config`]).
+    pub fn geometry(&self) -> &ZonedGeometry {
+        self.zones.geometry()
+    }
+
+    /// The zone state, read-only.
+    pub fn zones(&self) -> &ZoneSet {
+        &self.zones
+    }
+
+    /// The storage backend.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// The storage backend, mutable: for backend-specific hooks inside this crate only, since
+    /// writing through it bypasses the zone state.
+    #[allow(dead_code)]
+    pub(crate) fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
+    /// VIRTIO_BLK_T_IN: reads `buf.len()` bytes (a multiple of 512) at `sector`. Reads may
+    /// cross zones; parts above a write pointer read as zeros without touching storage.
+    pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), ZoneError> {
+        let nr = sectors_of(buf.len())?;
+        let segments = self.zones.check_read(sector, nr)?;
+        for seg in segments {
+            let from = ((seg.sector - sector) * SECTOR_SIZE) as usize;
+            let to = from + (seg.nr_sectors * SECTOR_SIZE) as usize;
+            let part = &mut buf[from..to];
+            if seg.has_data {
+                self.storage.read(seg.sector, part).map_err(io_error)?;
+            } else {
+                part.fill(0);
+            }
+        }
+        Ok(())
+    }
+
+    /// VIRTIO_BLK_T_OUT: writes `data` (a multiple of 512 bytes) at `sector`.
+    pub fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), ZoneError> {
+        let plan = self.zones.prepare_write(sector, sectors_of(data.len())?)?;
+        if plan.nr_sectors > 0 {
+            if let Err(e) = self.storage.write(plan.sector, data) {
+                self.resync_after_error(plan.sector);
+                return Err(io_error(e));
+            }
+        }
+        self.zones.commit_write(plan)
+    }
+
+    /// Lets storage correct the state of a sequential zone after a failed write.
+    fn resync_after_error(&mut self, sector: u64) {
+        let geometry = *self.zones.geometry();
+        let Some(index) = geometry.zone_index(sector) else {
+            return;
+        };
+        if geometry.is_conventional(index) {
+            return;
+        }
+        if let Ok(Some((cond, wp))) = self
+            .storage
+            .zone_state_after_error(geometry.zone_start(index))
+        {
+            // A report that contradicts the geometry is ignored: keeping the old state is safe.
+            let _ = self.zones.resync_zone(index, cond, wp);
+        }
+    }
+
+    /// VIRTIO_BLK_T_ZONE_APPEND: appends `data` to the zone starting at `zone_start` and
+    /// returns the sector where it landed (for the first 8 bytes of the in-header).
+    pub fn append(&mut self, zone_start: u64, data: &[u8]) -> Result<u64, ZoneError> {
+        let plan = self
+            .zones
+            .prepare_append(zone_start, sectors_of(data.len())?)?;
+        let sector = plan.sector;
+        if plan.nr_sectors > 0 {
+            if let Err(e) = self.storage.write(sector, data) {
+                self.resync_after_error(sector);
+                return Err(io_error(e));
+            }
+        }
+        self.zones.commit_write(plan)?;
+        Ok(sector)
+    }
+
+    fn run_zone_op(&mut self, plan: ZoneOpPlan) -> Result<(), ZoneError> {
+        if !plan.updates.is_empty() {
+            self.storage.apply_zone_op(&plan).map_err(io_error)?;
+        }
+        self.zones.commit_zone_op(plan)
+    }
+
+    /// VIRTIO_BLK_T_ZONE_OPEN/CLOSE/FINISH/RESET on the zone starting at `zone_start`.
+    pub fn zone_op(&mut self, op: ZoneOp, zone_start: u64) -> Result<(), ZoneError> {
+        let plan = self.zones.prepare_zone_op(op, zone_start)?;
+        self.run_zone_op(plan)
+    }
+
+    /// VIRTIO_BLK_T_ZONE_RESET_ALL.
+    pub fn reset_all(&mut self) -> Result<(), ZoneError> {
+        let plan = self.zones.prepare_reset_all();
+        self.run_zone_op(plan)
+    }
+
+    /// Any zone management request, by kind (see [`wire::zone_op_of_request`]); `sector` is
+    /// ignored for RESET_ALL.
+    pub fn zone_management(&mut self, kind: ZoneOpKind, sector: u64) -> Result<(), ZoneError> {
+        match kind {
+            ZoneOpKind::Single(op) => self.zone_op(op, sector),
+            ZoneOpKind::ResetAll => self.reset_all(),
+        }
+    }
+
+    /// Up to `max_zones` zones starting with the one containing `from_sector`.
+    pub fn report(
+        &self,
+        from_sector: u64,
+        max_zones: usize,
+    ) -> Result<impl Iterator<Item = Zone> + '_, ZoneError> {
+        self.zones.report(from_sector, max_zones)
+    }
+
+    /// VIRTIO_BLK_T_ZONE_REPORT into a reply buffer: returns (nr_zones, bytes written). A
+    /// buffer shorter than the 64-byte header is IOERR.
+    pub fn report_into(&self, from_sector: u64, buf: &mut [u8]) -> Result<(u64, usize), ZoneError> {
+        let zones = self
+            .zones
+            .report(from_sector, wire::report_capacity(buf.len()))?;
+        wire::encode_zone_report(zones, buf).ok_or(ZoneError::Io)
+    }
+
+    /// VIRTIO_BLK_T_FLUSH: everything written before is durable afterwards, with the zone
+    /// states that describe it.
+    pub fn flush(&mut self) -> Result<(), ZoneError> {
+        self.storage.flush(&self.zones).map_err(io_error)?;
+        self.zones.clear_changed();
+        Ok(())
+    }
+
+    /// Fault injection: makes a zone READ_ONLY or OFFLINE (persisted by the next flush).
+    pub fn set_zone_condition(
+        &mut self,
+        zone_start: u64,
+        cond: ZoneCondition,
+    ) -> Result<(), ZoneError> {
+        self.zones.set_zone_condition(zone_start, cond)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Storage in memory, with switchable failures.
+    #[derive(Default)]
+    struct MemStorage {
+        data: Vec<u8>,
+        fail: bool,
+        after_error: Option<(ZoneCondition, u64)>,
+        flushes: usize,
+        zone_ops: Vec<ZoneOpKind>,
+    }
+
+    impl ZoneStorage for MemStorage {
+        fn read(&mut self, sector: u64, buf: &mut [u8]) -> io::Result<()> {
+            if self.fail {
+                return Err(io::Error::other("injected"));
+            }
+            let at = (sector * 512) as usize;
+            buf.copy_from_slice(&self.data[at..at + buf.len()]);
+            Ok(())
+        }
+        fn write(&mut self, sector: u64, data: &[u8]) -> io::Result<()> {
+            if self.fail {
+                return Err(io::Error::other("injected"));
+            }
+            let at = (sector * 512) as usize;
+            self.data[at..at + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+        fn apply_zone_op(&mut self, plan: &ZoneOpPlan) -> io::Result<()> {
+            if self.fail {
+                return Err(io::Error::other("injected"));
+            }
+            self.zone_ops.push(plan.kind);
+            Ok(())
+        }
+        fn flush(&mut self, _zones: &ZoneSet) -> io::Result<()> {
+            if self.fail {
+                return Err(io::Error::other("injected"));
+            }
+            self.flushes += 1;
+            Ok(())
+        }
+        fn zone_state_after_error(
+            &mut self,
+            _zone_start: u64,
+        ) -> io::Result<Option<(ZoneCondition, u64)>> {
+            Ok(self.after_error)
+        }
+    }
+
+    fn disk() -> ZonedDisk<MemStorage> {
+        let g = ZonedGeometry::new(ZonedGeometry {
+            capacity: 64,
+            zone_size: 16,
+            zone_capacity: 16,
+            conventional_zones: 1,
+            max_open: 0,
+            max_active: 0,
+            max_append_sectors: 8,
+            write_granularity: 512,
+        })
+        .unwrap();
+        let storage = MemStorage {
+            // Non-zero garbage: reads above the write pointer must not see it.
+            data: vec![0x5A; 64 * 512],
+            ..Default::default()
+        };
+        ZonedDisk::new(ZoneSet::new(g), storage)
+    }
+
+    #[test]
+    fn request_paths_and_status_codes() {
+        let mut d = disk();
+        d.write(16, &[1u8; 1024]).unwrap();
+        assert_eq!(d.append(16, &[2u8; 512]), Ok(18));
+        let mut buf = vec![0xFFu8; 16 * 512];
+        d.read(16, &mut buf).unwrap();
+        assert!(buf[..1024].iter().all(|&b| b == 1));
+        assert!(buf[1024..1536].iter().all(|&b| b == 2));
+        assert!(buf[1536..].iter().all(|&b| b == 0), "zeros above the wp");
+        assert_eq!(d.write(16, &[1u8; 512]).unwrap_err().status(), 4);
+        assert_eq!(d.write(17, &[1u8; 100]).unwrap_err().status(), 1);
+        assert_eq!(d.append(0, &[1u8; 512]).unwrap_err().status(), 3);
+        d.zone_management(ZoneOpKind::Single(ZoneOp::Finish), 32)
+            .unwrap();
+        d.zone_management(ZoneOpKind::ResetAll, 0).unwrap();
+        assert_eq!(
+            d.storage().zone_ops,
+            vec![ZoneOpKind::Single(ZoneOp::Finish), ZoneOpKind::ResetAll]
+        );
+        // Idempotent ops do not reach storage.
+        d.zone_op(ZoneOp::Reset, 16).unwrap();
+        assert_eq!(d.storage().zone_ops.len(), 2);
+        let mut reply = vec![0u8; 64 * 3];
+        assert_eq!(d.report_into(20, &mut reply), Ok((2, 192)));
+        assert_eq!(d.report_into(0, &mut [0u8; 10]), Err(ZoneError::Io));
+        assert_eq!(
+            d.report_into(64, &mut reply),
+            Err(ZoneError::InvalidCommand)
+        );
+        d.write(0, &[3u8; 512]).unwrap();
+        d.flush().unwrap();
+        assert!(d.zones().changed_zones().is_empty());
+        d.set_zone_condition(48, ZoneCondition::Offline).unwrap();
+        assert_eq!(d.read(40, &mut [0u8; 8192]).unwrap_err().status(), 3);
+    }
+
+    #[test]
+    fn storage_failure_leaves_state_unchanged() {
+        let mut d = disk();
+        d.write(16, &[1u8; 512]).unwrap();
+        d.storage.fail = true;
+        assert_eq!(d.write(17, &[1u8; 512]), Err(ZoneError::Io));
+        assert_eq!(d.append(16, &[1u8; 512]), Err(ZoneError::Io));
+        assert_eq!(d.zone_op(ZoneOp::Reset, 16), Err(ZoneError::Io));
+        assert_eq!(d.flush(), Err(ZoneError::Io));
+        assert_eq!(d.zones().changed_zones(), &[1], "still to be persisted");
+        assert_eq!(d.zones().saved_state(1), (ZoneCondition::ImplicitOpen, 17));
+        d.storage.fail = false;
+        d.write(17, &[1u8; 512]).unwrap();
+        // A backend that can re-read the zone corrects the write pointer after an error.
+        d.storage.fail = true;
+        d.storage.after_error = Some((ZoneCondition::ImplicitOpen, 19));
+        assert_eq!(d.write(18, &[1u8; 1024]), Err(ZoneError::Io));
+        assert_eq!(d.zones().saved_state(1), (ZoneCondition::ImplicitOpen, 19));
+        // A nonsensical report is ignored.
+        d.storage.after_error = Some((ZoneCondition::Empty, 19));
+        assert_eq!(d.append(16, &[1u8; 512]), Err(ZoneError::Io));
+        assert_eq!(d.zones().saved_state(1), (ZoneCondition::ImplicitOpen, 19));
+    }
+}

@@ -1,0 +1,748 @@
+//! Zoned disk geometry: sizes and limits, their validation (everything the Linux virtio-blk
+//! driver or block layer would reject, plus what cannot work at all), the documented defaults and
+//! the parser for the `PATH[,key=value...]` command-line option string.
+//!
+//! Units: `capacity`, `zone_size`, `zone_capacity` and `max_append_sectors` are 512-byte sectors
+//! (as on the wire); `write_granularity` is in bytes (as on the wire). The option string takes
+//! byte sizes with optional binary K/M/G/T suffixes.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Bytes per sector on the virtio-blk wire, whatever the logical block size.
+pub const SECTOR_SIZE: u64 = 512;
+
+/// Default disk size (sparse on the host): 4 GiB.
+pub const DEFAULT_SIZE_BYTES: u64 = 4 << 30;
+/// Default zone size: 64 MiB (64 zones in the default 4 GiB disk).
+pub const DEFAULT_ZONE_SIZE_BYTES: u64 = 64 << 20;
+/// Default maximum ZONE_APPEND size: 1 MiB, or the zone size if that is smaller.
+pub const DEFAULT_MAX_APPEND_BYTES: u64 = 1 << 20;
+/// Default write granularity: one 512-byte sector, so every Linux write size works.
+pub const DEFAULT_WRITE_GRANULARITY: u32 = 512;
+
+/// Sizes and limits of a zoned disk. Build one with [`ZonedGeometry::new`] (validating) or
+/// [`GeometryOverrides::geometry`].
+///
+/// Zones are laid out back to back from sector 0: the first `conventional_zones` zones are
+/// conventional, all others sequential-write-required. Every zone is `zone_size` long except the
+/// last one, which is shorter when `capacity` is not a multiple of `zone_size`. Sequential zones
+/// can be written up to `zone_capacity` (the last one up to `min(zone_capacity, its length)`);
+/// conventional zones always have capacity == length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ZonedGeometry {
+    /// Disk size in sectors.
+    pub capacity: u64,
+    /// Zone size in sectors, a power of two.
+    pub zone_size: u64,
+    /// Writable sectors of a sequential zone, <= zone_size.
+    pub zone_capacity: u64,
+    /// Number of conventional zones at the start of the disk.
+    pub conventional_zones: u32,
+    /// Maximum number of open zones, 0 = unlimited.
+    pub max_open: u32,
+    /// Maximum number of active (open or closed) zones, 0 = unlimited.
+    pub max_active: u32,
+    /// Largest ZONE_APPEND in sectors.
+    pub max_append_sectors: u32,
+    /// Write alignment of sequential zones in bytes (a power of two, multiple of 512).
+    pub write_granularity: u32,
+}
+
+/// Why a geometry is refused. The message names the offending value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GeometryError {
+    /// The disk size is zero.
+    #[error("disk size must not be 0")]
+    ZeroCapacity,
+    /// The disk is too big for byte offsets.
+    #[error("disk size of {0} sectors is too large")]
+    CapacityTooLarge(u64),
+    /// Zone size is 0 or not a power of two.
+    #[error("zone size of {0} sectors is not a power of two")]
+    ZoneSizeNotPowerOfTwo(u64),
+    /// Zone size does not fit the 32-bit zone_sectors config field.
+    #[error("zone size of {0} sectors does not fit the 32-bit zone_sectors field")]
+    ZoneSizeTooLarge(u64),
+    /// The disk is smaller than one zone.
+    #[error("disk size of {capacity} sectors is smaller than one zone ({zone_size} sectors)")]
+    CapacitySmallerThanZone { capacity: u64, zone_size: u64 },
+    /// Zone capacity is 0.
+    #[error("zone capacity must not be 0")]
+    ZeroZoneCapacity,
+    /// Zone capacity exceeds the zone size.
+    #[error(
+        "zone capacity of {zone_capacity} sectors exceeds the zone size of {zone_size} sectors"
+    )]
+    ZoneCapacityTooLarge { zone_capacity: u64, zone_size: u64 },
+    /// More zones than the 32-bit zone counts of Linux can hold.
+    #[error("{0} zones are too many (at most 4294967295)")]
+    TooManyZones(u64),
+    /// Every zone would be conventional.
+    #[error("{conventional} conventional zones leave no sequential zone among {zones} zones")]
+    AllConventional { conventional: u32, zones: u64 },
+    /// max_open exceeds a non-zero max_active.
+    #[error("max-open={max_open} exceeds max-active={max_active}")]
+    OpenExceedsActive { max_open: u32, max_active: u32 },
+    /// Write granularity is 0, not a multiple of 512 or not a power of two.
+    #[error("write granularity of {0} bytes is not a power-of-two multiple of 512")]
+    BadWriteGranularity(u32),
+    /// Zone capacity is not a multiple of the write granularity, so a zone could never be filled.
+    #[error("zone capacity of {zone_capacity} sectors is not a multiple of the write granularity of {granularity} bytes")]
+    ZoneCapacityNotGranular {
+        zone_capacity: u64,
+        granularity: u32,
+    },
+    /// Disk size is not a multiple of the write granularity.
+    #[error("disk size of {capacity} sectors is not a multiple of the write granularity of {granularity} bytes")]
+    CapacityNotGranular { capacity: u64, granularity: u32 },
+    /// max_append_sectors is 0.
+    #[error("max-append must not be 0")]
+    ZeroMaxAppend,
+    /// max_append_sectors * 512 is smaller than the write granularity.
+    #[error("max-append of {max_append_sectors} sectors is smaller than the write granularity of {granularity} bytes")]
+    MaxAppendBelowGranularity {
+        max_append_sectors: u32,
+        granularity: u32,
+    },
+}
+
+impl ZonedGeometry {
+    /// Validates `self` and returns it, or the first problem found.
+    ///
+    /// Conventional zones always have capacity == length here (zone_capacity applies to
+    /// sequential zones only), and the last zone is always sequential because at least one
+    /// sequential zone is required, so Linux's "conventional capacity != length" case cannot arise.
+    pub fn new(geometry: ZonedGeometry) -> Result<Self, GeometryError> {
+        let g = geometry;
+        if g.capacity == 0 {
+            return Err(GeometryError::ZeroCapacity);
+        }
+        if g.capacity > u64::MAX / SECTOR_SIZE / 2 {
+            return Err(GeometryError::CapacityTooLarge(g.capacity));
+        }
+        if !g.zone_size.is_power_of_two() {
+            return Err(GeometryError::ZoneSizeNotPowerOfTwo(g.zone_size));
+        }
+        if g.zone_size > u64::from(u32::MAX) {
+            return Err(GeometryError::ZoneSizeTooLarge(g.zone_size));
+        }
+        if g.capacity < g.zone_size {
+            return Err(GeometryError::CapacitySmallerThanZone {
+                capacity: g.capacity,
+                zone_size: g.zone_size,
+            });
+        }
+        if g.zone_capacity == 0 {
+            return Err(GeometryError::ZeroZoneCapacity);
+        }
+        if g.zone_capacity > g.zone_size {
+            return Err(GeometryError::ZoneCapacityTooLarge {
+                zone_capacity: g.zone_capacity,
+                zone_size: g.zone_size,
+            });
+        }
+        let zones = g.capacity.div_ceil(g.zone_size);
+        if zones > u64::from(u32::MAX) {
+            return Err(GeometryError::TooManyZones(zones));
+        }
+        if u64::from(g.conventional_zones) >= zones {
+            return Err(GeometryError::AllConventional {
+                conventional: g.conventional_zones,
+                zones,
+            });
+        }
+        if g.max_active != 0 && g.max_open > g.max_active {
+            return Err(GeometryError::OpenExceedsActive {
+                max_open: g.max_open,
+                max_active: g.max_active,
+            });
+        }
+        let gran = g.write_granularity;
+        if gran == 0 || gran & 511 != 0 || !gran.is_power_of_two() {
+            return Err(GeometryError::BadWriteGranularity(gran));
+        }
+        let gran_sectors = u64::from(gran) / SECTOR_SIZE;
+        if g.zone_capacity & (gran_sectors - 1) != 0 {
+            return Err(GeometryError::ZoneCapacityNotGranular {
+                zone_capacity: g.zone_capacity,
+                granularity: gran,
+            });
+        }
+        if g.capacity & (gran_sectors - 1) != 0 {
+            return Err(GeometryError::CapacityNotGranular {
+                capacity: g.capacity,
+                granularity: gran,
+            });
+        }
+        if g.max_append_sectors == 0 {
+            return Err(GeometryError::ZeroMaxAppend);
+        }
+        if u64::from(g.max_append_sectors) * SECTOR_SIZE < u64::from(gran) {
+            return Err(GeometryError::MaxAppendBelowGranularity {
+                max_append_sectors: g.max_append_sectors,
+                granularity: gran,
+            });
+        }
+        Ok(g)
+    }
+
+    /// Number of zones (the last one may be shorter).
+    pub fn nr_zones(&self) -> u64 {
+        self.capacity.div_ceil(self.zone_size)
+    }
+
+    /// Index of the zone holding `sector`, or None when it is past the end of the disk.
+    pub fn zone_index(&self, sector: u64) -> Option<usize> {
+        if sector >= self.capacity {
+            return None;
+        }
+        usize::try_from(sector >> self.zone_size.trailing_zeros()).ok()
+    }
+
+    /// First sector of zone `index`.
+    pub fn zone_start(&self, index: usize) -> u64 {
+        index as u64 * self.zone_size
+    }
+
+    /// Length of zone `index` in sectors (the last zone may be shorter).
+    pub fn zone_len(&self, index: usize) -> u64 {
+        let start = self.zone_start(index);
+        self.zone_size.min(self.capacity.saturating_sub(start))
+    }
+
+    /// Whether zone `index` is conventional.
+    pub fn is_conventional(&self, index: usize) -> bool {
+        (index as u64) < u64::from(self.conventional_zones)
+    }
+
+    /// Writable capacity of zone `index` in sectors.
+    pub fn zone_capacity_of(&self, index: usize) -> u64 {
+        let len = self.zone_len(index);
+        if self.is_conventional(index) {
+            len
+        } else {
+            self.zone_capacity.min(len)
+        }
+    }
+
+    /// Disk size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.capacity * SECTOR_SIZE
+    }
+
+    /// Write granularity in sectors.
+    pub fn granularity_sectors(&self) -> u64 {
+        u64::from(self.write_granularity) / SECTOR_SIZE
+    }
+}
+
+/// One geometry option of the command line, by its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GeometryOption {
+    Size,
+    ZoneSize,
+    ZoneCapacity,
+    ConventionalZones,
+    MaxOpen,
+    MaxActive,
+    MaxAppend,
+    WriteGranularity,
+}
+
+impl GeometryOption {
+    /// Every option, in command-line order.
+    pub const ALL: [GeometryOption; 8] = [
+        GeometryOption::Size,
+        GeometryOption::ZoneSize,
+        GeometryOption::ZoneCapacity,
+        GeometryOption::ConventionalZones,
+        GeometryOption::MaxOpen,
+        GeometryOption::MaxActive,
+        GeometryOption::MaxAppend,
+        GeometryOption::WriteGranularity,
+    ];
+
+    /// The option's key in the option string.
+    pub fn key(self) -> &'static str {
+        match self {
+            GeometryOption::Size => "size",
+            GeometryOption::ZoneSize => "zone-size",
+            GeometryOption::ZoneCapacity => "zone-capacity",
+            GeometryOption::ConventionalZones => "conventional-zones",
+            GeometryOption::MaxOpen => "max-open",
+            GeometryOption::MaxActive => "max-active",
+            GeometryOption::MaxAppend => "max-append",
+            GeometryOption::WriteGranularity => "write-granularity",
+        }
+    }
+
+    /// Whether the value is a byte size (with K/M/G/T suffixes) rather than a count.
+    pub fn is_size(self) -> bool {
+        matches!(
+            self,
+            GeometryOption::Size
+                | GeometryOption::ZoneSize
+                | GeometryOption::ZoneCapacity
+                | GeometryOption::MaxAppend
+                | GeometryOption::WriteGranularity
+        )
+    }
+
+    /// The value of this option in `geometry`, in the option string's unit (bytes or a count).
+    pub fn value_of(self, geometry: &ZonedGeometry) -> u64 {
+        match self {
+            GeometryOption::Size => geometry.capacity * SECTOR_SIZE,
+            GeometryOption::ZoneSize => geometry.zone_size * SECTOR_SIZE,
+            GeometryOption::ZoneCapacity => geometry.zone_capacity * SECTOR_SIZE,
+            GeometryOption::ConventionalZones => u64::from(geometry.conventional_zones),
+            GeometryOption::MaxOpen => u64::from(geometry.max_open),
+            GeometryOption::MaxActive => u64::from(geometry.max_active),
+            GeometryOption::MaxAppend => u64::from(geometry.max_append_sectors) * SECTOR_SIZE,
+            GeometryOption::WriteGranularity => u64::from(geometry.write_granularity),
+        }
+    }
+
+    fn from_key(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.key() == key)
+    }
+}
+
+impl fmt::Display for GeometryOption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// The geometry options given explicitly on the command line, in the option string's units
+/// (bytes for sizes, plain counts otherwise). Unset options take the documented defaults when an
+/// image is created, and the image's values when it is opened; set options must match an
+/// existing image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GeometryOverrides {
+    values: [Option<u64>; 8],
+}
+
+impl GeometryOverrides {
+    /// The explicitly given value of `option`, if any.
+    pub fn get(&self, option: GeometryOption) -> Option<u64> {
+        self.values[option as usize]
+    }
+
+    /// Sets `option` as if given on the command line.
+    pub fn set(&mut self, option: GeometryOption, value: u64) {
+        self.values[option as usize] = Some(value);
+    }
+
+    /// The options that were given, with their values.
+    pub fn given(&self) -> impl Iterator<Item = (GeometryOption, u64)> + '_ {
+        GeometryOption::ALL
+            .into_iter()
+            .filter_map(|o| self.get(o).map(|v| (o, v)))
+    }
+
+    /// The geometry for a new image: given options plus defaults, validated.
+    ///
+    /// Defaults: size 4 GiB, zone-size 64 MiB, zone-capacity = zone-size, conventional-zones 0,
+    /// max-open 0 and max-active 0 (unlimited), max-append min(1 MiB, zone-size),
+    /// write-granularity 512. No conventional zone by default: Linux does not allow partitions
+    /// on host-managed disks, and btrfs and zonefs work without one (f2fs needs
+    /// `conventional-zones=N` for its metadata).
+    pub fn geometry(&self) -> Result<ZonedGeometry, GeometryError> {
+        let sectors = |option: GeometryOption, default: u64| -> u64 {
+            self.get(option).unwrap_or(default) / SECTOR_SIZE
+        };
+        // Parsing already bounds counts to u32.
+        let count = |option: GeometryOption| -> u32 {
+            u32::try_from(self.get(option).unwrap_or(0)).unwrap_or(u32::MAX)
+        };
+        let zone_size = sectors(GeometryOption::ZoneSize, DEFAULT_ZONE_SIZE_BYTES);
+        let max_append_default = DEFAULT_MAX_APPEND_BYTES.min(zone_size * SECTOR_SIZE);
+        let max_append = sectors(GeometryOption::MaxAppend, max_append_default);
+        ZonedGeometry::new(ZonedGeometry {
+            capacity: sectors(GeometryOption::Size, DEFAULT_SIZE_BYTES),
+            zone_size,
+            zone_capacity: sectors(GeometryOption::ZoneCapacity, zone_size * SECTOR_SIZE),
+            conventional_zones: count(GeometryOption::ConventionalZones),
+            max_open: count(GeometryOption::MaxOpen),
+            max_active: count(GeometryOption::MaxActive),
+            max_append_sectors: u32::try_from(max_append).unwrap_or(u32::MAX),
+            write_granularity: u32::try_from(
+                self.get(GeometryOption::WriteGranularity)
+                    .unwrap_or(u64::from(DEFAULT_WRITE_GRANULARITY)),
+            )
+            .unwrap_or(0),
+        })
+    }
+}
+
+/// A parsed `PATH[,key=value...]` option string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZonedDiskOptions {
+    /// The image path (commas cannot appear in it).
+    pub path: PathBuf,
+    /// The geometry options given explicitly.
+    pub overrides: GeometryOverrides,
+}
+
+/// A malformed option string. The message names the offending part.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    /// No path before the first comma.
+    #[error("zoned disk option string has no path")]
+    MissingPath,
+    /// A `key=value` part lacks the `=`.
+    #[error("zoned disk option '{0}' is not of the form key=value")]
+    NotKeyValue(String),
+    /// An unknown key.
+    #[error("unknown zoned disk option '{0}'")]
+    UnknownKey(String),
+    /// A key given twice.
+    #[error("zoned disk option '{0}' given twice")]
+    Duplicate(String),
+    /// A value that is not a number (with an optional K/M/G/T suffix for sizes).
+    #[error("invalid value '{value}' for zoned disk option '{key}'")]
+    BadValue { key: String, value: String },
+    /// A size that is not a multiple of 512 bytes.
+    #[error("value '{value}' for zoned disk option '{key}' is not a multiple of 512 bytes")]
+    NotSectorMultiple { key: String, value: String },
+}
+
+/// Parses a byte size: decimal digits with an optional binary K/M/G/T suffix (case-insensitive,
+/// also accepted as KiB/MiB/GiB/TiB).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let stripped = lower
+        .strip_suffix("ib")
+        .map(|s| s.to_string())
+        .unwrap_or(lower.clone());
+    let (digits, shift) = match stripped.chars().last() {
+        Some('k') => (&stripped[..stripped.len() - 1], 10),
+        Some('m') => (&stripped[..stripped.len() - 1], 20),
+        Some('g') => (&stripped[..stripped.len() - 1], 30),
+        Some('t') => (&stripped[..stripped.len() - 1], 40),
+        _ if stripped.len() != lower.len() => return None,
+        _ => (stripped.as_str(), 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let number: u64 = digits.parse().ok()?;
+    number.checked_mul(1u64 << shift)
+}
+
+impl ZonedDiskOptions {
+    /// Parses `PATH[,size=..][,zone-size=..][,zone-capacity=..][,conventional-zones=N]
+    /// [,max-open=N][,max-active=N][,max-append=..][,write-granularity=..]`.
+    pub fn parse(text: &str) -> Result<Self, OptionError> {
+        let mut parts = text.split(',');
+        let path = parts.next().unwrap_or("");
+        if path.is_empty() {
+            return Err(OptionError::MissingPath);
+        }
+        let mut overrides = GeometryOverrides::default();
+        for part in parts {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| OptionError::NotKeyValue(part.to_string()))?;
+            let option =
+                GeometryOption::from_key(key).ok_or_else(|| OptionError::UnknownKey(key.into()))?;
+            if overrides.get(option).is_some() {
+                return Err(OptionError::Duplicate(key.to_string()));
+            }
+            let bad = || OptionError::BadValue {
+                key: key.to_string(),
+                value: value.to_string(),
+            };
+            let number = if option.is_size() {
+                let bytes = parse_size(value).ok_or_else(bad)?;
+                if bytes % SECTOR_SIZE != 0 {
+                    return Err(OptionError::NotSectorMultiple {
+                        key: key.to_string(),
+                        value: value.to_string(),
+                    });
+                }
+                bytes
+            } else {
+                u64::from(value.parse::<u32>().map_err(|_| bad())?)
+            };
+            // Sizes that overflow the config space fields are caught here, not silently cut.
+            let limit = match option {
+                GeometryOption::MaxAppend => u64::from(u32::MAX) * SECTOR_SIZE,
+                GeometryOption::WriteGranularity => u64::from(u32::MAX),
+                _ => u64::MAX,
+            };
+            if number > limit {
+                return Err(bad());
+            }
+            overrides.set(option, number);
+        }
+        Ok(ZonedDiskOptions {
+            path: PathBuf::from(path),
+            overrides,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> ZonedGeometry {
+        ZonedGeometry {
+            capacity: 1 << 20,
+            zone_size: 1 << 14,
+            zone_capacity: 1 << 14,
+            conventional_zones: 0,
+            max_open: 0,
+            max_active: 0,
+            max_append_sectors: 256,
+            write_granularity: 512,
+        }
+    }
+
+    fn check(f: impl FnOnce(&mut ZonedGeometry), expected: GeometryError) {
+        let mut g = base();
+        f(&mut g);
+        let err = ZonedGeometry::new(g).unwrap_err();
+        assert_eq!(err, expected);
+        assert!(!err.to_string().is_empty());
+    }
+
+    #[test]
+    fn accepts_base_and_odd_last_zone() {
+        let g = ZonedGeometry::new(base()).unwrap();
+        assert_eq!(g.nr_zones(), 64);
+        let mut odd = base();
+        odd.capacity = (1 << 20) + 1024;
+        odd.zone_capacity = 1 << 13;
+        let g = ZonedGeometry::new(odd).unwrap();
+        assert_eq!(g.nr_zones(), 65);
+        assert_eq!(g.zone_len(64), 1024);
+        assert_eq!(g.zone_capacity_of(64), 1024);
+        assert_eq!(g.zone_capacity_of(63), 1 << 13);
+        assert_eq!(g.zone_index(g.capacity - 1), Some(64));
+        assert_eq!(g.zone_index(g.capacity), None);
+    }
+
+    #[test]
+    fn rejects_each_bad_geometry() {
+        check(|g| g.capacity = 0, GeometryError::ZeroCapacity);
+        check(
+            |g| g.capacity = u64::MAX / 512,
+            GeometryError::CapacityTooLarge(u64::MAX / 512),
+        );
+        check(
+            |g| g.zone_size = 3000,
+            GeometryError::ZoneSizeNotPowerOfTwo(3000),
+        );
+        check(|g| g.zone_size = 0, GeometryError::ZoneSizeNotPowerOfTwo(0));
+        check(
+            |g| {
+                g.zone_size = 1 << 33;
+                g.capacity = 1 << 34;
+            },
+            GeometryError::ZoneSizeTooLarge(1 << 33),
+        );
+        check(
+            |g| g.capacity = 1000,
+            GeometryError::CapacitySmallerThanZone {
+                capacity: 1000,
+                zone_size: 1 << 14,
+            },
+        );
+        check(|g| g.zone_capacity = 0, GeometryError::ZeroZoneCapacity);
+        check(
+            |g| g.zone_capacity = (1 << 14) + 1,
+            GeometryError::ZoneCapacityTooLarge {
+                zone_capacity: (1 << 14) + 1,
+                zone_size: 1 << 14,
+            },
+        );
+        check(
+            |g| {
+                g.zone_size = 1;
+                g.zone_capacity = 1;
+                g.capacity = 1 << 33;
+            },
+            GeometryError::TooManyZones(1 << 33),
+        );
+        check(
+            |g| g.conventional_zones = 64,
+            GeometryError::AllConventional {
+                conventional: 64,
+                zones: 64,
+            },
+        );
+        check(
+            |g| {
+                g.max_open = 5;
+                g.max_active = 4;
+            },
+            GeometryError::OpenExceedsActive {
+                max_open: 5,
+                max_active: 4,
+            },
+        );
+        check(
+            |g| g.write_granularity = 0,
+            GeometryError::BadWriteGranularity(0),
+        );
+        check(
+            |g| g.write_granularity = 1000,
+            GeometryError::BadWriteGranularity(1000),
+        );
+        check(
+            |g| g.write_granularity = 1536,
+            GeometryError::BadWriteGranularity(1536),
+        );
+        check(
+            |g| {
+                g.write_granularity = 4096;
+                g.zone_capacity = 1001 * 8 + 4;
+            },
+            GeometryError::ZoneCapacityNotGranular {
+                zone_capacity: 1001 * 8 + 4,
+                granularity: 4096,
+            },
+        );
+        check(
+            |g| {
+                g.write_granularity = 4096;
+                g.capacity += 1;
+            },
+            GeometryError::CapacityNotGranular {
+                capacity: (1 << 20) + 1,
+                granularity: 4096,
+            },
+        );
+        check(|g| g.max_append_sectors = 0, GeometryError::ZeroMaxAppend);
+        check(
+            |g| {
+                g.write_granularity = 8192;
+                g.max_append_sectors = 8;
+            },
+            GeometryError::MaxAppendBelowGranularity {
+                max_append_sectors: 8,
+                granularity: 8192,
+            },
+        );
+        // max_open > max_active is fine when max_active is unlimited.
+        let mut g = base();
+        g.max_open = 9;
+        assert!(ZonedGeometry::new(g).is_ok());
+    }
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("4K"), Some(4096));
+        assert_eq!(parse_size("64m"), Some(64 << 20));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("1T"), Some(1 << 40));
+        assert_eq!(parse_size("8MiB"), Some(8 << 20));
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("K"), None);
+        assert_eq!(parse_size("1.5G"), None);
+        assert_eq!(parse_size("-1"), None);
+        assert_eq!(parse_size("12X"), None);
+        assert_eq!(parse_size("10ib"), None);
+        assert_eq!(parse_size("99999999999T"), None);
+    }
+
+    #[test]
+    fn parses_option_strings() {
+        let o = ZonedDiskOptions::parse("/tmp/disk.img").unwrap();
+        assert_eq!(o.path, PathBuf::from("/tmp/disk.img"));
+        assert_eq!(o.overrides.given().count(), 0);
+        let g = o.overrides.geometry().unwrap();
+        assert_eq!(g.capacity, DEFAULT_SIZE_BYTES / 512);
+        assert_eq!(g.zone_size, DEFAULT_ZONE_SIZE_BYTES / 512);
+        assert_eq!(g.zone_capacity, g.zone_size);
+        assert_eq!(g.max_append_sectors, 2048);
+        assert_eq!(g.write_granularity, 512);
+        assert_eq!((g.conventional_zones, g.max_open, g.max_active), (0, 0, 0));
+
+        let o = ZonedDiskOptions::parse(
+            "d.img,size=1G,zone-size=1M,zone-capacity=512K,conventional-zones=2,max-open=4,\
+             max-active=6,max-append=64K,write-granularity=4K",
+        )
+        .unwrap();
+        assert_eq!(o.overrides.given().count(), 8);
+        assert_eq!(o.overrides.get(GeometryOption::Size), Some(1 << 30));
+        let g = o.overrides.geometry().unwrap();
+        assert_eq!(
+            g,
+            ZonedGeometry {
+                capacity: 1 << 21,
+                zone_size: 2048,
+                zone_capacity: 1024,
+                conventional_zones: 2,
+                max_open: 4,
+                max_active: 6,
+                max_append_sectors: 128,
+                write_granularity: 4096,
+            }
+        );
+        // A small zone size lowers the default max-append.
+        let o = ZonedDiskOptions::parse("d,zone-size=256K,size=1M").unwrap();
+        assert_eq!(o.overrides.geometry().unwrap().max_append_sectors, 512);
+    }
+
+    #[test]
+    fn rejects_bad_option_strings() {
+        let err = |s: &str| ZonedDiskOptions::parse(s).unwrap_err();
+        assert_eq!(err(""), OptionError::MissingPath);
+        assert_eq!(err(",size=1G"), OptionError::MissingPath);
+        assert_eq!(err("d,size"), OptionError::NotKeyValue("size".into()));
+        assert_eq!(
+            err("d,colour=red"),
+            OptionError::UnknownKey("colour".into())
+        );
+        assert_eq!(
+            err("d,size=1G,size=2G"),
+            OptionError::Duplicate("size".into())
+        );
+        assert_eq!(
+            err("d,size=lots"),
+            OptionError::BadValue {
+                key: "size".into(),
+                value: "lots".into()
+            }
+        );
+        assert_eq!(
+            err("d,max-open=-1"),
+            OptionError::BadValue {
+                key: "max-open".into(),
+                value: "-1".into()
+            }
+        );
+        assert_eq!(
+            err("d,max-open=5000000000"),
+            OptionError::BadValue {
+                key: "max-open".into(),
+                value: "5000000000".into()
+            }
+        );
+        assert_eq!(
+            err("d,size=1000"),
+            OptionError::NotSectorMultiple {
+                key: "size".into(),
+                value: "1000".into()
+            }
+        );
+        let msg = err("d,zone-size=1M,frob=2").to_string();
+        assert!(msg.contains("frob") && !msg.contains('\n'), "{msg}");
+        // Well-formed but impossible: the geometry names the value.
+        let o = ZonedDiskOptions::parse("d,zone-size=3M").unwrap();
+        assert_eq!(
+            o.overrides.geometry().unwrap_err(),
+            GeometryError::ZoneSizeNotPowerOfTwo(6144)
+        );
+        let o = ZonedDiskOptions::parse("d,write-granularity=0").unwrap();
+        assert_eq!(
+            o.overrides.geometry().unwrap_err(),
+            GeometryError::BadWriteGranularity(0)
+        );
+    }
+}

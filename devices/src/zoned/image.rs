@@ -1,0 +1,628 @@
+//! The file-emulated zoned backend: one regular (sparse) file holding a header, an A/B zone
+//! state table and the data. See docs/zoned-image-format.md for the layout and the crash
+//! guarantees; in short, a guest FLUSH is the commit point (data fdatasync'd first, then the
+//! changed zone-table slots written and fdatasync'd), and a zone RESET is made durable before it
+//! completes, so a write pointer read back after a crash never points past durable data written
+//! since that zone's last reset.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::disk::{ZoneStorage, ZonedDisk};
+use super::geometry::{
+    GeometryError, GeometryOverrides, ZonedDiskOptions, ZonedGeometry, SECTOR_SIZE,
+};
+use super::state::{ZoneCondition, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet};
+
+/// File magic at offset 0.
+pub const MAGIC: [u8; 8] = *b"VMMZONED";
+/// The only format version this code reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes reserved for the header; the zone table follows.
+pub const HEADER_SIZE: u64 = 4096;
+/// Bytes of one table slot; each zone has two (A at +0, B at +16).
+pub const SLOT_SIZE: u64 = 16;
+/// The data area starts on this alignment.
+pub const DATA_ALIGNMENT: u64 = 1 << 20;
+/// Offset of the header checksum (CRC-32 of bytes 0..124).
+const HEADER_CRC_OFFSET: usize = 124;
+
+/// A zoned disk backed by an image file.
+pub type ZonedImage = ZonedDisk<ImageFile>;
+
+/// Why an image cannot be created or opened. One line each, naming the file and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("zoned image {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("zoned image {0} already exists; refusing to overwrite it")]
+    Exists(PathBuf),
+    #[error("{0} is not a vmm zoned image (no VMMZONED magic)")]
+    NotAnImage(PathBuf),
+    #[error("zoned image {path} is truncated: {size} bytes, expected {expected}")]
+    Truncated {
+        path: PathBuf,
+        size: u64,
+        expected: u64,
+    },
+    #[error("zoned image {path} is {size} bytes, expected {expected}")]
+    WrongSize {
+        path: PathBuf,
+        size: u64,
+        expected: u64,
+    },
+    #[error("zoned image {path} has format version {version}; only version 1 is supported")]
+    UnsupportedVersion { path: PathBuf, version: u32 },
+    #[error("zoned image {path} has a corrupt header: {reason}")]
+    CorruptHeader { path: PathBuf, reason: String },
+    #[error("zoned image {path} has a corrupt zone table at zone {zone}: {reason}")]
+    CorruptZoneTable {
+        path: PathBuf,
+        zone: usize,
+        reason: String,
+    },
+    #[error("zoned image {path} has {option}={image}, but {option}={given} was given")]
+    Conflict {
+        path: PathBuf,
+        option: &'static str,
+        given: u64,
+        image: u64,
+    },
+    #[error("zoned image {path}: {source}")]
+    Geometry {
+        path: PathBuf,
+        source: GeometryError,
+    },
+}
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib's crc32).
+pub fn crc32(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    let mut crc = !0u32;
+    for &b in data {
+        crc = TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+fn le_u32(b: &[u8], o: usize) -> u32 {
+    let mut v = [0u8; 4];
+    v.copy_from_slice(&b[o..o + 4]);
+    u32::from_le_bytes(v)
+}
+
+fn le_u64(b: &[u8], o: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(v)
+}
+
+/// Where things are in an image of a given geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    table_offset: u64,
+    data_offset: u64,
+    file_size: u64,
+}
+
+impl Layout {
+    fn of(g: &ZonedGeometry) -> Layout {
+        let table_len = g.nr_zones() * 2 * SLOT_SIZE;
+        let data_offset = (HEADER_SIZE + table_len).div_ceil(DATA_ALIGNMENT) * DATA_ALIGNMENT;
+        Layout {
+            table_offset: HEADER_SIZE,
+            data_offset,
+            file_size: data_offset + g.capacity * SECTOR_SIZE,
+        }
+    }
+}
+
+fn encode_header(g: &ZonedGeometry, layout: &Layout) -> Vec<u8> {
+    let mut h = vec![0u8; HEADER_SIZE as usize];
+    h[0..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
+    h[16..24].copy_from_slice(&g.capacity.to_le_bytes());
+    h[24..32].copy_from_slice(&g.zone_size.to_le_bytes());
+    h[32..40].copy_from_slice(&g.zone_capacity.to_le_bytes());
+    h[40..44].copy_from_slice(&g.conventional_zones.to_le_bytes());
+    h[44..48].copy_from_slice(&g.max_open.to_le_bytes());
+    h[48..52].copy_from_slice(&g.max_active.to_le_bytes());
+    h[52..56].copy_from_slice(&g.max_append_sectors.to_le_bytes());
+    h[56..60].copy_from_slice(&g.write_granularity.to_le_bytes());
+    h[60..64].copy_from_slice(&(g.nr_zones() as u32).to_le_bytes());
+    h[64..72].copy_from_slice(&layout.table_offset.to_le_bytes());
+    h[72..80].copy_from_slice(&layout.data_offset.to_le_bytes());
+    let crc = crc32(&h[..HEADER_CRC_OFFSET]);
+    h[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// One table slot: wp u64 @0, cond u8 @8, reserved u8 @9 (0), generation u16 @10, CRC-32 @12
+/// over the zone index (le64) followed by bytes 0..12, so a slot copied to the wrong zone fails.
+fn encode_slot(zone: usize, cond: ZoneCondition, wp: u64, generation: u16) -> [u8; 16] {
+    let mut s = [0u8; 16];
+    s[0..8].copy_from_slice(&wp.to_le_bytes());
+    s[8] = cond as u8;
+    s[10..12].copy_from_slice(&generation.to_le_bytes());
+    let crc = slot_crc(zone, &s);
+    s[12..16].copy_from_slice(&crc.to_le_bytes());
+    s
+}
+
+fn slot_crc(zone: usize, slot: &[u8]) -> u32 {
+    let mut buf = [0u8; 20];
+    buf[0..8].copy_from_slice(&(zone as u64).to_le_bytes());
+    buf[8..20].copy_from_slice(&slot[0..12]);
+    crc32(&buf)
+}
+
+/// A decoded valid slot: (cond, wp, generation).
+fn decode_slot(zone: usize, s: &[u8]) -> Option<(ZoneCondition, u64, u16)> {
+    if le_u32(s, 12) != slot_crc(zone, s) || s[9] != 0 {
+        return None;
+    }
+    let cond = ZoneCondition::from_u8(s[8])?;
+    Some((cond, le_u64(s, 0), u16::from_le_bytes([s[10], s[11]])))
+}
+
+/// The state stored for a zone: open zones are stored as they come back after power loss.
+fn persisted(zones_start: u64, cond: ZoneCondition, wp: u64) -> (ZoneCondition, u64) {
+    match cond {
+        ZoneCondition::ImplicitOpen | ZoneCondition::ExplicitOpen if wp == zones_start => {
+            (ZoneCondition::Empty, wp)
+        }
+        ZoneCondition::ImplicitOpen | ZoneCondition::ExplicitOpen => (ZoneCondition::Closed, wp),
+        _ => (cond, wp),
+    }
+}
+
+/// Which slot of a zone holds its newest durable state, and that state's generation.
+#[derive(Clone, Copy, Debug)]
+struct SlotInfo {
+    current: u8,
+    generation: u16,
+}
+
+/// The image file as [`ZoneStorage`].
+pub struct ImageFile {
+    file: File,
+    geometry: ZonedGeometry,
+    layout: Layout,
+    slots: Vec<SlotInfo>,
+    /// Give reset zones' blocks back to the host file system (best effort).
+    punch_holes: bool,
+    #[cfg(test)]
+    io_hook: Option<IoHook>,
+}
+
+/// What the file backend did, reported to tests so they can model a volatile page cache.
+#[cfg(test)]
+#[derive(Debug)]
+enum IoEvent<'a> {
+    /// pwrite of guest data (or of zone-table slots when `table`).
+    Write {
+        offset: u64,
+        data: &'a [u8],
+        table: bool,
+    },
+    /// A hole punched (reads as zeros afterwards).
+    Punch { offset: u64, len: u64 },
+    /// A successful fdatasync.
+    Sync,
+}
+
+#[cfg(test)]
+type IoHook = Box<dyn FnMut(IoEvent<'_>)>;
+
+impl std::fmt::Debug for ImageFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageFile")
+            .field("geometry", &self.geometry)
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
+impl ImageFile {
+    fn data_pos(&self, sector: u64) -> u64 {
+        self.layout.data_offset + sector * SECTOR_SIZE
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        #[cfg(test)]
+        self.event(IoEvent::Sync);
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn event(&mut self, event: IoEvent<'_>) {
+        if let Some(hook) = &mut self.io_hook {
+            hook(event);
+        }
+    }
+
+    /// Writes the given zone states into each zone's older slot and makes them durable. Only
+    /// after the fdatasync succeeded do those slots become current; on failure the next attempt
+    /// writes the same (still non-current) slots again.
+    fn persist(&mut self, states: &[(usize, ZoneCondition, u64)]) -> io::Result<()> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let mut flips = Vec::with_capacity(states.len());
+        for &(zone, cond, wp) in states {
+            let info = self.slots[zone];
+            let target = 1 - info.current;
+            let generation = info.generation.wrapping_add(1);
+            let (cond, wp) = persisted(self.geometry.zone_start(zone), cond, wp);
+            let slot = encode_slot(zone, cond, wp, generation);
+            let pos = self.layout.table_offset + (zone as u64 * 2 + u64::from(target)) * SLOT_SIZE;
+            self.file.write_all_at(&slot, pos)?;
+            #[cfg(test)]
+            self.event(IoEvent::Write {
+                offset: pos,
+                data: &slot,
+                table: true,
+            });
+            flips.push((
+                zone,
+                SlotInfo {
+                    current: target,
+                    generation,
+                },
+            ));
+        }
+        self.sync()?;
+        for (zone, info) in flips {
+            self.slots[zone] = info;
+        }
+        Ok(())
+    }
+
+    fn punch_hole(&mut self, sector: u64, nr_sectors: u64) {
+        let (Ok(offset), Ok(len)) = (
+            libc::off_t::try_from(self.data_pos(sector)),
+            libc::off_t::try_from(nr_sectors * SECTOR_SIZE),
+        ) else {
+            return;
+        };
+        // SAFETY: fallocate only reads its integer arguments; the fd is owned by `self.file`
+        // and stays open for the call. Failure (e.g. EOPNOTSUPP) is harmless: the blocks stay
+        // allocated and are never read, as they are above the write pointer.
+        let ret = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        };
+        #[cfg(test)]
+        if ret == 0 {
+            self.event(IoEvent::Punch {
+                offset: offset as u64,
+                len: len as u64,
+            });
+        }
+        let _ = ret;
+    }
+}
+
+impl ZoneStorage for ImageFile {
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, self.data_pos(sector))
+    }
+
+    fn write(&mut self, sector: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, self.data_pos(sector))?;
+        #[cfg(test)]
+        self.event(IoEvent::Write {
+            offset: self.data_pos(sector),
+            data,
+            table: false,
+        });
+        Ok(())
+    }
+
+    /// Resets are made durable before they complete: a reset allows the same sectors to be
+    /// written again, and if the reset were lost in a crash while the new (unflushed) data
+    /// partly landed, the old write pointer would cover a mix of old and new data. Open, close
+    /// and finish only change state that the next flush persists.
+    fn apply_zone_op(&mut self, plan: &ZoneOpPlan) -> io::Result<()> {
+        let is_reset = matches!(
+            plan.kind,
+            ZoneOpKind::Single(ZoneOp::Reset) | ZoneOpKind::ResetAll
+        );
+        if !is_reset {
+            return Ok(());
+        }
+        let resets: Vec<(usize, ZoneCondition, u64)> = plan
+            .updates
+            .iter()
+            .map(|u| (u.index, u.cond, u.wp))
+            .collect();
+        self.persist(&resets)?;
+        if self.punch_holes {
+            for &(zone, _, _) in &resets {
+                self.punch_hole(self.geometry.zone_start(zone), self.geometry.zone_len(zone));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, zones: &ZoneSet) -> io::Result<()> {
+        // Data first: a slot must never describe data that is not durable yet.
+        self.sync()?;
+        let states: Vec<(usize, ZoneCondition, u64)> = zones
+            .changed_zones()
+            .iter()
+            .map(|&i| {
+                let (cond, wp) = zones.saved_state(i);
+                (i, cond, wp)
+            })
+            .collect();
+        self.persist(&states)
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl ZonedDisk<ImageFile> {
+    /// What the command line asks for: opens the image at `options.path` if it exists
+    /// (explicit options must match it), else creates it from the options plus defaults.
+    pub fn open_or_create(options: &ZonedDiskOptions) -> Result<Self, ImageError> {
+        let path = options.path.as_path();
+        if path.exists() {
+            return Self::open(path, &options.overrides);
+        }
+        let geometry = options
+            .overrides
+            .geometry()
+            .map_err(|source| ImageError::Geometry {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Self::create(path, geometry)
+    }
+
+    /// Creates a new image; refuses to touch an existing file. The file is sparse: only the
+    /// header and zone table take space until data is written.
+    pub fn create(path: &Path, geometry: ZonedGeometry) -> Result<Self, ImageError> {
+        let geometry = ZonedGeometry::new(geometry).map_err(|source| ImageError::Geometry {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                ErrorKind::AlreadyExists => ImageError::Exists(path.to_path_buf()),
+                _ => io_err(path)(e),
+            })?;
+        let result = Self::initialize(file, path, geometry);
+        if result.is_err() {
+            // We created the file (create_new), so removing the half-written one is ours to do.
+            let _ = std::fs::remove_file(path);
+        }
+        result
+    }
+
+    fn initialize(file: File, path: &Path, geometry: ZonedGeometry) -> Result<Self, ImageError> {
+        let layout = Layout::of(&geometry);
+        let zones = ZoneSet::new(geometry);
+        let n = zones.len();
+        let mut table = vec![0u8; n * 2 * SLOT_SIZE as usize];
+        for (i, pair) in table.chunks_exact_mut(2 * SLOT_SIZE as usize).enumerate() {
+            let (cond, wp) = zones.saved_state(i);
+            // Slot A is current (generation 1), slot B an older copy (generation 0).
+            pair[..16].copy_from_slice(&encode_slot(i, cond, wp, 1));
+            pair[16..].copy_from_slice(&encode_slot(i, cond, wp, 0));
+        }
+        let err = io_err(path);
+        file.set_len(layout.file_size).map_err(&err)?;
+        file.write_all_at(&table, layout.table_offset)
+            .map_err(&err)?;
+        file.write_all_at(&encode_header(&geometry, &layout), 0)
+            .map_err(&err)?;
+        file.sync_all().map_err(&err)?;
+        if let Some(dir) = path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            File::open(dir).and_then(|d| d.sync_all()).map_err(&err)?;
+        }
+        let slots = vec![
+            SlotInfo {
+                current: 0,
+                generation: 1
+            };
+            n
+        ];
+        Ok(ZonedDisk::new(
+            zones,
+            ImageFile {
+                file,
+                geometry,
+                layout,
+                slots,
+                punch_holes: true,
+                #[cfg(test)]
+                io_hook: None,
+            },
+        ))
+    }
+
+    /// Opens an existing image. `given` holds the geometry options given explicitly; each must
+    /// match the image. Never writes to the file: on any error it is left as it was. Zones that
+    /// were open come back CLOSED (or EMPTY when nothing was written), as after a power loss.
+    pub fn open(path: &Path, given: &GeometryOverrides) -> Result<Self, ImageError> {
+        let err = io_err(path);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(&err)?;
+        let size = file.metadata().map_err(&err)?.len();
+        let mut header = vec![0u8; HEADER_SIZE.min(size) as usize];
+        file.read_exact_at(&mut header, 0).map_err(&err)?;
+        if header.len() < MAGIC.len() || header[..MAGIC.len()] != MAGIC {
+            return Err(ImageError::NotAnImage(path.to_path_buf()));
+        }
+        if size < HEADER_SIZE {
+            return Err(ImageError::Truncated {
+                path: path.to_path_buf(),
+                size,
+                expected: HEADER_SIZE,
+            });
+        }
+        let version = le_u32(&header, 8);
+        if version != FORMAT_VERSION {
+            return Err(ImageError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                version,
+            });
+        }
+        let corrupt = |reason: String| ImageError::CorruptHeader {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let stored_crc = le_u32(&header, HEADER_CRC_OFFSET);
+        if stored_crc != crc32(&header[..HEADER_CRC_OFFSET]) {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        if le_u32(&header, 12) as u64 != HEADER_SIZE {
+            return Err(corrupt(format!("header size {}", le_u32(&header, 12))));
+        }
+        let geometry = ZonedGeometry::new(ZonedGeometry {
+            capacity: le_u64(&header, 16),
+            zone_size: le_u64(&header, 24),
+            zone_capacity: le_u64(&header, 32),
+            conventional_zones: le_u32(&header, 40),
+            max_open: le_u32(&header, 44),
+            max_active: le_u32(&header, 48),
+            max_append_sectors: le_u32(&header, 52),
+            write_granularity: le_u32(&header, 56),
+        })
+        .map_err(|e| corrupt(e.to_string()))?;
+        let layout = Layout::of(&geometry);
+        if u64::from(le_u32(&header, 60)) != geometry.nr_zones()
+            || le_u64(&header, 64) != layout.table_offset
+            || le_u64(&header, 72) != layout.data_offset
+        {
+            return Err(corrupt(
+                "zone count or layout offsets disagree with the geometry".into(),
+            ));
+        }
+        if size < layout.file_size {
+            return Err(ImageError::Truncated {
+                path: path.to_path_buf(),
+                size,
+                expected: layout.file_size,
+            });
+        }
+        if size > layout.file_size {
+            return Err(ImageError::WrongSize {
+                path: path.to_path_buf(),
+                size,
+                expected: layout.file_size,
+            });
+        }
+        for (option, value) in given.given() {
+            let image = option.value_of(&geometry);
+            if image != value {
+                return Err(ImageError::Conflict {
+                    path: path.to_path_buf(),
+                    option: option.key(),
+                    given: value,
+                    image,
+                });
+            }
+        }
+        let n = geometry.nr_zones() as usize;
+        let mut table = vec![0u8; n * 2 * SLOT_SIZE as usize];
+        file.read_exact_at(&mut table, layout.table_offset)
+            .map_err(&err)?;
+        let table_error = |zone: usize, reason: String| ImageError::CorruptZoneTable {
+            path: path.to_path_buf(),
+            zone,
+            reason,
+        };
+        let mut slots = Vec::with_capacity(n);
+        let mut states = Vec::with_capacity(n);
+        for (zone, pair) in table.chunks_exact(2 * SLOT_SIZE as usize).enumerate() {
+            let a = decode_slot(zone, &pair[..16]);
+            let b = decode_slot(zone, &pair[16..]);
+            let (current, (cond, wp, generation)) = match (a, b) {
+                (Some(a), Some(b)) if a.2.wrapping_sub(b.2) == 1 => (0, a),
+                (Some(a), Some(b)) if b.2.wrapping_sub(a.2) == 1 => (1, b),
+                (Some(_), Some(_)) => {
+                    return Err(table_error(
+                        zone,
+                        "slot generations are not consecutive".into(),
+                    ))
+                }
+                (Some(a), None) => (0, a),
+                (None, Some(b)) => (1, b),
+                (None, None) => return Err(table_error(zone, "both slots are corrupt".into())),
+            };
+            slots.push(SlotInfo {
+                current,
+                generation,
+            });
+            states.push((cond, wp));
+        }
+        let zones = ZoneSet::restore(geometry, states.into_iter()).map_err(|e| {
+            let zone = match &e {
+                super::state::RestoreError::Inconsistent { index, .. } => *index,
+                super::state::RestoreError::Count { .. } => 0,
+            };
+            table_error(zone, e.to_string())
+        })?;
+        Ok(ZonedDisk::new(
+            zones,
+            ImageFile {
+                file,
+                geometry,
+                layout,
+                slots,
+                punch_holes: true,
+                #[cfg(test)]
+                io_hook: None,
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,599 @@
+use super::*;
+use crate::zoned::geometry::{GeometryOption, ZonedDiskOptions};
+use crate::zoned::state::{ZoneError, ZoneOp};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "vmm-zoned-{}-{}-{}",
+            name,
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// 8 zones of 256 sectors, zone capacity 192, zone 0 conventional, max 2 open / 3 active.
+fn geometry() -> ZonedGeometry {
+    ZonedGeometry::new(ZonedGeometry {
+        capacity: 8 * 256,
+        zone_size: 256,
+        zone_capacity: 192,
+        conventional_zones: 1,
+        max_open: 2,
+        max_active: 3,
+        max_append_sectors: 64,
+        write_granularity: 512,
+    })
+    .unwrap()
+}
+
+fn none() -> GeometryOverrides {
+    GeometryOverrides::default()
+}
+
+/// Sector contents that say where and when they were written: le64 sector, le64 epoch.
+fn pattern(sector: u64, nr: u64, epoch: u64) -> Vec<u8> {
+    let mut v = vec![0u8; (nr * 512) as usize];
+    for (i, chunk) in v.chunks_exact_mut(512).enumerate() {
+        chunk[0..8].copy_from_slice(&(sector + i as u64).to_le_bytes());
+        chunk[8..16].copy_from_slice(&epoch.to_le_bytes());
+        chunk[16..].fill(0xA5);
+    }
+    v
+}
+
+fn read(d: &mut ZonedImage, sector: u64, nr: u64) -> Vec<u8> {
+    let mut buf = vec![0xEEu8; (nr * 512) as usize];
+    d.read(sector, &mut buf).unwrap();
+    buf
+}
+
+fn state(d: &ZonedImage, i: usize) -> (ZoneCondition, u64) {
+    d.zones().saved_state(i)
+}
+
+#[test]
+fn crc32_matches_zlib() {
+    assert_eq!(crc32(b""), 0);
+    assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+}
+
+#[test]
+fn create_write_reopen_round_trip() {
+    let dir = Scratch::new("roundtrip");
+    let path = dir.path("disk.img");
+    let g = geometry();
+    {
+        let mut d = ZonedImage::create(&path, g).unwrap();
+        d.write(3, &pattern(3, 5, 0)).unwrap(); // conventional
+        d.write(256, &pattern(256, 10, 0)).unwrap(); // zone 1 implicit open
+        assert_eq!(d.append(512, &pattern(512, 4, 0)), Ok(512)); // zone 2
+        d.zone_op(ZoneOp::Close, 512).unwrap(); // zone 2 closed
+        d.zone_op(ZoneOp::Finish, 768).unwrap(); // zone 3 finished empty
+        d.write(1024, &pattern(1024, 192, 0)).unwrap(); // zone 4 full by writes
+        d.write(1280, &pattern(1280, 8, 0)).unwrap();
+        d.zone_op(ZoneOp::Finish, 1280).unwrap(); // zone 5 finished with data
+        d.zone_op(ZoneOp::Open, 1536).unwrap(); // zone 6 explicitly open, empty
+        d.set_zone_condition(1792, ZoneCondition::ReadOnly).unwrap(); // zone 7
+        d.flush().unwrap();
+        assert_eq!(state(&d, 1), (ZoneCondition::ImplicitOpen, 266));
+    }
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(size, Layout::of(&g).file_size);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(*d.geometry(), g);
+    assert_eq!(
+        state(&d, 1),
+        (ZoneCondition::Closed, 266),
+        "open comes back closed"
+    );
+    assert_eq!(state(&d, 2), (ZoneCondition::Closed, 516));
+    assert_eq!(state(&d, 3), (ZoneCondition::Full, 768));
+    assert_eq!(state(&d, 4), (ZoneCondition::Full, 1216));
+    assert_eq!(state(&d, 5), (ZoneCondition::Full, 1288));
+    assert_eq!(
+        state(&d, 6),
+        (ZoneCondition::Empty, 1536),
+        "empty open comes back empty"
+    );
+    assert_eq!(state(&d, 7).0, ZoneCondition::ReadOnly);
+    assert_eq!((d.zones().open_zones(), d.zones().active_zones()), (0, 2));
+    assert_eq!(read(&mut d, 3, 5), pattern(3, 5, 0));
+    assert!(read(&mut d, 0, 3).iter().all(|&b| b == 0));
+    assert_eq!(read(&mut d, 256, 10), pattern(256, 10, 0));
+    assert!(
+        read(&mut d, 266, 246).iter().all(|&b| b == 0),
+        "zeros above wp"
+    );
+    assert_eq!(read(&mut d, 512, 4), pattern(512, 4, 0));
+    assert!(read(&mut d, 768, 256).iter().all(|&b| b == 0));
+    assert_eq!(read(&mut d, 1024, 192), pattern(1024, 192, 0));
+    assert_eq!(read(&mut d, 1280, 8), pattern(1280, 8, 0));
+    assert!(read(&mut d, 1288, 248).iter().all(|&b| b == 0));
+    // Writing continues where it stopped.
+    d.write(266, &pattern(266, 2, 0)).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::ImplicitOpen, 268));
+    // Matching explicit options are fine.
+    drop(d);
+    let mut given = none();
+    given.set(GeometryOption::Size, 8 * 256 * 512);
+    given.set(GeometryOption::MaxOpen, 2);
+    given.set(GeometryOption::ZoneCapacity, 192 * 512);
+    ZonedImage::open(&path, &given).unwrap();
+}
+
+#[test]
+fn create_refuses_existing_file() {
+    let dir = Scratch::new("exists");
+    let path = dir.path("disk.img");
+    std::fs::write(&path, b"precious").unwrap();
+    let err = ZonedImage::create(&path, geometry()).unwrap_err();
+    assert!(matches!(err, ImageError::Exists(_)), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    let mut bad = geometry();
+    bad.zone_size = 100;
+    let err = ZonedImage::create(&dir.path("other.img"), bad).unwrap_err();
+    assert!(err.to_string().contains("100"), "{err}");
+    assert!(!dir.path("other.img").exists());
+}
+
+/// Opens `path` expecting an error, checks the file is byte-for-byte unchanged, returns the
+/// message.
+fn open_fails(path: &Path, given: &GeometryOverrides) -> String {
+    let before = std::fs::read(path).unwrap();
+    let err = ZonedImage::open(path, given).unwrap_err();
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        before,
+        "file changed by a failed open"
+    );
+    let msg = err.to_string();
+    assert!(!msg.contains('\n'), "{msg}");
+    msg
+}
+
+fn fresh(dir: &Scratch, name: &str) -> PathBuf {
+    let path = dir.path(name);
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    d.write(256, &pattern(256, 4, 0)).unwrap();
+    d.flush().unwrap();
+    path
+}
+
+fn patch(path: &Path, offset: u64, bytes: &[u8]) {
+    let f = OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+#[test]
+fn conflicting_options_are_named() {
+    let dir = Scratch::new("conflict");
+    let path = fresh(&dir, "disk.img");
+    let mut given = none();
+    given.set(GeometryOption::ZoneSize, 1 << 20);
+    let msg = open_fails(&path, &given);
+    assert!(
+        msg.contains("zone-size=131072") && msg.contains("zone-size=1048576"),
+        "{msg}"
+    );
+    let mut given = none();
+    given.set(GeometryOption::MaxActive, 7);
+    let msg = open_fails(&path, &given);
+    assert!(
+        msg.contains("max-active=3") && msg.contains("max-active=7"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn foreign_truncated_and_corrupt_files_are_refused_untouched() {
+    let dir = Scratch::new("corrupt");
+    let foreign = dir.path("foreign");
+    std::fs::write(&foreign, vec![b'x'; 10000]).unwrap();
+    assert!(open_fails(&foreign, &none()).contains("not a vmm zoned image"));
+    let empty = dir.path("empty");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(open_fails(&empty, &none()).contains("not a vmm zoned image"));
+
+    let path = fresh(&dir, "short-header.img");
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(1000).unwrap();
+    assert!(open_fails(&path, &none()).contains("truncated"));
+
+    let path = fresh(&dir, "short-data.img");
+    let size = std::fs::metadata(&path).unwrap().len();
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(size - 512).unwrap();
+    let msg = open_fails(&path, &none());
+    assert!(
+        msg.contains("truncated") && msg.contains(&size.to_string()),
+        "{msg}"
+    );
+
+    let path = fresh(&dir, "long.img");
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(size + 4096).unwrap();
+    assert!(open_fails(&path, &none()).contains("expected"));
+
+    let path = fresh(&dir, "bitflip.img");
+    patch(&path, 20, &[0x40]);
+    assert!(open_fails(&path, &none()).contains("corrupt header"));
+
+    let path = fresh(&dir, "version.img");
+    let mut header = std::fs::read(&path).unwrap()[..4096].to_vec();
+    header[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let crc = crc32(&header[..HEADER_CRC_OFFSET]);
+    header[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+    patch(&path, 0, &header);
+    assert!(open_fails(&path, &none()).contains("version 2"));
+
+    // A valid checksum over an impossible geometry is still a corrupt header.
+    let path = fresh(&dir, "geometry.img");
+    let mut header = std::fs::read(&path).unwrap()[..4096].to_vec();
+    header[24..32].copy_from_slice(&300u64.to_le_bytes());
+    let crc = crc32(&header[..HEADER_CRC_OFFSET]);
+    header[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+    patch(&path, 0, &header);
+    let msg = open_fails(&path, &none());
+    assert!(
+        msg.contains("corrupt header") && msg.contains("300"),
+        "{msg}"
+    );
+
+    let path = fresh(&dir, "table.img");
+    patch(&path, HEADER_SIZE + 32 + 3, &[0xFF]);
+    patch(&path, HEADER_SIZE + 48 + 3, &[0xFF]);
+    let msg = open_fails(&path, &none());
+    assert!(msg.contains("zone table at zone 1"), "{msg}");
+
+    // Valid slots describing an impossible state.
+    let path = fresh(&dir, "state.img");
+    patch(
+        &path,
+        HEADER_SIZE + 2 * 32,
+        &encode_slot(2, ZoneCondition::Closed, 999_999, 7),
+    );
+    patch(
+        &path,
+        HEADER_SIZE + 2 * 32 + 16,
+        &encode_slot(2, ZoneCondition::Closed, 999_999, 6),
+    );
+    assert!(open_fails(&path, &none()).contains("zone 2"));
+}
+
+#[test]
+fn torn_slot_falls_back_to_the_older_state() {
+    let dir = Scratch::new("torn");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    d.write(256, &pattern(256, 4, 0)).unwrap();
+    d.flush().unwrap(); // zone 1 slot B: closed, wp 260
+    d.write(260, &pattern(260, 4, 0)).unwrap();
+    d.flush().unwrap(); // zone 1 slot A: closed, wp 264
+    drop(d);
+    // Tear slot A of zone 1 (the newest).
+    patch(&path, HEADER_SIZE + 32 + 12, &[0, 0, 0, 0]);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 260));
+    assert_eq!(read(&mut d, 256, 4), pattern(256, 4, 0));
+    // Writing on from the older state works and persists over the torn slot.
+    d.write(260, &pattern(260, 2, 1)).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    let d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 262));
+}
+
+#[test]
+fn unflushed_writes_do_not_advance_the_durable_wp() {
+    let dir = Scratch::new("noflush");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    d.write(256, &pattern(256, 8, 0)).unwrap();
+    d.flush().unwrap();
+    d.write(264, &pattern(264, 8, 0)).unwrap();
+    d.zone_op(ZoneOp::Finish, 512).unwrap();
+    drop(d); // a kill: no flush
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 264));
+    assert_eq!(
+        state(&d, 2),
+        (ZoneCondition::Empty, 512),
+        "unflushed finish is lost"
+    );
+    assert_eq!(read(&mut d, 256, 8), pattern(256, 8, 0));
+    assert!(read(&mut d, 264, 8).iter().all(|&b| b == 0));
+}
+
+#[test]
+fn reset_is_durable_before_new_writes() {
+    let dir = Scratch::new("reset");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    d.write(256, &pattern(256, 16, 0)).unwrap();
+    d.flush().unwrap();
+    d.zone_op(ZoneOp::Reset, 256).unwrap();
+    d.write(256, &pattern(256, 4, 1)).unwrap();
+    drop(d); // crash before any flush: the old wp must not cover the new data
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Empty, 256));
+    assert!(read(&mut d, 256, 16).iter().all(|&b| b == 0));
+    // reset_all, likewise.
+    d.write(256, &pattern(256, 4, 2)).unwrap();
+    d.write(512, &pattern(512, 4, 0)).unwrap();
+    d.flush().unwrap();
+    d.reset_all().unwrap();
+    drop(d);
+    let d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Empty, 256));
+    assert_eq!(state(&d, 2), (ZoneCondition::Empty, 512));
+}
+
+/// Checks what a crash at a sync point would leave: the image opens, and in every sequential
+/// zone all sectors below the write pointer hold data written since the zone's last durable
+/// reset (one epoch, right sector numbers).
+fn check_durable_image(path: &Path) {
+    let mut d = ZonedImage::open(path, &none()).unwrap();
+    for i in 1..d.zones().len() {
+        let (cond, wp) = state(&d, i);
+        let start = d.geometry().zone_start(i);
+        if cond == ZoneCondition::Empty || wp == start {
+            continue;
+        }
+        let data = read(&mut d, start, wp - start);
+        let epoch = u64::from_le_bytes(data[8..16].try_into().unwrap());
+        for (k, chunk) in data.chunks_exact(512).enumerate() {
+            let sector = u64::from_le_bytes(chunk[0..8].try_into().unwrap());
+            let e = u64::from_le_bytes(chunk[8..16].try_into().unwrap());
+            assert_eq!(
+                sector,
+                start + k as u64,
+                "zone {i}: wrong or missing data below wp {wp}"
+            );
+            assert_eq!(e, epoch, "zone {i}: data from before a reset below wp {wp}");
+        }
+    }
+}
+
+#[test]
+fn crash_at_every_sync_point_keeps_wp_behind_durable_data() {
+    use crate::zoned::state::tests::Rng;
+    let dir = Scratch::new("crash");
+    let path = dir.path("disk.img");
+    let snapshot = dir.path("snapshot.img");
+    let g = geometry();
+    let mut d = ZonedImage::create(&path, g).unwrap();
+    let syncs = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let counter = syncs.clone();
+    // A model of the host page cache: `durable` is what survives a crash for sure, `pending`
+    // what was written since the last fdatasync. At every fdatasync, check the worst crash
+    // just before it: every pending zone-table write landed, no pending data did. Then check
+    // the state right after it.
+    let mut durable = std::fs::read(&path).unwrap();
+    let mut pending: Vec<(u64, Vec<u8>, bool)> = Vec::new();
+    let check = move |image: &[u8]| {
+        let _ = std::fs::remove_file(&snapshot);
+        std::fs::write(&snapshot, image).unwrap();
+        check_durable_image(&snapshot);
+    };
+    let apply = |image: &mut Vec<u8>, offset: u64, data: &[u8]| {
+        let at = offset as usize;
+        image[at..at + data.len()].copy_from_slice(data);
+    };
+    d.storage_mut().io_hook = Some(Box::new(move |event: IoEvent<'_>| match event {
+        IoEvent::Write {
+            offset,
+            data,
+            table,
+        } => pending.push((offset, data.to_vec(), table)),
+        IoEvent::Punch { offset, len } => pending.push((offset, vec![0; len as usize], false)),
+        IoEvent::Sync => {
+            let mut worst = durable.clone();
+            for (offset, data, _) in pending.iter().filter(|p| p.2) {
+                apply(&mut worst, *offset, data);
+            }
+            check(&worst);
+            for (offset, data, _) in pending.drain(..) {
+                apply(&mut durable, offset, &data);
+            }
+            check(&durable);
+            counter.set(counter.get() + 1);
+        }
+    }));
+    let mut rng = Rng::new(7);
+    let mut epochs = [0u64; 8];
+    for _ in 0..400 {
+        let zone = 1 + rng.below(7) as usize;
+        let start = g.zone_start(zone);
+        let (cond, wp) = state(&d, zone);
+        match rng.below(10) {
+            0..=4 => {
+                let nr = 1 + rng.below(24);
+                if d.write(wp, &pattern(wp, nr, epochs[zone])).is_err() {
+                    // Full, out of capacity or out of resources: make room.
+                    if cond == ZoneCondition::Full || rng.below(2) == 0 {
+                        d.zone_op(ZoneOp::Reset, start).unwrap();
+                        epochs[zone] += 1;
+                    } else {
+                        let _ = d.zone_op(ZoneOp::Finish, start);
+                    }
+                }
+            }
+            5 => {
+                let nr = 1 + rng.below(8);
+                let _ = d.append(start, &pattern(wp, nr, epochs[zone]));
+            }
+            6 => {
+                d.zone_op(ZoneOp::Reset, start).unwrap();
+                epochs[zone] += 1;
+            }
+            7 => {
+                let _ = d.zone_op(ZoneOp::Finish, start);
+            }
+            _ => d.flush().unwrap(),
+        }
+    }
+    d.flush().unwrap();
+    let expected: Vec<_> = (0..8).map(|i| state(&d, i)).collect();
+    d.storage_mut().io_hook = None;
+    drop(d);
+    assert!(syncs.get() > 50, "only {} sync points", syncs.get());
+    let d = ZonedImage::open(&path, &none()).unwrap();
+    for (i, (cond, wp)) in expected.into_iter().enumerate() {
+        let cond = match cond {
+            ZoneCondition::ImplicitOpen | ZoneCondition::ExplicitOpen => ZoneCondition::Closed,
+            c => c,
+        };
+        let got = state(&d, i);
+        if got.1 == g.zone_start(i) && cond == ZoneCondition::Closed {
+            continue;
+        }
+        assert_eq!(got, (cond, wp), "zone {i} after the final flush");
+    }
+    check_durable_image(&path);
+}
+
+#[test]
+fn hundred_thousand_zones_open_and_report_fast() {
+    let dir = Scratch::new("many");
+    let path = dir.path("many.img");
+    let n = 100_000u64;
+    let g = ZonedGeometry::new(ZonedGeometry {
+        capacity: n * 8,
+        zone_size: 8,
+        zone_capacity: 8,
+        conventional_zones: 10,
+        max_open: 0,
+        max_active: 0,
+        max_append_sectors: 8,
+        write_granularity: 512,
+    })
+    .unwrap();
+    let t = Instant::now();
+    let mut d = ZonedImage::create(&path, g).unwrap();
+    let created = t.elapsed();
+    for zone in (10..n).step_by(997) {
+        d.write(zone * 8, &pattern(zone * 8, 3, 0)).unwrap();
+    }
+    d.zone_op(ZoneOp::Finish, (n - 1) * 8).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    let t = Instant::now();
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    let opened = t.elapsed();
+    let t = Instant::now();
+    let mut seen = 0u64;
+    let mut buf = vec![0u8; 64 + 64 * 4096];
+    let mut from = 0u64;
+    while from < g.capacity {
+        let (nr, _) = d.report_into(from, &mut buf).unwrap();
+        for k in 0..nr as usize {
+            let desc = &buf[64 + 64 * k..128 + 64 * k];
+            let start = u64::from_le_bytes(desc[8..16].try_into().unwrap());
+            let wp = u64::from_le_bytes(desc[16..24].try_into().unwrap());
+            let zone = seen;
+            assert_eq!(start, zone * 8);
+            let expected_wp = if zone < 10 || zone == n - 1 {
+                start + 8
+            } else if (zone - 10) / 997 * 997 == zone - 10 {
+                start + 3
+            } else {
+                start
+            };
+            assert_eq!(wp, expected_wp, "zone {zone}");
+            seen += 1;
+        }
+        from += nr * 8;
+    }
+    let reported = t.elapsed();
+    assert_eq!(seen, n);
+    let t = Instant::now();
+    d.reset_all().unwrap();
+    let reset = t.elapsed();
+    assert_eq!(d.zones().active_zones(), 0);
+    println!(
+        "100000 zones: create {created:?}, open {opened:?}, report all {reported:?}, reset all {reset:?}"
+    );
+    assert_eq!(d.append(99 * 8, &[0u8; 512]), Ok(99 * 8));
+    assert_eq!(
+        d.write(99 * 8, &[0u8; 512]),
+        Err(ZoneError::UnalignedWritePointer)
+    );
+}
+
+#[test]
+fn open_or_create_from_option_string() {
+    let dir = Scratch::new("cli");
+    let path = dir.path("cli.img");
+    let text = format!("{},size=8M,zone-size=1M,max-open=3", path.display());
+    let options = ZonedDiskOptions::parse(&text).unwrap();
+    let mut d = ZonedImage::open_or_create(&options).unwrap();
+    assert_eq!(d.geometry().nr_zones(), 8);
+    d.write(0, &pattern(0, 8, 0)).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    // Reopen with no options, the same ones, and a conflicting one.
+    let bare = ZonedDiskOptions::parse(&path.display().to_string()).unwrap();
+    let mut d = ZonedImage::open_or_create(&bare).unwrap();
+    assert_eq!(d.geometry().max_open, 3);
+    assert_eq!(read(&mut d, 0, 8), pattern(0, 8, 0));
+    drop(d);
+    ZonedImage::open_or_create(&options).unwrap();
+    let other = ZonedDiskOptions::parse(&format!("{},max-open=4", path.display())).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let msg = ZonedImage::open_or_create(&other).unwrap_err().to_string();
+    assert!(
+        msg.contains("max-open=3") && msg.contains("max-open=4"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let bad = ZonedDiskOptions::parse(&format!("{},zone-size=3M", dir.path("new.img").display()))
+        .unwrap();
+    let msg = ZonedImage::open_or_create(&bad).unwrap_err().to_string();
+    assert!(msg.contains("6144"), "{msg}");
+}
+
+#[test]
+fn only_flush_and_reset_sync() {
+    let dir = Scratch::new("syncs");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    let syncs = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let counter = syncs.clone();
+    d.storage_mut().io_hook = Some(Box::new(move |event: IoEvent<'_>| {
+        if let IoEvent::Sync = event {
+            counter.set(counter.get() + 1);
+        }
+    }));
+    d.write(256, &pattern(256, 4, 0)).unwrap();
+    d.append(512, &pattern(512, 4, 0)).unwrap();
+    d.zone_op(ZoneOp::Open, 768).unwrap();
+    d.zone_op(ZoneOp::Close, 768).unwrap(); // explicit open, empty: back to EMPTY
+    d.zone_op(ZoneOp::Finish, 512).unwrap();
+    assert_eq!(syncs.get(), 0);
+    d.zone_op(ZoneOp::Reset, 256).unwrap();
+    assert_eq!(syncs.get(), 1);
+    d.zone_op(ZoneOp::Reset, 256).unwrap(); // already empty: nothing to do
+    assert_eq!(syncs.get(), 1);
+    d.flush().unwrap();
+    assert_eq!(syncs.get(), 3, "data, then zone table");
+}

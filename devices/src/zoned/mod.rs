@@ -1,0 +1,32 @@
+//! Zoned block devices (VIRTIO_BLK_F_ZONED, host-managed): geometry and options, the zone state
+//! machine shared by every backend, the virtio-blk wire encodings of zone information, and the
+//! file-emulated backend.
+//!
+//! - [`geometry`]: sizes and limits, validation, defaults, the `PATH[,key=value...]` parser.
+//! - [`state`]: zone conditions and the rules (the only place they live).
+//! - [`wire`]: spec numbers, config-space fields, ZONE_REPORT replies.
+//! - [`disk`]: [`ZonedDisk`], the request-level API, over the [`ZoneStorage`] backend seam.
+//! - [`image`]: [`ZonedImage`], the file-emulated backend (docs/zoned-image-format.md).
+//!
+//! A request handler maps each virtio-blk request to one call and writes
+//! `wire::status_of(&result)` (OK, or the error's `status()`) into the status byte:
+//!
+//! | request | call |
+//! |---|---|
+//! | IN | `disk.read(sector, &mut buf)` |
+//! | OUT | `disk.write(sector, &buf)` |
+//! | FLUSH | `disk.flush()` |
+//! | ZONE_APPEND | `disk.append(sector, &buf)` → sector for the in-header's first 8 bytes |
+//! | ZONE_REPORT | `disk.report_into(sector, &mut reply)` → (nr_zones, bytes written) |
+//! | ZONE_OPEN/CLOSE/FINISH/RESET/RESET_ALL | `disk.zone_management(wire::zone_op_of_request(type)?, sector)` |
+
+pub mod disk;
+pub mod geometry;
+pub mod image;
+pub mod state;
+pub mod wire;
+
+pub use disk::{ZoneStorage, ZonedDisk};
+pub use geometry::{GeometryOverrides, ZonedDiskOptions, ZonedGeometry};
+pub use image::{ImageError, ZonedImage};
+pub use state::{Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneSet, ZoneType};
