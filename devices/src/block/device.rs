@@ -86,6 +86,11 @@ pub trait RequestHandler: Send {
         memory: &GuestMemoryMmap,
         backend: &mut dyn BlockBackend,
     ) -> Option<Completion>;
+
+    /// Makes everything the handler holds durable (called when the VMM shuts down).
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Executes parsed requests against the backend; the part of the device the queue feeds.
@@ -324,8 +329,11 @@ impl Block {
         self.server.capacity_bytes / SECTOR_SIZE
     }
 
-    /// Flushes the backend (e.g. before the VMM exits).
+    /// Flushes the handler's state and the backend (e.g. before the VMM exits).
     pub fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(handler) = self.server.handler.as_mut() {
+            handler.flush()?;
+        }
         self.server.backend.flush()
     }
 }
@@ -437,6 +445,10 @@ impl VirtioDevice for Block {
                 .map_err(QueueError::Interrupt)?;
         }
         Ok(())
+    }
+
+    fn shutdown(&mut self) -> std::io::Result<()> {
+        self.flush()
     }
 }
 

@@ -105,6 +105,10 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// The guest notified queue `queue_index`: process every available request on it.
     fn process_queue(&mut self, queue_index: u16) -> Result<(), QueueError>;
+    /// The VMM is about to exit: make whatever the device holds durable.
+    fn shutdown(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Copies `config[offset..offset + data.len()]` into `data`; what lies past the end of `config`

@@ -234,7 +234,7 @@ enum IoEvent<'a> {
 }
 
 #[cfg(test)]
-type IoHook = Box<dyn FnMut(IoEvent<'_>)>;
+type IoHook = Box<dyn FnMut(IoEvent<'_>) + Send>;
 
 impl std::fmt::Debug for ImageFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

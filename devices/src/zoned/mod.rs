@@ -24,9 +24,11 @@ pub mod disk;
 pub mod geometry;
 pub mod image;
 pub mod state;
+pub mod virtio;
 pub mod wire;
 
 pub use disk::{ZoneStorage, ZonedDisk};
 pub use geometry::{GeometryOverrides, ZonedDiskOptions, ZonedGeometry};
 pub use image::{ImageError, ZonedImage};
 pub use state::{Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneSet, ZoneType};
+pub use virtio::{ZonedCapacity, ZonedHandler};

@@ -382,7 +382,7 @@ fn crash_at_every_sync_point_keeps_wp_behind_durable_data() {
     let snapshot = dir.path("snapshot.img");
     let g = geometry();
     let mut d = ZonedImage::create(&path, g).unwrap();
-    let syncs = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let syncs = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counter = syncs.clone();
     // A model of the host page cache: `durable` is what survives a crash for sure, `pending`
     // what was written since the last fdatasync. At every fdatasync, check the worst crash
@@ -416,7 +416,7 @@ fn crash_at_every_sync_point_keeps_wp_behind_durable_data() {
                 apply(&mut durable, offset, &data);
             }
             check(&durable);
-            counter.set(counter.get() + 1);
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }));
     let mut rng = Rng::new(7);
@@ -456,7 +456,11 @@ fn crash_at_every_sync_point_keeps_wp_behind_durable_data() {
     let expected: Vec<_> = (0..8).map(|i| state(&d, i)).collect();
     d.storage_mut().io_hook = None;
     drop(d);
-    assert!(syncs.get() > 50, "only {} sync points", syncs.get());
+    assert!(
+        syncs.load(std::sync::atomic::Ordering::Relaxed) > 50,
+        "only {} sync points",
+        syncs.load(std::sync::atomic::Ordering::Relaxed)
+    );
     let d = ZonedImage::open(&path, &none()).unwrap();
     for (i, (cond, wp)) in expected.into_iter().enumerate() {
         let cond = match cond {
@@ -577,11 +581,11 @@ fn only_flush_and_reset_sync() {
     let dir = Scratch::new("syncs");
     let path = dir.path("disk.img");
     let mut d = ZonedImage::create(&path, geometry()).unwrap();
-    let syncs = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let syncs = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counter = syncs.clone();
     d.storage_mut().io_hook = Some(Box::new(move |event: IoEvent<'_>| {
         if let IoEvent::Sync = event {
-            counter.set(counter.get() + 1);
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }));
     d.write(256, &pattern(256, 4, 0)).unwrap();
@@ -589,11 +593,15 @@ fn only_flush_and_reset_sync() {
     d.zone_op(ZoneOp::Open, 768).unwrap();
     d.zone_op(ZoneOp::Close, 768).unwrap(); // explicit open, empty: back to EMPTY
     d.zone_op(ZoneOp::Finish, 512).unwrap();
-    assert_eq!(syncs.get(), 0);
+    assert_eq!(syncs.load(std::sync::atomic::Ordering::Relaxed), 0);
     d.zone_op(ZoneOp::Reset, 256).unwrap();
-    assert_eq!(syncs.get(), 1);
+    assert_eq!(syncs.load(std::sync::atomic::Ordering::Relaxed), 1);
     d.zone_op(ZoneOp::Reset, 256).unwrap(); // already empty: nothing to do
-    assert_eq!(syncs.get(), 1);
+    assert_eq!(syncs.load(std::sync::atomic::Ordering::Relaxed), 1);
     d.flush().unwrap();
-    assert_eq!(syncs.get(), 3, "data, then zone table");
+    assert_eq!(
+        syncs.load(std::sync::atomic::Ordering::Relaxed),
+        3,
+        "data, then zone table"
+    );
 }
