@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 
-.PHONY: build test unit-test deps
+.PHONY: build test unit-test lab-test deps guest guest-kernel guest-initramfs
 
 deps:
 	@resources/install-deps.sh build
@@ -16,3 +16,13 @@ unit-test:
 	$(CARGO) test --workspace
 
 test: unit-test
+
+# The guest: kernel (Debian's 6.12 source, tinyconfig + resources/guest/kernel.config) and
+# initramfs (busybox, bash, fio, util-linux, zbd, btrfs-progs, /init). Cached; see README "Guest lab".
+guest: guest-kernel guest-initramfs
+
+guest-kernel:
+	@resources/guest/build-kernel.sh
+
+guest-initramfs:
+	@resources/guest/build-initramfs.sh
