@@ -61,18 +61,20 @@ libraries_of() { ldd "$1" | sed -n -e 's/.*=> \(\/[^ ]*\) .*/\1/p' -e 's/^[[:spa
 # defines every function fio imports from them (under the same symbol versions); calling one
 # aborts with a message.
 fio_stubbed=(libgfapi.so.0 libnbd.so.0 libibverbs.so.1 librdmacm.so.1 librados.so.2 librbd.so.1 libpmemblk.so.1 libpmem.so.1)
+# Path of a library by soname (awk reads all input: an early exit would SIGPIPE ldconfig).
+library_path() { ldconfig -p | awk -v l="$1" '$1 == l && /x86-64/ && !p { p = $NF } END { print p }'; }
 copy_fio() { # copy_fio PATH
   local fio=$1 src=$stage/.fio-stub kept=() lib defined
   mkdir -p "$src"
   while read -r lib; do
-    printf '%s\n' "${fio_stubbed[@]}" | grep -qxF "$lib" || kept+=("$lib")
+    [[ " ${fio_stubbed[*]} " == *" $lib "* ]] || kept+=("$lib")
   done < <(readelf -d "$fio" | sed -n 's/.*Shared library: \[\(.*\)\]/\1/p')
   # Versions fio needs from the stubbed libraries ("File:" then "Name:" lines of .gnu.version_r).
   readelf -V -W "$fio" | awk -v stubbed=" ${fio_stubbed[*]} " '
     /File:/ { file = $5 } /Name:/ && index(stubbed, " " file " ") { print $3 }' | sort -u >"$src/versions"
   # Unversioned imports are stubbed unless a kept library defines them.
   for lib in "${kept[@]}"; do
-    nm -D --defined-only "$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')"
+    nm -D --defined-only "$(library_path "$lib")"
   done | awk '{ sub(/@.*/, "", $3); print $3 }' | sort -u >"$src/defined"
   readelf --dyn-syms -W "$fio" | awk '$5 == "GLOBAL" && $7 == "UND" && $4 == "FUNC" { print $8 }' | sed 's/ (.*//' |
     while read -r sym; do
@@ -98,7 +100,7 @@ copy_fio() { # copy_fio PATH
   copy_file "$fio"
   for lib in "${fio_stubbed[@]}"; do install -m 0755 "$src/stub.so" "$stage/usr/lib/x86_64-linux-gnu/$lib"; done
   for lib in "${kept[@]}"; do
-    lib=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ { print $NF; exit }')
+    lib=$(library_path "$lib")
     copy_file "$lib"
     while read -r dep; do copy_file "$dep"; done < <(libraries_of "$lib")
   done
