@@ -10,7 +10,11 @@ fn qemu_guest_returns_command_status_7_and_its_output() {
     let run = run_in_qemu_guest("echo hello; exit 7");
     assert_eq!(run.status, Some(7), "{}", run.describe());
     assert!(run.stdout.contains("hello"), "{}", run.describe());
-    assert!(run.stdout.contains("vmm-init: userspace reached"), "{}", run.describe());
+    assert!(
+        run.stdout.contains("vmm-init: userspace reached"),
+        "{}",
+        run.describe()
+    );
 }
 
 #[test]
