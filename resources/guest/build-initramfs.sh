@@ -64,7 +64,7 @@ fio_stubbed=(libgfapi.so.0 libnbd.so.0 libibverbs.so.1 librdmacm.so.1 librados.s
 # Path of a library by soname (awk reads all input: an early exit would SIGPIPE ldconfig).
 library_path() { ldconfig -p | awk -v l="$1" '$1 == l && /x86-64/ && !p { p = $NF } END { print p }'; }
 copy_fio() { # copy_fio PATH
-  local fio=$1 src=$stage/.fio-stub kept=() lib defined
+  local fio=$1 src=$stage/.fio-stub kept=() lib
   mkdir -p "$src"
   while read -r lib; do
     [[ " ${fio_stubbed[*]} " == *" $lib "* ]] || kept+=("$lib")
