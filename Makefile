@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 
-.PHONY: build test unit-test deps
+.PHONY: build test unit-test lab-test deps guest guest-kernel guest-initramfs
 
 deps:
 	@resources/install-deps.sh build
@@ -15,4 +15,19 @@ build:
 unit-test:
 	$(CARGO) test --workspace
 
-test: unit-test
+# End-to-end tests that boot guests in the lab (resources/lab/run-in-lab): #[ignore]d in plain
+# `cargo test`, run here. One at a time: each boots a VM on this small machine.
+lab-test: guest
+	$(CARGO) test -p vmm-tests --tests -- --ignored --test-threads=1
+
+test: unit-test lab-test
+
+# The guest: kernel (Debian's 6.12 source, tinyconfig + resources/guest/kernel.config) and
+# initramfs (busybox, bash, fio, util-linux, zbd, btrfs-progs, /init). Cached; see README "Guest lab".
+guest: guest-kernel guest-initramfs
+
+guest-kernel:
+	@resources/guest/build-kernel.sh
+
+guest-initramfs:
+	@resources/guest/build-initramfs.sh

@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Installs, with apt-get, the Debian packages a part of the project needs. Idempotent and quiet when
-# everything is already there. Usage: install-deps.sh GROUP...   (groups: build)
+# everything is already there. Usage: install-deps.sh GROUP...
+# (groups: build, guest-kernel, guest-initramfs, lab)
 set -euo pipefail
 declare -A groups=(
   [build]="build-essential pkg-config"
+  # resources/guest/build-kernel.sh: Debian's 6.12 source plus what its build needs.
+  [guest-kernel]="linux-source-6.12 build-essential bc flex bison libelf-dev libssl-dev cpio xz-utils"
+  # resources/guest/build-initramfs.sh: the programs copied into the guest, and gcc for vmm-exit.
+  [guest-initramfs]="busybox-static bash util-linux coreutils fio zbd-utils btrfs-progs cpio gzip gcc libc6-dev"
+  # resources/lab/run-in-lab: the outer VM (QEMU TCG) and its initramfs tools.
+  [lab]="qemu-system-x86 busybox-static cpio gzip xz-utils"
 )
 want=()
 for g in "$@"; do

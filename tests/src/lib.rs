@@ -1,1 +1,102 @@
-//! Helpers shared by the end-to-end tests under `tests/tests/`.
+//! Helpers shared by the end-to-end tests under `tests/tests/`: where the repository and the
+//! guest build outputs are, and how to run a command in the guest lab (resources/lab/run-in-lab).
+//!
+//! Tests that boot a guest are `#[ignore]`d so a plain `cargo test --workspace` passes on a
+//! machine without the guest built; `make lab-test` (part of `make test`) builds the guest and
+//! runs them with `--ignored`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The repository root (the parent of this crate's directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives inside the repository")
+        .to_path_buf()
+}
+
+/// Where `make guest` puts its outputs.
+pub fn guest_dir() -> PathBuf {
+    repo_root().join("build/guest")
+}
+
+/// The guest kernel (bzImage) built by `make guest-kernel`.
+pub fn guest_kernel() -> PathBuf {
+    guest_dir().join("bzImage")
+}
+
+/// The guest kernel as an ELF (boots through the PVH entry point).
+pub fn guest_vmlinux() -> PathBuf {
+    guest_dir().join("vmlinux")
+}
+
+/// The guest initramfs built by `make guest-initramfs`.
+pub fn guest_initramfs() -> PathBuf {
+    guest_dir().join("initramfs.cpio.gz")
+}
+
+/// What a command run in the lab left behind.
+#[derive(Debug)]
+pub struct LabRun {
+    /// The command's exit status (0-255); 124 means a timeout and 125 a lab failure, each
+    /// explained by a `run-in-lab:` line on stderr. `None` if killed by a signal.
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl LabRun {
+    /// Both streams, for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "status {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `command` (program and arguments, relative paths from the repository root) through
+/// resources/lab/run-in-lab, which uses a real KVM here or boots the nested lab.
+pub fn run_in_lab(timeout_secs: u32, command: &[&str]) -> LabRun {
+    let root = repo_root();
+    let output = Command::new(root.join("resources/lab/run-in-lab"))
+        .arg("--timeout")
+        .arg(timeout_secs.to_string())
+        .arg("--")
+        .args(command)
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start resources/lab/run-in-lab: {e}"));
+    LabRun {
+        status: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Boots the project's guest in QEMU's microvm (resources/lab/qemu-guest, the reference peer of
+/// our VMM) inside the lab, running `guest_command` with bash in the guest.
+pub fn run_in_qemu_guest(guest_command: &str) -> LabRun {
+    let kernel = guest_kernel();
+    let initramfs = guest_initramfs();
+    assert!(
+        kernel.exists() && initramfs.exists(),
+        "the guest is not built ({} / {}): run `make guest`",
+        kernel.display(),
+        initramfs.display()
+    );
+    run_in_lab(
+        300,
+        &[
+            "resources/lab/qemu-guest",
+            "--kernel",
+            &kernel.to_string_lossy(),
+            "--initrd",
+            &initramfs.to_string_lossy(),
+            "--run",
+            guest_command,
+        ],
+    )
+}
