@@ -17,7 +17,7 @@ unit-test:
 
 # End-to-end tests that boot guests in the lab (resources/lab/run-in-lab): #[ignore]d in plain
 # `cargo test`, run here. One at a time: each boots a VM on this small machine.
-lab-test: guest
+lab-test: guest build
 	$(CARGO) test -p vmm-tests --tests -- --ignored --test-threads=1
 
 test: unit-test lab-test

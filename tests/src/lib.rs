@@ -100,3 +100,57 @@ pub fn run_in_qemu_guest(guest_command: &str) -> LabRun {
         ],
     )
 }
+
+/// Our VMM, as `make build` (a dependency of `make lab-test`) leaves it.
+pub fn vmm_binary() -> PathBuf {
+    let vmm = repo_root().join("target/release/vmm");
+    assert!(
+        vmm.exists(),
+        "no VMM at {}: run `make build`",
+        vmm.display()
+    );
+    vmm
+}
+
+fn assert_guest_built() {
+    assert!(
+        guest_kernel().exists() && guest_initramfs().exists(),
+        "the guest is not built ({}): run `make guest`",
+        guest_dir().display()
+    );
+}
+
+/// Boots the project's guest with our VMM in the lab: `vmm --kernel bzImage --initrd initramfs
+/// EXTRA_ARGS... -- GUEST_COMMAND`, so the guest's /init runs GUEST_COMMAND with bash and the VMM
+/// exits with its status.
+pub fn run_vmm(extra_args: &[&str], guest_command: &str) -> LabRun {
+    assert_guest_built();
+    let (vmm, kernel, initrd) = (vmm_binary(), guest_kernel(), guest_initramfs());
+    let mut command = vec![
+        vmm.to_string_lossy().into_owned(),
+        "--kernel".into(),
+        kernel.to_string_lossy().into_owned(),
+        "--initrd".into(),
+        initrd.to_string_lossy().into_owned(),
+    ];
+    command.extend(extra_args.iter().map(|a| a.to_string()));
+    command.push("--".into());
+    command.push(guest_command.into());
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    run_in_lab(300, &command)
+}
+
+/// Runs a bash `script` in the lab, so that several VMM runs share one lab boot (e.g. to check
+/// that data survives from one guest boot to the next). The script sees `$VMM`, `$KERNEL`,
+/// `$VMLINUX` and `$INITRD`, `set -e` is on, and `/tmp` is a fresh RAM file system.
+pub fn run_script_in_lab(timeout_secs: u32, script: &str) -> LabRun {
+    assert_guest_built();
+    let full = format!(
+        "set -euo pipefail\nVMM={}\nKERNEL={}\nVMLINUX={}\nINITRD={}\n{script}",
+        vmm_binary().display(),
+        guest_kernel().display(),
+        guest_vmlinux().display(),
+        guest_initramfs().display()
+    );
+    run_in_lab(timeout_secs, &["bash", "-c", &full])
+}

@@ -137,9 +137,62 @@ pub fn build_cmdline(user: &str, extra: &[String]) -> String {
     parts.join(" ")
 }
 
+/// Standard base64 (RFC 4648, with padding): how a guest command travels in `vmm.run64=`.
+pub fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The kernel parameter that makes the project's guest /init run `command` (see
+/// docs/guest-interface.md): arguments are joined with spaces, as ssh does, and run by bash.
+pub fn run_param(command: &[String]) -> String {
+    format!("vmm.run64={}", base64_encode(command.join(" ").as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+        }
+        assert_eq!(base64_encode(&[0xff, 0xfe, 0x3e]), "//4+");
+    }
+
+    #[test]
+    fn run_param_joins_arguments() {
+        let command = vec!["echo".to_string(), "a b;".to_string(), "exit 3".to_string()];
+        assert_eq!(
+            run_param(&command),
+            format!("vmm.run64={}", base64_encode(b"echo a b; exit 3"))
+        );
+    }
 
     #[test]
     fn memory_sizes() {

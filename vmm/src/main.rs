@@ -37,6 +37,10 @@ struct Cli {
     /// harmless "probe ... failed with error -16" line per device from kernels that have both.
     #[arg(long, value_enum, value_name = "MODE", default_value_t = config::Discovery::Both)]
     discovery: config::Discovery,
+    /// Command to run in the guest (after `--`): the project's guest /init runs it with bash and
+    /// vmm exits with its status. Arguments are joined with spaces, as ssh does.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
     /// Print when the first vCPU started and when the guest reached userspace.
     #[arg(long)]
     boot_time: bool,
@@ -75,7 +79,11 @@ fn main() -> ExitCode {
         }
     };
     let config = VmConfig {
-        cmdline: cli.cmdline,
+        cmdline: if cli.command.is_empty() {
+            cli.cmdline
+        } else {
+            format!("{} {}", cli.cmdline, config::run_param(&cli.command))
+        },
         disks: cli.disk,
         discovery: cli.discovery,
         kernel: cli.kernel,

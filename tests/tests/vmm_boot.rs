@@ -1,0 +1,82 @@
+//! Our VMM boots the project's kernel in the lab and exits with the guest command's status: with
+//! the bzImage and the ELF vmlinux (PVH), with 1 and 2 vCPUs. Run by `make lab-test`.
+
+use vmm_tests::{run_script_in_lab, run_vmm};
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn command_status_becomes_the_vmm_exit_status() {
+    let run = run_vmm(&[], "echo from-the-guest; exit 7");
+    assert_eq!(run.status, Some(7), "{}", run.describe());
+    assert!(run.stdout.contains("from-the-guest"), "{}", run.describe());
+    assert!(
+        run.stdout.contains("vmm-init: userspace reached"),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn true_exits_0_and_false_exits_1() {
+    let run = run_script_in_lab(
+        300,
+        r#"
+        "$VMM" --kernel "$KERNEL" --initrd "$INITRD" -- true > /tmp/true.out
+        echo "true: $?"
+        set +e
+        "$VMM" --kernel "$KERNEL" --initrd "$INITRD" -- false > /tmp/false.out
+        echo "false: $?"
+        "$VMM" --kernel "$KERNEL" --initrd "$INITRD" -- 'exit 255' > /tmp/255.out
+        echo "255: $?"
+        "#,
+    );
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    for line in ["true: 0", "false: 1", "255: 255"] {
+        assert!(
+            run.stdout.contains(line),
+            "expected {line:?}\n{}",
+            run.describe()
+        );
+    }
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn guest_sees_two_cpus() {
+    let run = run_vmm(
+        &["--cpus", "2"],
+        "echo cpus=$(nproc) online=$(cat /sys/devices/system/cpu/online)",
+    );
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    assert!(
+        run.stdout.contains("cpus=2 online=0-1"),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn elf_vmlinux_boots_through_pvh() {
+    let run = run_script_in_lab(
+        300,
+        r#"
+        set +e
+        "$VMM" --kernel "$VMLINUX" --initrd "$INITRD" --boot-time -- 'echo pvh-kernel $(uname -r); exit 3'
+        echo "status: $?"
+        "#,
+    );
+    assert!(run.stdout.contains("pvh-kernel 6.12"), "{}", run.describe());
+    assert!(run.stdout.contains("status: 3"), "{}", run.describe());
+    assert!(
+        run.stderr.contains("vmm: boot time: first KVM_RUN"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        !run.stderr.contains("guest userspace never"),
+        "{}",
+        run.describe()
+    );
+}
