@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::arch::mptable;
-use crate::device_manager::DiskConfig;
+use crate::device_manager::DiskSpec;
 
 /// Smallest guest memory vmm accepts: a compressed kernel and a small initrd must fit.
 pub const MIN_MEMORY_MIB: u64 = 32;
@@ -55,7 +55,8 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     /// The user's kernel command line; vmm adds its defaults and device entries.
     pub cmdline: String,
-    pub disks: Vec<DiskConfig>,
+    /// Plain and zoned disks, in command-line order (vda, vdb, ...).
+    pub disks: Vec<DiskSpec>,
     /// How devices are announced: command line, ACPI tables, or both.
     pub discovery: Discovery,
     pub memory_mib: u64,
@@ -165,6 +166,17 @@ pub fn run_param(command: &[String]) -> String {
     format!("vmm.run64={}", base64_encode(command.join(" ").as_bytes()))
 }
 
+/// The command line in run mode: the user's, plus `quiet` unless the user chose a log level
+/// (boot messages are noise when a command's output is the point, and each console byte costs a
+/// VM exit), plus the command.
+pub fn run_mode_cmdline(user: &str, command: &[String]) -> String {
+    let chooses_level = user
+        .split_whitespace()
+        .any(|p| p == "quiet" || p == "debug" || p.starts_with("loglevel="));
+    let quiet = if chooses_level { "" } else { "quiet " };
+    format!("{quiet}{} {}", user.trim(), run_param(command)).replace("  ", " ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +195,21 @@ mod tests {
             assert_eq!(base64_encode(plain.as_bytes()), encoded);
         }
         assert_eq!(base64_encode(&[0xff, 0xfe, 0x3e]), "//4+");
+    }
+
+    #[test]
+    fn run_mode_is_quiet_unless_a_log_level_is_chosen() {
+        let command = vec!["true".to_string()];
+        let run = run_param(&command);
+        assert_eq!(run_mode_cmdline("", &command), format!("quiet {run}"));
+        assert_eq!(
+            run_mode_cmdline("loglevel=7", &command),
+            format!("loglevel=7 {run}")
+        );
+        assert_eq!(
+            run_mode_cmdline("x=1", &command),
+            format!("quiet x=1 {run}")
+        );
     }
 
     #[test]

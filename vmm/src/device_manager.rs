@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::block::{Block, RawFile};
 use devices::virtio::{MmioTransport, VirtioDevice};
+use devices::zoned::{ZonedDiskOptions, ZonedHandler, ZonedImage};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
@@ -15,6 +16,13 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout;
 use crate::bus::{lock, Bus, BusDevice, BusOverlap};
+
+/// A disk as given on the command line, in command-line order.
+#[derive(Debug, Clone)]
+pub enum DiskSpec {
+    Plain(DiskConfig),
+    Zoned(ZonedDiskOptions),
+}
 
 /// A `--disk` option: `PATH[,ro][,serial=ID]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +74,8 @@ impl std::str::FromStr for DiskConfig {
 pub enum DeviceError {
     #[error("disk {0}: {1}")]
     Disk(PathBuf, String),
+    #[error("{0}")]
+    ZonedDisk(String),
     #[error("too many devices: IRQs {first}..={last} are all taken", first = layout::VIRTIO_IRQ_BASE, last = layout::IRQ_MAX)]
     OutOfIrqs,
     #[error("cannot create the virtio-mmio transport: {0}")]
@@ -142,6 +152,7 @@ pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 pub struct DeviceManager {
     slots: Vec<MmioSlot>,
     notifiers: Vec<Subscriber>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl DeviceManager {
@@ -180,6 +191,51 @@ impl DeviceManager {
         )
     }
 
+    /// Opens a `--zoned-disk` image (creating it if it does not exist) and attaches it as the
+    /// next virtio-blk device, host-managed zoned.
+    pub fn add_zoned_disk(
+        &mut self,
+        vm: &VmFd,
+        memory: &GuestMemoryMmap,
+        bus: &mut Bus,
+        options: &ZonedDiskOptions,
+    ) -> Result<MmioSlot, DeviceError> {
+        let image =
+            ZonedImage::open_or_create(options).map_err(|e| DeviceError::ZonedDisk(chain(&e)))?;
+        let handler = ZonedHandler::new(image);
+        let capacity = handler.capacity_backend();
+        let serial = format!("vmm-zoned{}", self.slots.len());
+        let block = Block::with_handler(Box::new(capacity), &serial, Box::new(handler));
+        self.add_virtio(vm, memory, bus, Box::new(block))
+    }
+
+    /// Attaches the disks in the order given.
+    pub fn add_disks(
+        &mut self,
+        vm: &VmFd,
+        memory: &GuestMemoryMmap,
+        bus: &mut Bus,
+        disks: &[DiskSpec],
+    ) -> Result<(), DeviceError> {
+        for disk in disks {
+            match disk {
+                DiskSpec::Plain(config) => self.add_disk(vm, memory, bus, config)?,
+                DiskSpec::Zoned(options) => self.add_zoned_disk(vm, memory, bus, options)?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Makes every device's state durable; called once the VM has stopped.
+    pub fn shutdown(&self) {
+        for transport in &self.transports {
+            let mut transport = lock(transport);
+            if let Err(error) = transport.device_mut().shutdown() {
+                log::error!("device shutdown failed: {error}");
+            }
+        }
+    }
+
     /// Places `device` in the next MMIO window with the next IRQ.
     pub fn add_virtio(
         &mut self,
@@ -212,6 +268,7 @@ impl DeviceManager {
         }
         let transport = Arc::new(Mutex::new(transport));
         bus.insert(slot.base, slot.size, transport.clone())?;
+        self.transports.push(transport.clone());
         self.notifiers
             .push(Arc::new(Mutex::new(QueueNotifier { transport, queues })));
         self.slots.push(slot);

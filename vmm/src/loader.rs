@@ -152,6 +152,17 @@ fn e820_ram(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
     map
 }
 
+/// Checks that `path` is a kernel vmm can boot, without loading it: done before any device is
+/// created, so that a wrong --kernel fails before, say, a new disk image is made.
+pub fn check_kernel(path: &Path) -> Result<()> {
+    let mut kernel = File::open(path).map_err(|e| LoaderError::OpenKernel(path.into(), e))?;
+    let mut head = vec![0u8; 1024];
+    let n =
+        read_up_to(&mut kernel, &mut head).map_err(|e| LoaderError::ReadKernel(path.into(), e))?;
+    head.truncate(n);
+    probe_kernel(path, &head).map(|_| ())
+}
+
 /// Loads the kernel, initrd and command line and writes the boot structures. `rsdp` is the ACPI
 /// RSDP's address, if the VMM wrote ACPI tables: handed over in boot_params.acpi_rsdp_addr
 /// (boot protocol 2.14+; older kernels ignore it and find the RSDP by scanning 0xe0000..1 MiB)

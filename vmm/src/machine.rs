@@ -55,6 +55,10 @@ fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
 
 /// Boots the configured kernel and runs the VM until it ends.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
+    loader::check_kernel(&config.kernel)?;
+    if let Some(initrd) = &config.initrd {
+        std::fs::File::open(initrd).map_err(|e| LoaderError::OpenInitrd(initrd.clone(), e))?;
+    }
     let vm = Vm::new(config.memory_mib << 20, true)?;
     let max_vcpus = vm.kvm.get_max_vcpus();
     if config.cpus as usize > max_vcpus {
@@ -96,9 +100,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
 
     let mut mmio_bus = Bus::new();
     let mut devices = DeviceManager::new();
-    for disk in &config.disks {
-        devices.add_disk(&vm.fd, &vm.memory, &mut mmio_bus, disk)?;
-    }
+    devices.add_disks(&vm.fd, &vm.memory, &mut mmio_bus, &config.disks)?;
     let mmio_bus = Arc::new(mmio_bus);
     let device_params: Vec<String> = if config.discovery.uses_cmdline() {
         devices
@@ -185,6 +187,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
             break Err(VmmError::EventLoop(format!("{e:?}")));
         }
     };
+    devices.shutdown();
     crate::bus::lock(&console).flush_now();
     terminal::restore();
     // vCPU threads still inside KVM_RUN end with the process; the VM has no state to save.

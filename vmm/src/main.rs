@@ -3,9 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
+use devices::zoned::ZonedDiskOptions;
 use vmm::config::{self, VmConfig};
+use vmm::device_manager::DiskSpec;
 use vmm::exit::ExitReason;
 
 /// Boot a Linux kernel under KVM with a serial console; exits with the guest's reported status.
@@ -30,6 +32,13 @@ struct Cli {
     /// A virtio-blk disk: PATH[,ro][,serial=ID]. Repeatable; disks appear as vda, vdb, ...
     #[arg(long, value_name = "PATH[,ro][,serial=ID]")]
     disk: Vec<vmm::device_manager::DiskConfig>,
+    /// A host-managed zoned virtio-blk disk emulated in an image file, created with the given
+    /// geometry if it does not exist: PATH[,size=4G][,zone-size=64M][,zone-capacity=..]
+    /// [,conventional-zones=0][,max-open=0][,max-active=0][,max-append=1M][,write-granularity=512]
+    /// (0 = unlimited). An existing image keeps its geometry; a conflicting option is an error.
+    /// Repeatable; disks of both kinds appear in command-line order.
+    #[arg(long, value_name = "PATH[,OPTION=VALUE]...", value_parser = parse_zoned_disk)]
+    zoned_disk: Vec<ZonedDiskOptions>,
     /// How the guest finds the virtio devices: `cmdline` adds virtio_mmio.device= to the kernel
     /// command line (kernels with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), `acpi` writes ACPI tables
     /// (kernels that find virtio-mmio only through ACPI, such as Debian's; without ACPI tables a
@@ -46,6 +55,31 @@ struct Cli {
     boot_time: bool,
 }
 
+fn parse_zoned_disk(text: &str) -> Result<ZonedDiskOptions, String> {
+    ZonedDiskOptions::parse(text).map_err(|e| e.to_string())
+}
+
+/// Plain and zoned disks in the order they were given on the command line.
+fn disks_in_order(matches: &clap::ArgMatches, cli: &Cli) -> Vec<DiskSpec> {
+    let positions = |id: &str| -> Vec<usize> {
+        matches
+            .indices_of(id)
+            .map(|i| i.collect())
+            .unwrap_or_default()
+    };
+    let mut disks: Vec<(usize, DiskSpec)> = positions("disk")
+        .into_iter()
+        .zip(cli.disk.iter().cloned().map(DiskSpec::Plain))
+        .chain(
+            positions("zoned_disk")
+                .into_iter()
+                .zip(cli.zoned_disk.iter().cloned().map(DiskSpec::Zoned)),
+        )
+        .collect();
+    disks.sort_by_key(|(position, _)| *position);
+    disks.into_iter().map(|(_, disk)| disk).collect()
+}
+
 fn parse_cpus(text: &str) -> Result<u32, String> {
     let cpus: u32 = text
         .parse()
@@ -59,8 +93,11 @@ const VMM_ERROR: u8 = 2;
 fn main() -> ExitCode {
     vmm::timing::start();
     vmm::logger::init();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (matches, cli)));
+    let (matches, cli) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) if !e.use_stderr() => {
             // --help and --version.
             let _ = e.print();
@@ -78,13 +115,14 @@ fn main() -> ExitCode {
             return ExitCode::from(VMM_ERROR);
         }
     };
+    let disks = disks_in_order(&matches, &cli);
     let config = VmConfig {
         cmdline: if cli.command.is_empty() {
             cli.cmdline
         } else {
-            format!("{} {}", cli.cmdline, config::run_param(&cli.command))
+            config::run_mode_cmdline(&cli.cmdline, &cli.command)
         },
-        disks: cli.disk,
+        disks,
         discovery: cli.discovery,
         kernel: cli.kernel,
         initrd: cli.initrd,

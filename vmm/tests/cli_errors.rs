@@ -162,3 +162,43 @@ fn unknown_discovery_mode() {
         "invalid value 'devicetree' for '--discovery <MODE>' [possible values: cmdline, acpi, both]",
     );
 }
+
+#[test]
+fn bad_zoned_disk_options_create_or_touch_nothing() {
+    let kernel = temp_file("fake-bzimage-zoned", &fake_bzimage());
+    let k = kernel.to_str().unwrap();
+    let dir = std::env::temp_dir();
+    let fresh = dir.join(format!("vmm-cli-{}-fresh.img", std::process::id()));
+    let f = fresh.to_str().unwrap();
+    for (option, expected) in [
+        (format!("{f},zone-size=3M"), "not a power of two"),
+        (format!("{f},bogus=1"), "unknown zoned disk option 'bogus'"),
+        (
+            format!("{f},max-open=4,max-active=2"),
+            "max-open=4 exceeds max-active=2",
+        ),
+        (format!("{f},write-granularity=100"), "granularity"),
+        (format!("{f},size=1M,zone-size=4M"), "zone"),
+    ] {
+        assert_one_line_error(&["--kernel", k, "--zoned-disk", &option], expected);
+        assert!(!fresh.exists(), "{option} must not create the image");
+    }
+    // A wrong kernel is reported before any image is created.
+    assert_one_line_error(
+        &["--kernel", "/nonexistent/k", "--zoned-disk", f],
+        "cannot open kernel",
+    );
+    assert!(!fresh.exists());
+    // Another format, a truncated image: refused, bytes unchanged.
+    let foreign = temp_file("foreign.img", b"QFI\xfb this is not a zoned image");
+    assert_one_line_error(
+        &["--kernel", k, "--zoned-disk", foreign.to_str().unwrap()],
+        "not a vmm zoned image",
+    );
+    assert_eq!(
+        std::fs::read(&foreign).unwrap(),
+        b"QFI\xfb this is not a zoned image"
+    );
+    std::fs::remove_file(foreign).unwrap();
+    std::fs::remove_file(kernel).unwrap();
+}
