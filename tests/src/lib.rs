@@ -140,13 +140,22 @@ pub fn run_vmm(extra_args: &[&str], guest_command: &str) -> LabRun {
     run_in_lab(300, &command)
 }
 
+/// A bash function for lab scripts: `script_disk FILE` pads a guest script with newlines to whole
+/// sectors, so that it can be attached read-only as a raw disk and run with `bash /dev/vdX`. The
+/// kernel command line (2 KiB) is too small for long guest scripts.
+const SCRIPT_DISK: &str = r#"script_disk() {
+    local size; size=$(stat -c %s "$1")
+    head -c $(( (512 - size % 512) % 512 )) /dev/zero | tr '\0' '\n' >> "$1"
+}"#;
+
 /// Runs a bash `script` in the lab, so that several VMM runs share one lab boot (e.g. to check
 /// that data survives from one guest boot to the next). The script sees `$VMM`, `$KERNEL`,
-/// `$VMLINUX` and `$INITRD`, `set -e` is on, and `/tmp` is a fresh RAM file system.
+/// `$VMLINUX` and `$INITRD` and the function `script_disk` (see `SCRIPT_DISK`), `set -e` is on,
+/// and `/tmp` is a fresh RAM file system.
 pub fn run_script_in_lab(timeout_secs: u32, script: &str) -> LabRun {
     assert_guest_built();
     let full = format!(
-        "set -euo pipefail\nVMM={}\nKERNEL={}\nVMLINUX={}\nINITRD={}\n{script}",
+        "set -euo pipefail\nVMM={}\nKERNEL={}\nVMLINUX={}\nINITRD={}\n{SCRIPT_DISK}\n{script}",
         vmm_binary().display(),
         guest_kernel().display(),
         guest_vmlinux().display(),

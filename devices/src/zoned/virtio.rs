@@ -53,14 +53,34 @@ impl BlockBackend for ZonedCapacity {
     }
 }
 
+/// How many requests of each kind a zoned disk served, for the shutdown log line (and for tests
+/// that must prove, say, that a file system really used ZONE_APPEND).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub reads: u64,
+    pub writes: u64,
+    pub appends: u64,
+    pub reports: u64,
+    pub zone_management: u64,
+    pub flushes: u64,
+}
+
 /// Serves a virtio-blk request queue for a host-managed zoned disk.
 pub struct ZonedHandler<S: ZoneStorage> {
     disk: ZonedDisk<S>,
+    counts: RequestCounts,
 }
 
 impl<S: ZoneStorage> ZonedHandler<S> {
     pub fn new(disk: ZonedDisk<S>) -> Self {
-        Self { disk }
+        Self {
+            disk,
+            counts: RequestCounts::default(),
+        }
+    }
+
+    pub fn counts(&self) -> RequestCounts {
+        self.counts
     }
 
     /// The capacity backend the block device needs beside this handler.
@@ -197,6 +217,18 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
         memory: &GuestMemoryMmap,
         _backend: &mut dyn BlockBackend,
     ) -> Option<Completion> {
+        let counts = &mut self.counts;
+        match request.request_type {
+            request_type::IN => counts.reads += 1,
+            request_type::OUT => counts.writes += 1,
+            request_type::FLUSH => counts.flushes += 1,
+            zone_request::ZONE_APPEND => counts.appends += 1,
+            zone_request::ZONE_REPORT => counts.reports += 1,
+            _ if wire::zone_op_of_request(request.request_type).is_some() => {
+                counts.zone_management += 1
+            }
+            _ => {}
+        }
         Some(match request.request_type {
             request_type::IN => self.read(memory, request),
             request_type::OUT => self.write(memory, request),
@@ -214,6 +246,11 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        let c = self.counts;
+        log::info!(
+            "zoned disk served {} reads, {} writes, {} appends, {} reports, {} zone management requests, {} flushes",
+            c.reads, c.writes, c.appends, c.reports, c.zone_management, c.flushes
+        );
         self.disk.flush().map_err(|error| {
             warn!("zoned disk: flush at shutdown failed: {error}");
             io::Error::other(error.to_string())
@@ -462,6 +499,8 @@ mod tests {
                 .status,
             status::OK
         );
+        assert_eq!(f.handler.counts().zone_management, 7);
+        assert_eq!(f.handler.counts().reports, 1);
         // GET_ID is left to the plain device.
         let get_id = request(request_type::GET_ID, 0, &[], &[(0x1000, 20)]);
         assert!(f

@@ -1,0 +1,425 @@
+//! The zoned disk as the real Linux 6.12 driver sees it, booted with our VMM in the lab: sysfs
+//! and `blkzone report` match the options, zone transitions and resource errors, writes split at
+//! zone boundaries, fio in zbd mode with verify, btrfs (which issues ZONE_APPEND), state that
+//! survives a reboot, and a SIGKILL that loses no flushed data. Run by `make lab-test`.
+//!
+//! Each test is a lab script: guest scripts travel as a small read-only raw disk (see
+//! `script_disk`) because the kernel command line is too short for them.
+
+use vmm_tests::{run_script_in_lab, LabRun};
+
+/// Zone geometry used by most tests: 64 zones of 4 MiB, one conventional, limits 6 open / 8 active.
+const SMALL_ZONES: &str =
+    "size=256M,zone-size=4M,conventional-zones=1,max-open=6,max-active=8,max-append=512K";
+
+fn assert_ok(run: &LabRun) {
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    assert!(!run.stdout.contains("FAIL"), "{}", run.describe());
+}
+
+fn assert_lines(run: &LabRun, lines: &[&str]) {
+    for line in lines {
+        assert!(
+            run.stdout.lines().any(|l| l.trim() == *line),
+            "expected the line {line:?}\n{}",
+            run.describe()
+        );
+    }
+}
+
+/// Guest-side helpers shared by the tests' guest scripts: zone condition and write pointer of the
+/// zone starting at a sector, and a `check` that prints PASS/FAIL.
+const GUEST_HELPERS: &str = r#"
+cond() { blkzone report -o "$1" -c 1 /dev/vda | sed -n 's/.*zcond: *\([0-9]*\).*/\1/p'; }
+wptr() { printf '%d\n' "$(blkzone report -o "$1" -c 1 /dev/vda | sed -n 's/.*wptr \(0x[0-9a-f]*\).*/\1/p')"; }
+check() { if [ "$2" = "$3" ]; then echo "PASS $1"; else echo "FAIL $1: got '$2', expected '$3'"; fi; }
+"#;
+
+fn guest_script(body: &str) -> String {
+    format!("{GUEST_HELPERS}\n{body}")
+}
+
+/// A lab script that writes `guest` to /tmp/guest.sh and runs it in our VMM with a zoned disk
+/// made from `zoned_options` (at /tmp/z.img) as vda and the script as vdb.
+fn lab_script_with_guest(zoned_options: &str, guest: &str) -> String {
+    format!(
+        r#"
+cat > /tmp/guest.sh <<'GUEST_EOF'
+{}
+GUEST_EOF
+script_disk /tmp/guest.sh
+set +e
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --zoned-disk /tmp/z.img,{zoned_options} --disk /tmp/guest.sh,ro -- bash /dev/vdb
+echo "vmm exit status $?"
+"#,
+        guest_script(guest)
+    )
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn sysfs_and_report_match_the_options() {
+    let guest = r#"
+q=/sys/block/vda/queue
+for f in zoned chunk_sectors nr_zones max_open_zones max_active_zones zone_append_max_bytes; do echo "$f=$(cat $q/$f)"; done
+echo "ioctl zone size $(blkzone report -c 1 /dev/vda | sed -n 's/.*len \(0x[0-9a-f]*\).*/\1/p')"
+echo "report lines $(blkzone report /dev/vda | wc -l)"
+blkzone report -c 2 /dev/vda
+blkzone report -o $(( (63) * 8192 )) /dev/vda
+"#;
+    let run = run_script_in_lab(300, &lab_script_with_guest(SMALL_ZONES, guest));
+    assert_ok(&run);
+    assert_lines(
+        &run,
+        &[
+            "zoned=host-managed",
+            "chunk_sectors=8192",
+            "nr_zones=64",
+            "max_open_zones=6",
+            "max_active_zones=8",
+            "zone_append_max_bytes=524288",
+            "ioctl zone size 0x002000",
+            "report lines 64",
+            "vmm exit status 0",
+        ],
+    );
+    assert!(run.stdout.contains("start: 0x000000000, len 0x002000, cap 0x002000, wptr 0x000000 reset:0 non-seq:0, zcond: 0(nw) [type: 1(CONVENTIONAL)]"), "{}", run.describe());
+    assert!(run.stdout.contains("start: 0x000002000, len 0x002000, cap 0x002000, wptr 0x000000 reset:0 non-seq:0, zcond: 1(em) [type: 2(SEQ_WRITE_REQUIRED)]"), "{}", run.describe());
+    assert!(
+        run.stdout
+            .contains("start: 0x00007e000, len 0x002000, cap 0x002000"),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn zone_capacity_below_zone_size_and_a_smaller_last_zone() {
+    // 250 MiB in 8 MiB zones: 31 full zones and a 2 MiB last one; sequential zones hold 6 MiB.
+    let guest = r#"
+echo "nr_zones=$(cat /sys/block/vda/queue/nr_zones)"
+blkzone report -o 0 -c 1 /dev/vda
+blkzone report -o $(( 31 * 16384 )) -c 1 /dev/vda
+# Writing past the capacity of a zone fails; filling the capacity makes it full.
+dd if=/dev/zero of=/dev/vda bs=1M count=6 seek=8 oflag=direct 2>/dev/null && echo "filled zone 1"
+check full-at-capacity "$(cond 16384)" 14
+dd if=/dev/zero of=/dev/vda bs=1M count=7 seek=16 oflag=direct 2>/dev/null && echo "FAIL wrote past the zone capacity" || echo "PASS write past capacity refused"
+"#;
+    let run = run_script_in_lab(
+        300,
+        &lab_script_with_guest("size=250M,zone-size=8M,zone-capacity=6M", guest),
+    );
+    assert_ok(&run);
+    assert_lines(
+        &run,
+        &[
+            "nr_zones=32",
+            "filled zone 1",
+            "PASS full-at-capacity",
+            "PASS write past capacity refused",
+        ],
+    );
+    assert!(
+        run.stdout
+            .contains("start: 0x000000000, len 0x004000, cap 0x003000"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stdout
+            .contains("start: 0x00007c000, len 0x001000, cap 0x001000"),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn zone_transitions_resource_limits_and_reads_above_the_write_pointer() {
+    let guest = r#"
+Z1=8192; Z2=16384; Z3=24576
+blkzone open -o $Z1 -c 1 /dev/vda;   check open-empty "$(cond $Z1)" 3
+blkzone close -o $Z1 -c 1 /dev/vda;  check close-empty-becomes-empty "$(cond $Z1)" 1
+dd if=/dev/urandom of=/dev/vda bs=4k count=3 seek=$((Z1/8)) oflag=direct 2>/dev/null
+check write-opens-implicitly "$(cond $Z1)" 2
+check write-moves-wp "$(wptr $Z1)" 24
+blkzone close -o $Z1 -c 1 /dev/vda;  check close-written "$(cond $Z1)" 4
+blkzone open -o $Z1 -c 1 /dev/vda;   check reopen "$(cond $Z1)" 3
+blkzone finish -o $Z1 -c 1 /dev/vda; check finish "$(cond $Z1)" 14
+blkzone reset -o $Z1 -c 1 /dev/vda;  check reset "$(cond $Z1)" 1
+check reset-wp "$(wptr $Z1)" 0
+# A write that is not at the write pointer fails and moves nothing.
+dd if=/dev/zero of=/dev/vda bs=4k count=1 seek=$((Z2/8 + 1)) oflag=direct 2>/dev/null && echo "FAIL unaligned write accepted" || echo "PASS unaligned write refused"
+check unaligned-leaves-zone "$(cond $Z2)" 1
+# Reads above the write pointer return zeros.
+dd if=/dev/urandom of=/dev/vda bs=4k count=1 seek=$((Z2/8)) oflag=direct 2>/dev/null
+check read-above-wp-zeros "$(dd if=/dev/vda bs=4k skip=$((Z2/8 + 1)) count=8 iflag=direct 2>/dev/null | tr -d '\0' | wc -c)" 0
+check read-below-wp-data "$(dd if=/dev/vda bs=4k skip=$((Z2/8)) count=1 iflag=direct 2>/dev/null | tr -d '\0' | wc -c | awk '{print ($1 > 0)}')" 1
+blkzone reset /dev/vda
+# Open limit 6: six explicit opens work, the seventh gets the open-resource error.
+for i in 1 2 3 4 5 6; do blkzone open -o $((i * 8192)) -c 1 /dev/vda; done
+err=$(blkzone open -o $((7 * 8192)) -c 1 /dev/vda 2>&1) && echo "FAIL seventh open accepted" || echo "open7: $err"
+check seventh-stays-empty "$(cond $((7 * 8192)))" 1
+# Active limit 8. Closing an explicitly opened empty zone makes it empty again, not active.
+for i in 1 2 3 4 5 6; do blkzone close -o $((i * 8192)) -c 1 /dev/vda; done
+check close-empty-frees-resources "$(cond 8192)" 1
+# Writes to 8 zones: 6 implicitly open, then the device implicitly closes one per new zone.
+for i in 1 2 3 4 5 6 7 8; do dd if=/dev/zero of=/dev/vda bs=4k count=1 seek=$((i * 1024)) oflag=direct 2>/dev/null; done
+check implicit-close "$(blkzone report /dev/vda | grep -c 'zcond: 4')" 2
+err=$(dd if=/dev/zero of=/dev/vda bs=4k count=1 seek=$((9 * 1024)) oflag=direct 2>&1) && echo "FAIL ninth active zone accepted" || echo "active9: $err"
+check ninth-stays-empty "$(cond $((9 * 8192)))" 1
+"#;
+    let run = run_script_in_lab(300, &lab_script_with_guest(SMALL_ZONES, guest));
+    assert_ok(&run);
+    for check in [
+        "open-empty",
+        "close-empty-becomes-empty",
+        "write-opens-implicitly",
+        "write-moves-wp",
+        "close-written",
+        "reopen",
+        "finish",
+        "reset",
+        "reset-wp",
+        "unaligned write refused",
+        "unaligned-leaves-zone",
+        "read-above-wp-zeros",
+        "read-below-wp-data",
+        "seventh-stays-empty",
+        "ninth-stays-empty",
+        "close-empty-frees-resources",
+        "implicit-close",
+    ] {
+        assert_lines(&run, &[&format!("PASS {check}")]);
+    }
+    // Linux turns OPEN_RESOURCE into ETOOMANYREFS and ACTIVE_RESOURCE into EOVERFLOW.
+    assert!(
+        run.stdout.contains("open7:") && run.stdout.contains("Too many references"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stdout.contains("active9:") && run.stdout.contains("Value too large"),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn a_write_across_a_zone_boundary_is_split_and_lands_correctly() {
+    let guest = r#"
+Z1=8192; Z2=16384
+# Fill zone 1 up to its last 4 KiB, then write 8 KiB across the boundary into zone 2.
+dd if=/dev/zero of=/dev/vda bs=4k count=1023 seek=$((Z1/8)) oflag=direct 2>/dev/null
+head -c 8192 /dev/urandom > /tmp/span
+# One 8 KiB write request at a byte offset (GNU dd's seek_bytes), 4 KiB before the boundary.
+dd if=/tmp/span of=/dev/vda bs=8k count=1 seek=$(( (Z2 - 8) * 512 )) oflag=direct,seek_bytes 2>/dev/null && echo "PASS spanning write accepted"
+check zone1-full "$(cond $Z1)" 14
+check zone2-wp "$(wptr $Z2)" 8
+check data "$(dd if=/dev/vda bs=4k skip=$(( (Z2 - 8) / 8 )) count=2 iflag=direct 2>/dev/null | md5sum)" "$(md5sum < /tmp/span)"
+"#;
+    let run = run_script_in_lab(300, &lab_script_with_guest(SMALL_ZONES, guest));
+    assert_ok(&run);
+    assert_lines(
+        &run,
+        &[
+            "PASS spanning write accepted",
+            "PASS zone1-full",
+            "PASS zone2-wp",
+            "PASS data",
+        ],
+    );
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn fio_zbd_mode_verifies_sequential_and_random_writes() {
+    let guest = r#"
+common="--filename=/dev/vda --direct=1 --zonemode=zbd --verify=crc32c --ioengine=io_uring --offset=4M"
+for job in "seq-qd1 --rw=write --bs=16k --iodepth=1 --size=16M" \
+           "seq-qd16 --rw=write --bs=64k --iodepth=16 --size=32M" \
+           "rand --rw=randwrite --bs=16k --iodepth=8 --size=32M --io_size=8M"; do
+    set -- $job
+    name=$1; shift
+    for sched in mq-deadline none; do
+        echo $sched > /sys/block/vda/queue/scheduler
+        blkzone reset /dev/vda
+        if fio --name=$name $common "$@" > /tmp/fio.out 2>&1 && grep -q "err= 0" /tmp/fio.out; then
+            echo "PASS fio $name $sched"
+        else
+            echo "FAIL fio $name $sched"; cat /tmp/fio.out
+        fi
+    done
+done
+"#;
+    let run = run_script_in_lab(600, &lab_script_with_guest(SMALL_ZONES, guest));
+    assert_ok(&run);
+    for job in ["seq-qd1", "seq-qd16", "rand"] {
+        for sched in ["mq-deadline", "none"] {
+            assert_lines(&run, &[&format!("PASS fio {job} {sched}")]);
+        }
+    }
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn btrfs_uses_zone_append_and_reads_back_what_it_wrote() {
+    let guest = r#"
+mkfs.btrfs -q -f -d single -m single /dev/vda > /tmp/mkfs.out 2>&1 || { echo "FAIL mkfs"; cat /tmp/mkfs.out; }
+mkdir -p /mnt && mount -t btrfs /dev/vda /mnt || echo "FAIL mount"
+head -c 12582912 /dev/urandom > /tmp/file
+cp /tmp/file /mnt/file && sync
+umount /mnt && mount -t btrfs /dev/vda /mnt || echo "FAIL remount"
+check btrfs-data "$(md5sum < /mnt/file)" "$(md5sum < /tmp/file)"
+umount /mnt
+"#;
+    let script = lab_script_with_guest("size=1G,zone-size=16M", guest)
+        .replace("\"$VMM\"", "VMM_LOG=info \"$VMM\"");
+    let run = run_script_in_lab(600, &script);
+    assert_ok(&run);
+    assert_lines(&run, &["PASS btrfs-data"]);
+    let appends: u64 = run
+        .stderr
+        .split("zoned disk served")
+        .nth(1)
+        .and_then(|rest| rest.split(" appends").next())
+        .and_then(|counts| counts.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no request counts on stderr\n{}", run.describe()));
+    assert!(
+        appends > 0,
+        "btrfs issued no ZONE_APPEND\n{}",
+        run.describe()
+    );
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn zone_state_and_data_survive_a_reboot() {
+    let script = r#"
+cat > /tmp/first.sh <<'EOF'
+dd if=/dev/urandom of=/dev/vda bs=64k count=5 seek=$((8192*512/65536)) oflag=direct 2>/dev/null
+dd if=/dev/urandom of=/dev/vda bs=4k count=1024 seek=$((16384/8)) oflag=direct 2>/dev/null
+blkzone open -o 24576 -c 1 /dev/vda
+dd if=/dev/urandom of=/dev/vda bs=4k count=2 seek=$((24576/8)) oflag=direct 2>/dev/null
+dd if=/dev/urandom of=/dev/vda bs=64k count=8 oflag=direct 2>/dev/null
+blkzone report -c 5 /dev/vda
+dd if=/dev/vda bs=1M count=16 iflag=direct 2>/dev/null | md5sum
+EOF
+cp /tmp/first.sh /tmp/second.sh
+sed -i '1,5d' /tmp/second.sh
+script_disk /tmp/first.sh; script_disk /tmp/second.sh
+OPTS=size=256M,zone-size=4M,conventional-zones=1
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img,$OPTS --disk /tmp/first.sh,ro -- bash /dev/vdb > /tmp/first.out
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img --disk /tmp/second.sh,ro -- bash /dev/vdb > /tmp/second.out
+echo "--- first"; grep -E "start:|  -" /tmp/first.out
+echo "--- second"; grep -E "start:|  -" /tmp/second.out
+"#;
+    let run = run_script_in_lab(600, script);
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    let (first, second) = run
+        .stdout
+        .split_once("--- second")
+        .expect("both boots reported");
+    let pick = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("start:") || l.trim_end().ends_with("  -"))
+            .map(|l| l.trim().to_string())
+            .collect()
+    };
+    let (first, second) = (pick(first), pick(second));
+    assert_eq!(first.len(), 6, "{}", run.describe());
+    assert_eq!(second.len(), 6, "{}", run.describe());
+    // Same write pointers and data; zones that were open come back closed (4).
+    for (before, after) in first.iter().zip(&second) {
+        let before = before
+            .replace("zcond: 2(oi)", "zcond: 4(cl)")
+            .replace("zcond: 3(oe)", "zcond: 4(cl)");
+        assert_eq!(&before, after, "{}", run.describe());
+    }
+    assert!(
+        second.iter().any(|l| l.contains("zcond:14(fu)")),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        second.iter().any(|l| l.contains("zcond: 4(cl)")),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn sigkill_loses_no_flushed_data_and_no_write_pointer_runs_ahead() {
+    // The guest appends 64 KiB chunks to zone 1, each made durable with fsync (a FLUSH) before
+    // it reports "flushed N". The VMM is killed with SIGKILL mid-stream; the next boot checks
+    // that the zone's write pointer covers every chunk reported flushed and that every chunk
+    // below the write pointer holds exactly what was written.
+    let script = r#"
+cat > /tmp/writer.sh <<'EOF'
+i=0
+while [ $i -lt 64 ]; do
+    yes "chunk-$i" | head -c 65536 > /tmp/c
+    dd if=/tmp/c of=/dev/vda bs=64k seek=$((64 + i)) oflag=direct conv=fsync 2>/dev/null || { echo "write $i failed"; exit 1; }
+    echo "flushed $i"
+    i=$((i + 1))
+done
+EOF
+cat > /tmp/checker.sh <<'EOF'
+wp=$(printf '%d' "$(blkzone report -o 8192 -c 1 /dev/vda | sed -n 's/.*wptr \(0x[0-9a-f]*\).*/\1/p')")
+chunks=$((wp / 128))
+echo "chunks below wp: $chunks"
+bad=0
+j=0
+while [ $j -lt $chunks ]; do
+    want=$(yes "chunk-$j" | head -c 65536 | md5sum)
+    got=$(dd if=/dev/vda bs=64k skip=$((64 + j)) count=1 iflag=direct 2>/dev/null | md5sum)
+    [ "$want" = "$got" ] || { echo "chunk $j corrupt"; bad=1; }
+    j=$((j + 1))
+done
+echo "corrupt: $bad"
+EOF
+script_disk /tmp/writer.sh; script_disk /tmp/checker.sh
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img,size=64M,zone-size=4M,conventional-zones=1 --disk /tmp/writer.sh,ro -- bash /dev/vdb > /tmp/writer.out 2>&1 &
+pid=$!
+for _ in $(seq 600); do
+    grep -q "flushed 12" /tmp/writer.out && break
+    sleep 0.1
+done
+kill -KILL $pid
+wait $pid || true
+last=$(grep -o "flushed [0-9]*" /tmp/writer.out | tail -1 | cut -d' ' -f2)
+echo "last flushed: $last"
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img --disk /tmp/checker.sh,ro -- bash /dev/vdb
+"#;
+    let run = run_script_in_lab(600, script);
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    let number_after = |prefix: &str| -> i64 {
+        run.stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} line\n{}", run.describe()))
+    };
+    let last_flushed = number_after("last flushed:");
+    let chunks = number_after("chunks below wp:");
+    assert!(
+        last_flushed >= 12,
+        "the writer was killed too early\n{}",
+        run.describe()
+    );
+    assert!(
+        last_flushed < 63,
+        "the writer finished before the kill\n{}",
+        run.describe()
+    );
+    assert!(
+        chunks > last_flushed,
+        "flushed chunk {last_flushed} lost: wp covers {chunks} chunks\n{}",
+        run.describe()
+    );
+    assert_lines(&run, &["corrupt: 0"]);
+}
