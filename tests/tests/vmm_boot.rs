@@ -80,3 +80,27 @@ fn elf_vmlinux_boots_through_pvh() {
         run.describe()
     );
 }
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn sigterm_stops_the_guest_with_status_143() {
+    let run = run_script_in_lab(
+        300,
+        r#"
+        "$VMM" --kernel "$KERNEL" --initrd "$INITRD" -- 'echo guest-sleeping; sleep 600' > /tmp/out 2> /tmp/err &
+        pid=$!
+        for _ in $(seq 600); do grep -q guest-sleeping /tmp/out && break; sleep 0.1; done
+        kill -TERM $pid
+        set +e
+        wait $pid
+        echo "status: $?"
+        cat /tmp/err
+        "#,
+    );
+    assert!(run.stdout.contains("status: 143"), "{}", run.describe());
+    assert!(
+        run.stdout.contains("vmm: stopped by signal 15"),
+        "{}",
+        run.describe()
+    );
+}
