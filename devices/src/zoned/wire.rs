@@ -4,29 +4,33 @@
 use super::geometry::ZonedGeometry;
 use super::state::{Zone, ZoneError, ZoneOp, ZoneOpKind};
 
+use virtio_bindings::virtio_blk;
+
 /// Feature bit VIRTIO_BLK_F_ZONED.
-pub const VIRTIO_BLK_F_ZONED: u32 = 17;
+pub const VIRTIO_BLK_F_ZONED: u32 = virtio_blk::VIRTIO_BLK_F_ZONED;
 
 /// Request types of the zoned extension.
 pub mod request {
-    pub const ZONE_APPEND: u32 = 15;
-    pub const ZONE_REPORT: u32 = 16;
-    pub const ZONE_OPEN: u32 = 18;
-    pub const ZONE_CLOSE: u32 = 20;
-    pub const ZONE_FINISH: u32 = 22;
-    pub const ZONE_RESET: u32 = 24;
-    pub const ZONE_RESET_ALL: u32 = 26;
+    use virtio_bindings::virtio_blk;
+
+    pub const ZONE_APPEND: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_APPEND;
+    pub const ZONE_REPORT: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_REPORT;
+    pub const ZONE_OPEN: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_OPEN;
+    pub const ZONE_CLOSE: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_CLOSE;
+    pub const ZONE_FINISH: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_FINISH;
+    pub const ZONE_RESET: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_RESET;
+    pub const ZONE_RESET_ALL: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_RESET_ALL;
 }
 
-/// virtio-blk status codes.
+/// virtio-blk status codes: the plain ones from the block device, plus the zoned ones.
 pub mod status {
-    pub const OK: u8 = 0;
-    pub const IOERR: u8 = 1;
-    pub const UNSUPP: u8 = 2;
-    pub const ZONE_INVALID_CMD: u8 = 3;
-    pub const ZONE_UNALIGNED_WP: u8 = 4;
-    pub const ZONE_OPEN_RESOURCE: u8 = 5;
-    pub const ZONE_ACTIVE_RESOURCE: u8 = 6;
+    use virtio_bindings::virtio_blk;
+
+    pub use crate::block::request_status::{IOERR, OK, UNSUPP};
+    pub const ZONE_INVALID_CMD: u8 = virtio_blk::VIRTIO_BLK_S_ZONE_INVALID_CMD as u8;
+    pub const ZONE_UNALIGNED_WP: u8 = virtio_blk::VIRTIO_BLK_S_ZONE_UNALIGNED_WP as u8;
+    pub const ZONE_OPEN_RESOURCE: u8 = virtio_blk::VIRTIO_BLK_S_ZONE_OPEN_RESOURCE as u8;
+    pub const ZONE_ACTIVE_RESOURCE: u8 = virtio_blk::VIRTIO_BLK_S_ZONE_ACTIVE_RESOURCE as u8;
 }
 
 /// The status byte for a request's outcome.
