@@ -4,7 +4,11 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 
-.PHONY: build test unit-test lab-test deps guest guest-kernel guest-initramfs
+# The README's main job: boot the guest with a fresh zoned disk and show what it sees.
+run: guest build
+	@resources/run-demo.sh
+
+.PHONY: run build test unit-test lab-test deps guest guest-kernel guest-initramfs
 
 deps:
 	@resources/install-deps.sh build
