@@ -104,3 +104,19 @@ fn sigterm_stops_the_guest_with_status_143() {
         run.describe()
     );
 }
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn host_stdin_reaches_the_guest_shell() {
+    // No command: the guest starts an interactive shell on the console, fed from vmm's stdin.
+    let run = run_script_in_lab(
+        300,
+        r#"
+        set +e
+        printf 'echo typed-$((6 * 7))\nexit 5\n' | "$VMM" --kernel "$KERNEL" --initrd "$INITRD"
+        echo "status: $?"
+        "#,
+    );
+    assert!(run.stdout.contains("typed-42"), "{}", run.describe());
+    assert!(run.stdout.contains("status: 5"), "{}", run.describe());
+}

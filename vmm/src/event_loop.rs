@@ -59,6 +59,9 @@ impl ConsoleInput {
 
     fn feed_guest(&mut self) {
         let mut device = lock(&self.serial);
+        if !device.accepts_input() {
+            return;
+        }
         let room = device.serial.fifo_capacity().min(self.pending.len());
         if room == 0 {
             return;

@@ -104,9 +104,38 @@ impl Write for SharedConsole {
 
 pub type SerialPort = Serial<IrqTrigger, SerialInputDrained, SharedConsole>;
 
-/// COM1 on the I/O bus.
+/// 16550 registers the console input gate watches.
+const UART_IER: u64 = 1;
+const UART_LCR: u64 = 3;
+const UART_IER_RDI: u8 = 0x01;
+const UART_IER_PROBE: u8 = 0x0f;
+const UART_LCR_DLAB: u8 = 0x80;
+
+/// COM1 on the I/O bus. Host input is held back until the guest driver enables the
+/// receive-data interrupt: Linux's 8250 driver reads (and drops) RX a few times while it starts
+/// up, so bytes fed in earlier (piped stdin, keys typed during boot) would be lost.
 pub struct SerialDevice {
     pub serial: SerialPort,
+    /// Written when the guest enables receive interrupts, so the event loop feeds held input.
+    input_ready: EventFd,
+    rx_enabled: bool,
+    dlab: bool,
+}
+
+impl SerialDevice {
+    pub fn new(serial: SerialPort, input_ready: EventFd) -> Self {
+        Self {
+            serial,
+            input_ready,
+            rx_enabled: false,
+            dlab: false,
+        }
+    }
+
+    /// Whether the guest is ready for input.
+    pub fn accepts_input(&self) -> bool {
+        self.rx_enabled
+    }
 }
 
 impl BusDevice for SerialDevice {
@@ -117,11 +146,25 @@ impl BusDevice for SerialDevice {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if let (Some(value), Ok(offset)) = (data.first(), u8::try_from(offset)) {
-            // The only error is a failed interrupt trigger; the guest then sees a lost interrupt,
-            // as with real hardware, and its driver's timeout recovers.
-            let _ = self.serial.write(offset, *value);
+        let (Some(&value), Ok(register)) = (data.first(), u8::try_from(offset)) else {
+            return;
+        };
+        match offset {
+            UART_LCR => self.dlab = value & UART_LCR_DLAB != 0,
+            // 0x0f is the 8250 driver's probe for the register's existence, written and undone
+            // before the port starts: its later startup still does dummy reads of RX.
+            UART_IER if !self.dlab && value != UART_IER_PROBE => {
+                let enabled = value & UART_IER_RDI != 0;
+                if enabled && !self.rx_enabled {
+                    let _ = self.input_ready.write(1);
+                }
+                self.rx_enabled = enabled;
+            }
+            _ => {}
         }
+        // The only error is a failed interrupt trigger; the guest then sees a lost interrupt,
+        // as with real hardware, and its driver's timeout recovers.
+        let _ = self.serial.write(register, value);
     }
 }
 
@@ -209,6 +252,35 @@ impl BusDevice for GuestControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serial_input_waits_for_the_receive_interrupt() {
+        let ready = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let console = Arc::new(Mutex::new(
+            ConsoleOutput::new(Box::new(std::io::sink())).unwrap(),
+        ));
+        let port = Serial::with_events(
+            IrqTrigger(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            SerialInputDrained(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            SharedConsole(console),
+        );
+        let mut device = SerialDevice::new(port, ready.try_clone().unwrap());
+        assert!(!device.accepts_input());
+        // With DLAB set, offset 1 is the divisor latch, not IER.
+        device.write(UART_LCR, &[UART_LCR_DLAB]);
+        device.write(UART_IER, &[0x01]);
+        assert!(!device.accepts_input());
+        device.write(UART_LCR, &[0x03]);
+        // The driver's probe of the register is not a start.
+        device.write(UART_IER, &[UART_IER_PROBE]);
+        assert!(!device.accepts_input());
+        device.write(UART_IER, &[0x00]);
+        device.write(UART_IER, &[0x05]);
+        assert!(device.accepts_input());
+        assert_eq!(ready.read().unwrap(), 1);
+        device.write(UART_IER, &[0x02]);
+        assert!(!device.accepts_input());
+    }
 
     #[test]
     fn guest_control_reports_status_and_marker() {

@@ -78,13 +78,14 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
             )
         })?;
     let drained = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("the serial input"))?;
-    let serial = Arc::new(Mutex::new(SerialDevice {
-        serial: vm_superio::Serial::with_events(
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        vm_superio::Serial::with_events(
             IrqTrigger(serial_irq),
             SerialInputDrained(drained.try_clone().map_err(io_err("the serial input"))?),
             SharedConsole(console.clone()),
         ),
-    }));
+        drained.try_clone().map_err(io_err("the serial input"))?,
+    )));
 
     let mut io_bus = Bus::new();
     io_bus.insert(u64::from(layout::SERIAL_PORT_BASE), 8, serial.clone())?;

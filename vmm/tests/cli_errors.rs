@@ -202,3 +202,31 @@ fn bad_zoned_disk_options_create_or_touch_nothing() {
     std::fs::remove_file(foreign).unwrap();
     std::fs::remove_file(kernel).unwrap();
 }
+
+#[test]
+fn no_access_to_dev_kvm() {
+    // Only meaningful where /dev/kvm is closed to other users and we can drop privileges.
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        eprintln!("skipped: needs root to run vmm as an unprivileged user");
+        return;
+    }
+    let kernel = temp_file("fake-bzimage-kvm", &fake_bzimage());
+    std::fs::set_permissions(&kernel, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_vmm"),
+            "--kernel",
+        ])
+        .arg(&kernel)
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot open /dev/kvm"), "{stderr}");
+    std::fs::remove_file(kernel).unwrap();
+}
