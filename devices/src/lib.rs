@@ -38,5 +38,6 @@
 //! ```
 
 pub mod block;
+pub mod file_lock;
 pub mod virtio;
 pub mod zoned;

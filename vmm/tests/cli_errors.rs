@@ -230,3 +230,37 @@ fn no_access_to_dev_kvm() {
     assert!(stderr.contains("cannot open /dev/kvm"), "{stderr}");
     std::fs::remove_file(kernel).unwrap();
 }
+
+#[test]
+fn an_image_in_use_by_another_process_is_refused() {
+    let kernel = temp_file("fake-bzimage-inuse", &fake_bzimage());
+    let dir = std::env::temp_dir();
+    let image = dir.join(format!("vmm-cli-{}-inuse.img", std::process::id()));
+    let raw = temp_file("inuse-raw.img", &[0u8; 4096]);
+    let _ = std::fs::remove_file(&image);
+    // This process holds the images open (and locked), as a running vmm would.
+    let options = devices::zoned::ZonedDiskOptions::parse(&format!(
+        "{},size=64M,zone-size=4M",
+        image.display()
+    ))
+    .unwrap();
+    let held = devices::zoned::ZonedImage::open_or_create(&options).unwrap();
+    let held_raw = devices::block::RawFile::open(&raw, false).unwrap();
+    let k = kernel.to_str().unwrap();
+    assert_one_line_error(
+        &["--kernel", k, "--zoned-disk", image.to_str().unwrap()],
+        "in use by another process",
+    );
+    assert_one_line_error(
+        &["--kernel", k, "--disk", raw.to_str().unwrap()],
+        "in use by another process",
+    );
+    assert_one_line_error(
+        &["--kernel", k, "--disk", &format!("{},ro", raw.display())],
+        "in use by another process",
+    );
+    drop((held, held_raw));
+    for path in [kernel, image, raw] {
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -30,6 +30,9 @@ pub enum BackendError {
         #[source]
         source: io::Error,
     },
+    /// Another process holds a conflicting lock on the file.
+    #[error("{path} is in use by another process (it is locked)")]
+    InUse { path: PathBuf },
     /// The size of the backing file could not be found.
     #[error("cannot find the size of the backing file")]
     Size(#[source] io::Error),
@@ -54,6 +57,19 @@ impl RawFile {
                 path: path.to_path_buf(),
                 source,
             })?;
+        // Writers exclude everyone; read-only users may share.
+        crate::file_lock::lock(&file, !read_only).map_err(|source| {
+            if crate::file_lock::is_conflict(&source) {
+                BackendError::InUse {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                BackendError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
         Self::new(file, read_only)
     }
 
@@ -107,10 +123,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn read_only_users_share_a_file() {
+        let temp = TempFile::new().unwrap();
+        temp.as_file().set_len(4096).unwrap();
+        let a = RawFile::open(temp.as_path(), true).unwrap();
+        let b = RawFile::open(temp.as_path(), true).unwrap();
+        assert!(matches!(
+            RawFile::open(temp.as_path(), false),
+            Err(BackendError::InUse { .. })
+        ));
+        drop((a, b));
+        RawFile::open(temp.as_path(), false).unwrap();
+    }
+
+    #[test]
     fn raw_file_reads_and_writes_at_offsets() {
         let temp = TempFile::new_with_prefix(std::env::temp_dir().join("devices-rawfile")).unwrap();
         temp.as_file().set_len(4096).unwrap();
         let mut backend = RawFile::open(temp.as_path(), false).unwrap();
+        // A second writer, or a reader beside a writer, is refused while this one is open.
+        assert!(matches!(
+            RawFile::open(temp.as_path(), false),
+            Err(BackendError::InUse { .. })
+        ));
+        assert!(matches!(
+            RawFile::open(temp.as_path(), true),
+            Err(BackendError::InUse { .. })
+        ));
         assert_eq!(backend.size(), 4096);
         assert!(!backend.read_only());
         backend.write_at(1000, b"hello").unwrap();

@@ -38,6 +38,8 @@ pub type ZonedImage = ZonedDisk<ImageFile>;
 pub enum ImageError {
     #[error("zoned image {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("zoned image {0} is in use by another process (it is locked)")]
+    InUse(PathBuf),
     #[error("zoned image {0} already exists; refusing to overwrite it")]
     Exists(PathBuf),
     #[error("{0} is not a vmm zoned image (no VMMZONED magic)")]
@@ -79,6 +81,14 @@ pub enum ImageError {
 }
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib's crc32).
+fn lock_error(path: &Path, error: io::Error) -> ImageError {
+    if crate::file_lock::is_conflict(&error) {
+        ImageError::InUse(path.to_path_buf())
+    } else {
+        io_err(path)(error)
+    }
+}
+
 pub fn crc32(data: &[u8]) -> u32 {
     const TABLE: [u32; 256] = {
         let mut table = [0u32; 256];
@@ -428,6 +438,7 @@ impl ZonedDisk<ImageFile> {
                 ErrorKind::AlreadyExists => ImageError::Exists(path.to_path_buf()),
                 _ => io_err(path)(e),
             })?;
+        crate::file_lock::lock(&file, true).map_err(|e| lock_error(path, e))?;
         let result = Self::initialize(file, path, geometry);
         if result.is_err() {
             // We created the file (create_new), so removing the half-written one is ours to do.
@@ -493,6 +504,8 @@ impl ZonedDisk<ImageFile> {
             .write(true)
             .open(path)
             .map_err(&err)?;
+        // Before reading anything: another VMM may be writing the image right now.
+        crate::file_lock::lock(&file, true).map_err(|e| lock_error(path, e))?;
         let size = file.metadata().map_err(&err)?.len();
         let mut header = vec![0u8; HEADER_SIZE.min(size) as usize];
         file.read_exact_at(&mut header, 0).map_err(&err)?;

@@ -473,7 +473,23 @@ fn crash_at_every_sync_point_keeps_wp_behind_durable_data() {
         }
         assert_eq!(got, (cond, wp), "zone {i} after the final flush");
     }
+    drop(d);
     check_durable_image(&path);
+}
+
+#[test]
+fn a_second_open_of_an_image_in_use_is_refused_and_changes_nothing() {
+    let dir = Scratch::new("lock");
+    let path = dir.path("disk.img");
+    let first = ZonedImage::create(&path, geometry()).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    match ZonedImage::open(&path, &none()) {
+        Err(ImageError::InUse(p)) => assert_eq!(p, path),
+        other => panic!("expected InUse, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    drop(first);
+    ZonedImage::open(&path, &none()).unwrap();
 }
 
 #[test]
