@@ -154,3 +154,51 @@ pub fn run_script_in_lab(timeout_secs: u32, script: &str) -> LabRun {
     );
     run_in_lab(timeout_secs, &["bash", "-c", &full])
 }
+
+/// Quotes `text` as one bash word, so a guest command can be embedded in a `run_script_in_lab`
+/// script: `format!("\"$VMM\" ... -- {}", shell_quote(command))`.
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Every value printed as a `KEY=VALUE` word in `output` (guest or lab script output), in order.
+/// Tests print what they measure this way (`echo size=$(cat /sys/block/vda/size)`) and assert on
+/// the values, so a missing line shows up as a missing value rather than a passing `contains`.
+pub fn values_of(output: &str, key: &str) -> Vec<String> {
+    let prefix = format!("{key}=");
+    output
+        .split_whitespace()
+        .filter_map(|word| word.strip_prefix(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The one value of `KEY=VALUE` in `output`; panics (showing `run`) unless there is exactly one.
+pub fn value_of(run: &LabRun, key: &str) -> String {
+    let values = values_of(&run.stdout, key);
+    match values.as_slice() {
+        [value] => value.clone(),
+        _ => panic!(
+            "expected exactly one {key}=VALUE in the output, found {values:?}\n{}",
+            run.describe()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_read_from_key_value_words() {
+        let output = "vmm-init: userspace reached\nsize=614400 serial=abc\r\nsize=1\n";
+        assert_eq!(values_of(output, "size"), ["614400", "1"]);
+        assert_eq!(values_of(output, "serial"), ["abc"]);
+        assert!(values_of(output, "ro").is_empty());
+    }
+
+    #[test]
+    fn shell_quote_keeps_single_quotes() {
+        assert_eq!(shell_quote("echo 'a b'"), r"'echo '\''a b'\'''");
+    }
+}
