@@ -185,6 +185,55 @@ pub fn value_of(run: &LabRun, key: &str) -> String {
     }
 }
 
+/// A guest built around Debian's prebuilt cloud kernel (the lab's outer kernel), which finds
+/// virtio-mmio disks only through ACPI once its initramfs loaded virtio_mmio.ko and virtio_blk.ko;
+/// see resources/guest/build-cloud-initramfs.sh.
+pub struct CloudGuest {
+    /// Debian's vmlinuz, from the lab's cache.
+    pub kernel: PathBuf,
+    /// The project's initramfs plus /lib/modules/vmm/{virtio_mmio,virtio_blk}.ko.
+    pub initrd: PathBuf,
+}
+
+/// Builds the cloud-kernel guest with resources/guest/build-cloud-initramfs.sh. The kernel comes
+/// from the lab's cache, filled by the lab's first run: if it is missing, one trivial lab run
+/// fills it first.
+pub fn cloud_guest() -> CloudGuest {
+    assert_guest_built();
+    let script = repo_root().join("resources/guest/build-cloud-initramfs.sh");
+    let build = || {
+        Command::new(&script)
+            .current_dir(repo_root())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()))
+    };
+    let mut output = build();
+    if !output.status.success() && String::from_utf8_lossy(&output.stderr).contains("lab's cache") {
+        let warm_up = run_in_lab(300, &["true"]);
+        assert_eq!(warm_up.status, Some(0), "{}", warm_up.describe());
+        output = build();
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{} failed:\n{stdout}{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .map(|p| PathBuf::from(p.trim()))
+            .unwrap_or_else(|| panic!("no `{key}PATH` line from {}: {stdout}", script.display()))
+    };
+    CloudGuest {
+        kernel: path("kernel "),
+        initrd: path("initrd "),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
