@@ -262,34 +262,52 @@ echo file_after=$(md5sum </tmp/disk.img | cut -d" " -f1)
     );
 }
 
-/// Boots Debian's cloud kernel with `discovery`; the guest loads the virtio modules, prints what
-/// it sees and exits with 5, so the script's `status=` shows whether vmm-exit works there.
-fn run_cloud_kernel(discovery: &str) -> LabRun {
+/// Boots Debian's cloud kernel with `vmm_args` (disks, discovery). The guest loads the virtio
+/// modules, waits up to 5 s for the disks `expected` (`vda,vdb`) to appear, prints what it sees
+/// about vda, runs `then` and exits with 5, so the script's `status=` shows whether vmm-exit works
+/// under this kernel.
+fn run_cloud_kernel(vmm_args: &str, expected: &str, then: &str) -> LabRun {
     let cloud = cloud_guest();
-    let guest = "busybox insmod /lib/modules/vmm/virtio_mmio.ko || exit 90; \
+    let guest = format!(
+        "busybox insmod /lib/modules/vmm/virtio_mmio.ko || exit 90; \
          busybox insmod /lib/modules/vmm/virtio_blk.ko || exit 91; \
-         for i in $(seq 50); do [ -e /sys/block/vda ] && break; sleep 0.1; done; \
+         disks() {{ (cd /sys/block && echo vd* | tr \" \" ,); }}; \
+         for i in $(seq 50); do [ \"$(disks)\" = {expected} ] && break; sleep 0.1; done; \
          echo kernel=$(uname -r) cmdline_devices=$(grep -o virtio_mmio.device= /proc/cmdline | wc -l); \
-         echo disks=$(cd /sys/block && echo vd* | tr \" \" ,) size=$(cat /sys/block/vda/size) \
+         echo disks=$(disks) size=$(cat /sys/block/vda/size) \
          serial=$(cat /sys/block/vda/serial) sysfs=$(readlink -f /sys/block/vda); \
-         exit 5";
+         {then}
+         exit 5"
+    );
     let script = format!(
         r#"truncate -s 300M /tmp/disk.img
+truncate -s 64M /tmp/second.img
 set +e
-"$VMM" --kernel {} --initrd {} --disk /tmp/disk.img,serial=cloud-disk --discovery {discovery} -- {}
+"$VMM" --kernel {} --initrd {} {vmm_args} -- {}
 echo status=$?
 "#,
         shell_quote(&cloud.kernel.to_string_lossy()),
         shell_quote(&cloud.initrd.to_string_lossy()),
-        shell_quote(guest)
+        shell_quote(&guest)
     );
     run_script_in_lab(300, &script)
 }
 
 #[test]
 #[ignore = "boots the guest in the lab; run by `make lab-test`"]
-fn debian_cloud_kernel_finds_the_disk_through_acpi_alone() {
-    let run = run_cloud_kernel("acpi");
+fn debian_cloud_kernel_finds_two_disks_through_acpi_alone_and_verifies_data() {
+    // Two DSDT devices (each its own window and IRQ), the second read-only; Debian's own
+    // virtio_blk driver then writes and verifies 64 MiB on the first.
+    let run = run_cloud_kernel(
+        "--disk /tmp/disk.img,serial=cloud-disk --disk /tmp/second.img,ro,serial=second \
+         --discovery acpi",
+        "vda,vdb",
+        "echo vdb=$(cat /sys/block/vdb/size),$(cat /sys/block/vdb/serial),ro$(cat /sys/block/vdb/ro) \
+         vdb_sysfs=$(readlink -f /sys/block/vdb); \
+         fio --name=cloud-verify --filename=/dev/vda --size=64M --bs=128k --rw=randwrite \
+         --iodepth=16 --ioengine=io_uring --direct=1 --verify=crc32c --verify_fatal=1 \
+         | grep -E \"err=|READ:|WRITE:\"; echo fio_status=$?;",
+    );
     assert_ok(&run);
     // The guest's own status came back through vmm-exit (ioperm + outb) under this kernel too.
     assert_eq!(value_of(&run, "status"), "5", "{}", run.describe());
@@ -299,12 +317,30 @@ fn debian_cloud_kernel_finds_the_disk_through_acpi_alone() {
         run.describe()
     );
     assert_eq!(value_of(&run, "cmdline_devices"), "0", "{}", run.describe());
-    assert_eq!(value_of(&run, "disks"), "vda", "{}", run.describe());
+    assert_eq!(value_of(&run, "disks"), "vda,vdb", "{}", run.describe());
     assert_eq!(value_of(&run, "size"), "614400", "{}", run.describe());
     assert_eq!(value_of(&run, "serial"), "cloud-disk", "{}", run.describe());
-    // The device under the ACPI platform device (_HID LNRO0005), not a command-line one.
+    assert_eq!(
+        value_of(&run, "vdb"),
+        "131072,second,ro1",
+        "{}",
+        run.describe()
+    );
+    // Both under ACPI platform devices (_HID LNRO0005), in the order given, not command-line ones.
     assert!(
-        value_of(&run, "sysfs").contains("/LNRO0005:"),
+        value_of(&run, "sysfs").contains("/LNRO0005:00/"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        value_of(&run, "vdb_sysfs").contains("/LNRO0005:01/"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(value_of(&run, "fio_status"), "0", "{}", run.describe());
+    assert!(
+        run.stdout
+            .contains("cloud-verify: (groupid=0, jobs=1): err= 0:"),
         "{}",
         run.describe()
     );
@@ -313,7 +349,11 @@ fn debian_cloud_kernel_finds_the_disk_through_acpi_alone() {
 #[test]
 #[ignore = "boots the guest in the lab; run by `make lab-test`"]
 fn debian_cloud_kernel_with_discovery_both_sees_one_disk() {
-    let run = run_cloud_kernel("both");
+    let run = run_cloud_kernel(
+        "--disk /tmp/disk.img,serial=cloud-disk --discovery both",
+        "vda",
+        "",
+    );
     assert_ok(&run);
     assert_eq!(value_of(&run, "status"), "5", "{}", run.describe());
     assert_eq!(value_of(&run, "cmdline_devices"), "1", "{}", run.describe());
