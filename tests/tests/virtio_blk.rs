@@ -262,6 +262,58 @@ echo file_after=$(md5sum </tmp/disk.img | cut -d" " -f1)
     );
 }
 
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn host_block_device_backs_a_disk_with_its_size_and_data() {
+    // A memory-backed null_blk device made through configfs (the lab loads null_blk with no
+    // devices and mounts configfs): the size comes from the block device, not from file metadata,
+    // and what the guest writes is on the device afterwards.
+    let guest = "echo size=$(cat /sys/block/vda/size); \
+         fio --name=blockdev-verify --filename=/dev/vda --size=64M --bs=128k --rw=randwrite \
+         --iodepth=16 --ioengine=io_uring --direct=1 --verify=crc32c --verify_fatal=1 \
+         | grep -E \"err=|READ:|WRITE:\"; echo fio_status=$?; \
+         dd if=/dev/urandom of=/tmp/data bs=64k count=16 status=none; \
+         dd if=/tmp/data of=/dev/vda bs=64k seek=2001 oflag=direct status=none; \
+         echo written=$(md5sum </tmp/data | cut -d\" \" -f1)";
+    let script = format!(
+        r#"nullb=/sys/kernel/config/nullb/vmmtest
+mkdir "$nullb"
+echo 256 >"$nullb/size"
+echo 1 >"$nullb/memory_backed"
+echo 1 >"$nullb/power"
+# Recent kernels name the disk after the configfs item, older ones nullbINDEX.
+dev=/dev/vmmtest
+[[ -b $dev ]] || dev=/dev/nullb$(cat "$nullb/index")
+echo host_bytes=$(blockdev --getsize64 "$dev")
+{}
+echo on_device=$(dd if="$dev" bs=64k skip=2001 count=16 iflag=direct status=none | md5sum | cut -d" " -f1)
+"#,
+        vmm("--disk \"$dev\" --discovery cmdline", guest)
+    );
+    let run = run_script_in_lab(300, &script);
+    assert_ok(&run);
+    assert_eq!(
+        value_of(&run, "host_bytes"),
+        "268435456",
+        "{}",
+        run.describe()
+    );
+    assert_eq!(value_of(&run, "size"), "524288", "{}", run.describe());
+    assert_eq!(value_of(&run, "fio_status"), "0", "{}", run.describe());
+    assert!(
+        run.stdout
+            .contains("blockdev-verify: (groupid=0, jobs=1): err= 0:"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(
+        value_of(&run, "on_device"),
+        value_of(&run, "written"),
+        "{}",
+        run.describe()
+    );
+}
+
 /// Boots Debian's cloud kernel with `vmm_args` (disks, discovery). The guest loads the virtio
 /// modules, waits up to 5 s for the disks `expected` (`vda,vdb`) to appear, prints what it sees
 /// about vda, runs `then` and exits with 5, so the script's `status=` shows whether vmm-exit works
