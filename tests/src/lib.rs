@@ -163,3 +163,100 @@ pub fn run_script_in_lab(timeout_secs: u32, script: &str) -> LabRun {
     );
     run_in_lab(timeout_secs, &["bash", "-c", &full])
 }
+
+/// Quotes `text` as one bash word, so a guest command can be embedded in a `run_script_in_lab`
+/// script: `format!("\"$VMM\" ... -- {}", shell_quote(command))`.
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Every value printed as a `KEY=VALUE` word in `output` (guest or lab script output), in order.
+/// Tests print what they measure this way (`echo size=$(cat /sys/block/vda/size)`) and assert on
+/// the values, so a missing line shows up as a missing value rather than a passing `contains`.
+pub fn values_of(output: &str, key: &str) -> Vec<String> {
+    let prefix = format!("{key}=");
+    output
+        .split_whitespace()
+        .filter_map(|word| word.strip_prefix(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The one value of `KEY=VALUE` in `output`; panics (showing `run`) unless there is exactly one.
+pub fn value_of(run: &LabRun, key: &str) -> String {
+    let values = values_of(&run.stdout, key);
+    match values.as_slice() {
+        [value] => value.clone(),
+        _ => panic!(
+            "expected exactly one {key}=VALUE in the output, found {values:?}\n{}",
+            run.describe()
+        ),
+    }
+}
+
+/// A guest built around Debian's prebuilt cloud kernel (the lab's outer kernel), which finds
+/// virtio-mmio disks only through ACPI once its initramfs loaded virtio_mmio.ko and virtio_blk.ko;
+/// see resources/guest/build-cloud-initramfs.sh.
+pub struct CloudGuest {
+    /// Debian's vmlinuz, from the lab's cache.
+    pub kernel: PathBuf,
+    /// The project's initramfs plus /lib/modules/vmm/{virtio_mmio,virtio_blk}.ko.
+    pub initrd: PathBuf,
+}
+
+/// Builds the cloud-kernel guest with resources/guest/build-cloud-initramfs.sh. The kernel comes
+/// from the lab's cache, filled by the lab's first run: if it is missing, one trivial lab run
+/// fills it first.
+pub fn cloud_guest() -> CloudGuest {
+    assert_guest_built();
+    let script = repo_root().join("resources/guest/build-cloud-initramfs.sh");
+    let build = || {
+        Command::new(&script)
+            .current_dir(repo_root())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()))
+    };
+    let mut output = build();
+    if !output.status.success() && String::from_utf8_lossy(&output.stderr).contains("lab's cache") {
+        let warm_up = run_in_lab(300, &["true"]);
+        assert_eq!(warm_up.status, Some(0), "{}", warm_up.describe());
+        output = build();
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{} failed:\n{stdout}{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = |key: &str| {
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .map(|p| PathBuf::from(p.trim()))
+            .unwrap_or_else(|| panic!("no `{key}PATH` line from {}: {stdout}", script.display()))
+    };
+    CloudGuest {
+        kernel: path("kernel "),
+        initrd: path("initrd "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_read_from_key_value_words() {
+        let output = "vmm-init: userspace reached\nsize=614400 serial=abc\r\nsize=1\n";
+        assert_eq!(values_of(output, "size"), ["614400", "1"]);
+        assert_eq!(values_of(output, "serial"), ["abc"]);
+        assert!(values_of(output, "ro").is_empty());
+    }
+
+    #[test]
+    fn shell_quote_keeps_single_quotes() {
+        assert_eq!(shell_quote("echo 'a b'"), r"'echo '\''a b'\'''");
+    }
+}
