@@ -28,7 +28,7 @@ programs=(
 )
 
 inputs=$( {
-  cat "${BASH_SOURCE[0]}" "$here/init" "$here/vmm-exit.c"
+  cat "${BASH_SOURCE[0]}" "$here/init" "$here/vmm-exit.c" "$here/zone-ioctl.c" "$here/zoned-check"
   dpkg-query -W -f='${Package} ${Version}\n' "${packages[@]}"
 } | sha256sum | cut -c1-16)
 stamp=$output.inputs
@@ -122,6 +122,8 @@ done < <(/bin/busybox --list-full)
 
 gcc -static -O2 -Wall -Wextra -o "$stage/usr/sbin/vmm-exit" "$here/vmm-exit.c" || die "could not compile vmm-exit.c"
 install -m 0755 "$here/init" "$stage/init"
+gcc -static -O2 -Wall -Wextra -o "$stage/usr/sbin/zone-ioctl" "$here/zone-ioctl.c" || die "could not compile zone-ioctl.c"
+install -m 0755 "$here/zoned-check" "$stage/usr/bin/zoned-check"
 echo 'root:x:0:0:root:/root:/usr/bin/bash' >"$stage/etc/passwd"
 echo 'root:x:0:' >"$stage/etc/group"
 echo vmm-guest >"$stage/etc/hostname"
