@@ -392,6 +392,14 @@ impl AlignedBuffer {
         self.layout.size()
     }
 
+    /// The first `len` bytes, after growing the buffer if it is shorter.
+    fn prefix(&mut self, len: usize) -> io::Result<&mut [u8]> {
+        if self.len() < len {
+            *self = AlignedBuffer::new(len)?;
+        }
+        Ok(&mut self.as_mut_slice()[..len])
+    }
+
     fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: ptr points to layout.size() initialized (zeroed at allocation) bytes owned by
         // self, and &mut self guarantees no other reference to them.
@@ -488,14 +496,6 @@ impl HostZonedDevice {
         &self.path
     }
 
-    /// The I/O buffer, grown to at least `len` bytes.
-    fn buffer(&mut self, len: usize) -> io::Result<&mut [u8]> {
-        if self.buffer.len() < len {
-            self.buffer = AlignedBuffer::new(len)?;
-        }
-        Ok(&mut self.buffer.as_mut_slice()[..len])
-    }
-
     /// One BLK*ZONE ioctl on the zone starting at `zone_start`.
     fn zone_ioctl(&self, request: u64, zone_start: u64) -> io::Result<()> {
         let nr_sectors = self
@@ -531,9 +531,8 @@ impl ZoneStorage for HostZonedDevice {
         let end = (offset + buf.len() as u64).div_ceil(lbs) * lbs;
         let skip = (offset - start) as usize;
         let len = usize::try_from(end - start).map_err(|_| invalid_input())?;
-        let file = self.file.try_clone()?;
-        let bounce = self.buffer(len)?;
-        file.read_exact_at(bounce, start)?;
+        let bounce = self.buffer.prefix(len)?;
+        self.file.read_exact_at(bounce, start)?;
         buf.copy_from_slice(&bounce[skip..skip + buf.len()]);
         Ok(())
     }
@@ -544,10 +543,9 @@ impl ZoneStorage for HostZonedDevice {
         if offset % lbs != 0 || data.len() as u64 % lbs != 0 {
             return Err(invalid_input());
         }
-        let file = self.file.try_clone()?;
-        let bounce = self.buffer(data.len())?;
+        let bounce = self.buffer.prefix(data.len())?;
         bounce.copy_from_slice(data);
-        file.write_all_at(bounce, offset)
+        self.file.write_all_at(bounce, offset)
     }
 
     fn apply_zone_op(&mut self, plan: &ZoneOpPlan) -> io::Result<()> {
@@ -772,6 +770,11 @@ mod tests {
     fn aligned_buffer() {
         let mut b = AlignedBuffer::new(10).unwrap();
         assert_eq!(b.len(), BUFFER_ALIGNMENT);
+        assert_eq!(
+            b.prefix(3 * BUFFER_ALIGNMENT + 1).unwrap().len(),
+            3 * BUFFER_ALIGNMENT + 1
+        );
+        assert!(b.len() > 3 * BUFFER_ALIGNMENT);
         assert_eq!(b.as_mut_slice().as_ptr() as usize % BUFFER_ALIGNMENT, 0);
         assert!(b.as_mut_slice().iter().all(|&x| x == 0));
     }
