@@ -247,3 +247,95 @@ wait
         );
     }
 }
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn write_errors_read_only_zones_and_btrfs_on_a_host_device() {
+    // nullb2 (4 MiB zones): sector 16416, 32 sectors into zone 2, is a bad block and zone 3 is
+    // read-only, both set in the outer VM before the guest starts.
+    let guest = r#"
+Z2=16384; Z3=24576
+dd if=/dev/zero of=/dev/vdb bs=4k count=1 seek=$((Z2 / 8)) oflag=direct 2>/dev/null
+err=$(dd if=/dev/zero of=/dev/vdb bs=64k count=1 seek=$(( (Z2 + 8) * 512 )) oflag=direct,seek_bytes 2>&1) && echo "FAIL write over a bad block accepted" || echo "badblock: $err"
+check wp-after-error "$(wptr /dev/vdb $Z2)" 8
+dd if=/dev/zero of=/dev/vdb bs=4k count=1 seek=$(( (Z2 + 8) / 8 )) oflag=direct 2>/dev/null && echo "PASS write after the error" || echo "FAIL write after the error"
+check wp-after-retry "$(wptr /dev/vdb $Z2)" 16
+check read-only "$(cond /dev/vdb $Z3)" 13
+dd if=/dev/zero of=/dev/vdb bs=4k count=1 seek=$((Z3 / 8)) oflag=direct 2>/dev/null && echo "FAIL write to a read-only zone" || echo "PASS read-only zone refuses writes"
+
+mkfs.btrfs -q -f -d single -m single /dev/vda > /tmp/mkfs.out 2>&1 || { echo "FAIL mkfs"; cat /tmp/mkfs.out; }
+mkdir -p /mnt && mount -t btrfs /dev/vda /mnt || echo "FAIL mount"
+head -c 12582912 /dev/urandom > /tmp/file
+cp /tmp/file /mnt/file && sync
+umount /mnt && mount -t btrfs /dev/vda /mnt || echo "FAIL remount"
+check btrfs-data "$(md5sum < /mnt/file)" "$(md5sum < /tmp/file)"
+echo "MD5 $(md5sum < /tmp/file)"
+umount /mnt
+"#;
+    let script = format!(
+        r#"{LAB_HELPERS}
+nullb nullb1 size 512 blocksize 512 zoned 1 zone_size 16 memory_backed 1
+nullb nullb2 size 64 blocksize 512 zoned 1 zone_size 4 memory_backed 1
+echo "+16416-16423" > /sys/kernel/config/nullb/nullb2/badblocks
+echo 24576 > /sys/kernel/config/nullb/nullb2/zone_readonly
+cat > /tmp/guest.sh <<'GUEST_EOF'
+{GUEST_HELPERS}
+{guest}
+GUEST_EOF
+script_disk /tmp/guest.sh
+set +e
+VMM_LOG=info "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --zoned-disk /dev/nullb1 --zoned-disk /dev/nullb2 --disk /tmp/guest.sh,ro -- bash /dev/vdc
+echo "vmm exit status $?"
+# The file system is on the device: a second VMM run, which loads the zones as the first left
+# them (open ones included), finds the file.
+cat > /tmp/second.sh <<'GUEST_EOF'
+mkdir -p /mnt && mount -t btrfs /dev/vda /mnt && echo "SECOND-MD5 $(md5sum < /mnt/file)"
+umount /mnt
+GUEST_EOF
+script_disk /tmp/second.sh
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --zoned-disk /dev/nullb1 --disk /tmp/second.sh,ro -- bash /dev/vdb
+echo "second vmm exit status $?"
+# Without read-write access to the device (as nobody, given access to /dev/kvm).
+chmod 666 /dev/kvm
+setpriv --reuid=65534 --regid=65534 --clear-groups "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /dev/nullb2 -- true > /dev/null 2> /tmp/err
+echo "unprivileged: status $? lines $(wc -l < /tmp/err): $(cat /tmp/err)"
+"#
+    );
+    let run = run_script_in_lab(240, &script);
+    assert_ok(&run);
+    assert_lines(
+        &run,
+        &[
+            "PASS wp-after-error",
+            "PASS write after the error",
+            "PASS wp-after-retry",
+            "PASS read-only",
+            "PASS read-only zone refuses writes",
+            "PASS btrfs-data",
+            "vmm exit status 0",
+            "second vmm exit status 0",
+            "unprivileged: status 2 lines 1: vmm: /dev/nullb2: permission denied (the VMM needs read-write access to the device)",
+        ],
+    );
+    assert!(
+        run.stdout.contains("badblock:") && run.stdout.contains("Input/output error"),
+        "{}",
+        run.describe()
+    );
+    let md5 = lines_after(&run, "MD5 ");
+    assert_eq!(md5.len(), 1, "{}", run.describe());
+    assert_lines(&run, &[&format!("SECOND-MD5 {}", md5[0])]);
+    let appends: u64 = run
+        .stderr
+        .split("zoned disk served")
+        .nth(1)
+        .and_then(|rest| rest.split(" appends").next())
+        .and_then(|counts| counts.rsplit(", ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no request counts on stderr\n{}", run.describe()));
+    assert!(
+        appends > 0,
+        "btrfs issued no ZONE_APPEND\n{}",
+        run.describe()
+    );
+}
