@@ -40,8 +40,8 @@ pub trait ZoneStorage {
     /// `zones.changed_zones()` (those changed since the last successful flush).
     fn flush(&mut self, zones: &ZoneSet) -> io::Result<()>;
 
-    /// After a failed write or append to the sequential zone starting at `zone_start`: the
-    /// zone's actual (condition, write pointer) if storage can tell. A host zoned device
+    /// After a failed write, append or zone operation involving the sequential zone starting at
+    /// `zone_start`: the zone's actual (condition, write pointer) if storage can tell. A host zoned device
     /// re-reads it with BLKREPORTZONE, since part of the write may have landed. `None` (the
     /// default, right for the file image whose failed writes change no state) keeps the state.
     fn zone_state_after_error(
@@ -184,7 +184,14 @@ impl<S: ZoneStorage> ZonedDisk<S> {
 
     fn run_zone_op(&mut self, plan: ZoneOpPlan) -> Result<(), ZoneError> {
         if !plan.updates.is_empty() {
-            self.storage.apply_zone_op(&plan).map_err(io_error)?;
+            if let Err(e) = self.storage.apply_zone_op(&plan) {
+                // Part of the plan (say, the implicit close before an OPEN) may have been
+                // applied: let storage say where each zone involved stands.
+                for update in &plan.updates {
+                    self.resync_after_error(update.start);
+                }
+                return Err(io_error(e));
+            }
         }
         self.zones.commit_zone_op(plan)
     }
@@ -258,6 +265,7 @@ mod tests {
         after_error: Option<(ZoneCondition, u64)>,
         flushes: usize,
         zone_ops: Vec<ZoneOpKind>,
+        implicit_closes: Vec<u64>,
     }
 
     impl ZoneStorage for MemStorage {
@@ -282,6 +290,10 @@ mod tests {
                 return Err(io::Error::other("injected"));
             }
             self.zone_ops.push(plan.kind);
+            Ok(())
+        }
+        fn implicit_close(&mut self, zone_start: u64) -> io::Result<()> {
+            self.implicit_closes.push(zone_start);
             Ok(())
         }
         fn flush(&mut self, _zones: &ZoneSet) -> io::Result<()> {
@@ -354,6 +366,38 @@ mod tests {
         assert!(d.zones().changed_zones().is_empty());
         d.set_zone_condition(48, ZoneCondition::Offline).unwrap();
         assert_eq!(d.read(40, &mut [0u8; 8192]).unwrap_err().status(), 3);
+    }
+
+    #[test]
+    fn implicit_closes_reach_storage_and_failed_zone_ops_resync() {
+        let g = ZonedGeometry::new(ZonedGeometry {
+            capacity: 64,
+            zone_size: 16,
+            zone_capacity: 16,
+            conventional_zones: 0,
+            max_open: 1,
+            max_active: 0,
+            max_append_sectors: 8,
+            write_granularity: 512,
+        })
+        .unwrap();
+        let storage = MemStorage {
+            data: vec![0; 64 * 512],
+            ..Default::default()
+        };
+        let mut d = ZonedDisk::new(ZoneSet::new(g), storage);
+        d.write(0, &[1u8; 512]).unwrap();
+        d.write(16, &[1u8; 512]).unwrap();
+        assert_eq!(d.append(32, &[1u8; 512]), Ok(32));
+        assert_eq!(d.storage().implicit_closes, vec![0, 16]);
+        assert_eq!(d.zones().saved_state(1), (ZoneCondition::Closed, 17));
+        // An OPEN that fails after storage closed the implicitly-open zone: storage's word on
+        // the zones involved replaces the state.
+        d.storage.fail = true;
+        d.storage.after_error = Some((ZoneCondition::Closed, 33));
+        assert_eq!(d.zone_op(ZoneOp::Open, 16), Err(ZoneError::Io));
+        assert_eq!(d.zones().saved_state(2), (ZoneCondition::Closed, 33));
+        assert_eq!(d.zones().open_zones(), 0);
     }
 
     #[test]
