@@ -247,8 +247,7 @@ fn report_zones(file: &File, sector: u64, max_zones: usize) -> io::Result<Vec<Re
     // decoder reads little endian, which is what x86_64 is).
     let mut words = vec![0u64; (REPORT_HEADER_BYTES + max_zones * REPORT_ZONE_BYTES) / 8];
     words[0] = sector;
-    // nr_zones (in: how many fit) is the low half of the second word on little endian; build
-    // it from bytes so the layout does not depend on the host's endianness.
+    // nr_zones (in: how many fit) is the u32 at byte 8, followed by flags (out only).
     let mut second = [0u8; 8];
     second[..4].copy_from_slice(&(max_zones as u32).to_ne_bytes());
     words[1] = u64::from_ne_bytes(second);
