@@ -343,12 +343,18 @@ echo "unprivileged: status $? lines $(wc -l < /tmp/err): $(cat /tmp/err)"
 #[test]
 #[ignore = "boots the guest in the lab; run by `make lab-test`"]
 fn resource_errors_from_the_device_itself_reach_the_guest() {
-    // Once the VMM has the devices open, the outer VM uses up their resources behind its back
+    // Once the guest runs, the outer VM uses up the devices' resources behind the VMM's back
     // (nullb1: two written zones, active limit 2; nullb2: one explicitly open zone, open limit
     // 1), so the VMM's zone cache still sees EMPTY zones and only the device can refuse: its
     // EOVERFLOW and ETOOMANYREFS must reach the guest as resource errors, not as I/O errors.
+    // Guest and outer VM hand over through nullb2's conventional zone (reads and writes there
+    // go straight to the device).
     let guest = r#"
-sleep 8
+printf 'GUEST-UP' | dd of=/dev/vdb bs=512 conv=sync oflag=direct 2>/dev/null
+for i in $(seq 240); do
+    dd if=/dev/vdb bs=512 count=1 iflag=direct 2>/dev/null | grep -q HOST-DONE && break
+    sleep 0.5
+done
 echo "cached vda zone 1 $(cond /dev/vda 8192), vdb zone 1 $(cond /dev/vdb 8192)"
 err=$(dd if=/dev/zero of=/dev/vda bs=4k count=1 seek=$((3 * 1024)) oflag=direct 2>&1) && echo "FAIL write beyond the active limit" || echo "active-write: $err"
 err=$(blkzone open -o $((4 * 8192)) -c 1 /dev/vda 2>&1) && echo "FAIL open beyond the active limit" || echo "active-open: $err"
@@ -358,7 +364,7 @@ check resynced-wp "$(wptr /dev/vdb $((3 * 8192)))" 0
     let script = format!(
         r#"{LAB_HELPERS}
 nullb nullb1 size 64 blocksize 512 zoned 1 zone_size 4 zone_max_open 2 zone_max_active 2 memory_backed 1
-nullb nullb2 size 64 blocksize 512 zoned 1 zone_size 4 zone_max_open 1 zone_max_active 3 memory_backed 1
+nullb nullb2 size 64 blocksize 512 zoned 1 zone_size 4 zone_nr_conv 1 zone_max_open 1 zone_max_active 3 memory_backed 1
 cat > /tmp/guest.sh <<'GUEST_EOF'
 {GUEST_HELPERS}
 {guest}
@@ -367,21 +373,22 @@ script_disk /tmp/guest.sh
 set +e
 "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --zoned-disk /dev/nullb1 --zoned-disk /dev/nullb2 --disk /tmp/guest.sh,ro -- bash /dev/vdc > /tmp/vmm.out 2>&1 &
 vmm=$!
-for i in $(seq 100); do
-    ls -l /proc/$vmm/fd 2>/dev/null | grep -q nullb2 && break
-    sleep 0.1
+for i in $(seq 240); do
+    dd if=/dev/nullb2 bs=512 count=1 iflag=direct 2>/dev/null | grep -q GUEST-UP && break
+    sleep 0.5
 done
 dd if=/dev/zero of=/dev/nullb1 bs=4k count=1 seek=1024 oflag=direct 2>/dev/null
 dd if=/dev/zero of=/dev/nullb1 bs=4k count=1 seek=2048 oflag=direct 2>/dev/null
 # blkzone opens with O_EXCL, which the VMM holds: issue BLKOPENZONE from a plain open.
 python3 -c 'import fcntl, os, struct; fd = os.open("/dev/nullb2", os.O_RDWR); fcntl.ioctl(fd, 0x40101286, struct.pack("QQ", 8192, 8192))'
+printf 'HOST-DONE' | dd of=/dev/nullb2 bs=512 conv=sync oflag=direct 2>/dev/null
 echo "host: behind the VMM's back"
 wait $vmm
 echo "vmm exit status $?"
 cat /tmp/vmm.out
 "#
     );
-    let run = run_script_in_lab(180, &script);
+    let run = run_script_in_lab(240, &script);
     assert_ok(&run);
     assert_lines(
         &run,
