@@ -220,7 +220,11 @@ try() {{
 echo "not zoned: $(try --zoned-disk /dev/nullb3)"
 echo "options: $(try --zoned-disk /dev/nullb1,zone-size=8M)"
 "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /dev/nullb1 -- sleep 8 > /dev/null 2>&1 &
-sleep 3
+holder=$!
+for i in $(seq 100); do
+    ls -l /proc/$holder/fd 2>/dev/null | grep -q nullb1 && break
+    sleep 0.1
+done
 echo "busy: $(try --zoned-disk /dev/nullb1)"
 wait
 "#
