@@ -480,6 +480,16 @@ impl HostZonedDevice {
         }
         let zone_set = ZoneSet::from_reported(geometry, states.into_iter())
             .map_err(|e| HostError::Zones(path.into(), e))?;
+        log::info!(
+            "{}: host-managed zoned device, {} zones of {} sectors ({} conventional, capacity {}), max open {}, max active {}",
+            path.display(),
+            zones.len(),
+            geometry.zone_size,
+            geometry.conventional_zones,
+            geometry.zone_capacity,
+            geometry.max_open,
+            geometry.max_active
+        );
         let device = HostZonedDevice {
             file,
             path: path.to_path_buf(),
