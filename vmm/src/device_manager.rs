@@ -6,9 +6,11 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use devices::block::{Block, RawFile};
+use devices::block::{Block, RawFile, RequestHandler};
 use devices::virtio::{MmioTransport, VirtioDevice};
-use devices::zoned::{ZonedDiskOptions, ZonedHandler, ZonedImage};
+use devices::zoned::{
+    self, HostZonedDevice, ZonedCapacity, ZonedDiskOptions, ZonedHandler, ZonedImage,
+};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
@@ -191,8 +193,9 @@ impl DeviceManager {
         )
     }
 
-    /// Opens a `--zoned-disk` image (creating it if it does not exist) and attaches it as the
-    /// next virtio-blk device, host-managed zoned.
+    /// Opens a `--zoned-disk`, a host-managed zoned block device of the host or an image
+    /// (created if it does not exist), and attaches it as the next virtio-blk device,
+    /// host-managed zoned.
     pub fn add_zoned_disk(
         &mut self,
         vm: &VmFd,
@@ -200,12 +203,21 @@ impl DeviceManager {
         bus: &mut Bus,
         options: &ZonedDiskOptions,
     ) -> Result<MmioSlot, DeviceError> {
-        let image =
-            ZonedImage::open_or_create(options).map_err(|e| DeviceError::ZonedDisk(chain(&e)))?;
-        let handler = ZonedHandler::new(image);
-        let capacity = handler.capacity_backend();
+        let zoned_error = |e: &dyn std::error::Error| DeviceError::ZonedDisk(chain(e));
+        // A block device is passed through (it must be host-managed zoned); anything else is
+        // an image file.
+        let (capacity, handler): (ZonedCapacity, Box<dyn RequestHandler>) =
+            if zoned::host::is_block_device(&options.path) {
+                let disk = HostZonedDevice::open(options).map_err(|e| zoned_error(&e))?;
+                let handler = ZonedHandler::new(disk);
+                (handler.capacity_backend(), Box::new(handler))
+            } else {
+                let image = ZonedImage::open_or_create(options).map_err(|e| zoned_error(&e))?;
+                let handler = ZonedHandler::new(image);
+                (handler.capacity_backend(), Box::new(handler))
+            };
         let serial = format!("vmm-zoned{}", self.slots.len());
-        let block = Block::with_handler(Box::new(capacity), &serial, Box::new(handler));
+        let block = Block::with_handler(Box::new(capacity), &serial, handler);
         self.add_virtio(vm, memory, bus, Box::new(block))
     }
 

@@ -9,7 +9,9 @@
 use std::io;
 
 use super::geometry::{ZonedGeometry, SECTOR_SIZE};
-use super::state::{Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet};
+use super::state::{
+    WritePlan, Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet,
+};
 use super::wire;
 
 /// What a zoned disk needs from its storage. Called only with requests the state machine has
@@ -27,12 +29,19 @@ pub trait ZoneStorage {
     /// forwards it as ioctls; the file image makes resets durable here.
     fn apply_zone_op(&mut self, plan: &ZoneOpPlan) -> io::Result<()>;
 
+    /// Before a write or append that needs an open resource at the open limit: the state
+    /// machine implicitly closes the implicitly-open zone starting at `zone_start`. A host zoned
+    /// device is told explicitly, since it would otherwise pick a victim of its own.
+    fn implicit_close(&mut self, _zone_start: u64) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Makes every completed write durable, then the current state of the zones listed in
     /// `zones.changed_zones()` (those changed since the last successful flush).
     fn flush(&mut self, zones: &ZoneSet) -> io::Result<()>;
 
-    /// After a failed write or append to the sequential zone starting at `zone_start`: the
-    /// zone's actual (condition, write pointer) if storage can tell. A host zoned device
+    /// After a failed write, append or zone operation involving the sequential zone starting at
+    /// `zone_start`: the zone's actual (condition, write pointer) if storage can tell. A host zoned device
     /// re-reads it with BLKREPORTZONE, since part of the write may have landed. `None` (the
     /// default, right for the file image whose failed writes change no state) keeps the state.
     fn zone_state_after_error(
@@ -58,8 +67,15 @@ fn sectors_of(len: usize) -> Result<u64, ZoneError> {
     Ok(len / SECTOR_SIZE)
 }
 
-fn io_error(_: io::Error) -> ZoneError {
-    ZoneError::Io
+/// A storage failure as a request status: a host zoned device reports its resource limits as
+/// ETOOMANYREFS (open) and EOVERFLOW (active), which keep their meaning for the guest; anything
+/// else is an I/O error.
+fn io_error(error: io::Error) -> ZoneError {
+    match error.raw_os_error() {
+        Some(libc::ETOOMANYREFS) => ZoneError::OpenResource,
+        Some(libc::EOVERFLOW) => ZoneError::ActiveResource,
+        _ => ZoneError::Io,
+    }
 }
 
 impl<S: ZoneStorage> ZonedDisk<S> {
@@ -111,13 +127,29 @@ impl<S: ZoneStorage> ZonedDisk<S> {
     /// VIRTIO_BLK_T_OUT: writes `data` (a multiple of 512 bytes) at `sector`.
     pub fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), ZoneError> {
         let plan = self.zones.prepare_write(sector, sectors_of(data.len())?)?;
-        if plan.nr_sectors > 0 {
-            if let Err(e) = self.storage.write(plan.sector, data) {
-                self.resync_after_error(plan.sector);
-                return Err(io_error(e));
-            }
-        }
+        self.store(&plan, data)?;
         self.zones.commit_write(plan)
+    }
+
+    /// Sends a planned write to storage (with the implicit close it needs); on failure lets
+    /// storage correct the zones involved.
+    fn store(&mut self, plan: &WritePlan, data: &[u8]) -> Result<(), ZoneError> {
+        if plan.nr_sectors == 0 {
+            return Ok(());
+        }
+        let result = match plan.implicitly_closes {
+            Some(victim) => self.storage.implicit_close(victim),
+            None => Ok(()),
+        }
+        .and_then(|()| self.storage.write(plan.sector, data));
+        if let Err(e) = result {
+            if let Some(victim) = plan.implicitly_closes {
+                self.resync_after_error(victim);
+            }
+            self.resync_after_error(plan.sector);
+            return Err(io_error(e));
+        }
+        Ok(())
     }
 
     /// Lets storage correct the state of a sequential zone after a failed write.
@@ -145,19 +177,21 @@ impl<S: ZoneStorage> ZonedDisk<S> {
             .zones
             .prepare_append(zone_start, sectors_of(data.len())?)?;
         let sector = plan.sector;
-        if plan.nr_sectors > 0 {
-            if let Err(e) = self.storage.write(sector, data) {
-                self.resync_after_error(sector);
-                return Err(io_error(e));
-            }
-        }
+        self.store(&plan, data)?;
         self.zones.commit_write(plan)?;
         Ok(sector)
     }
 
     fn run_zone_op(&mut self, plan: ZoneOpPlan) -> Result<(), ZoneError> {
         if !plan.updates.is_empty() {
-            self.storage.apply_zone_op(&plan).map_err(io_error)?;
+            if let Err(e) = self.storage.apply_zone_op(&plan) {
+                // Part of the plan (say, the implicit close before an OPEN) may have been
+                // applied: let storage say where each zone involved stands.
+                for update in &plan.updates {
+                    self.resync_after_error(update.start);
+                }
+                return Err(io_error(e));
+            }
         }
         self.zones.commit_zone_op(plan)
     }
@@ -231,6 +265,7 @@ mod tests {
         after_error: Option<(ZoneCondition, u64)>,
         flushes: usize,
         zone_ops: Vec<ZoneOpKind>,
+        implicit_closes: Vec<u64>,
     }
 
     impl ZoneStorage for MemStorage {
@@ -255,6 +290,10 @@ mod tests {
                 return Err(io::Error::other("injected"));
             }
             self.zone_ops.push(plan.kind);
+            Ok(())
+        }
+        fn implicit_close(&mut self, zone_start: u64) -> io::Result<()> {
+            self.implicit_closes.push(zone_start);
             Ok(())
         }
         fn flush(&mut self, _zones: &ZoneSet) -> io::Result<()> {
@@ -327,6 +366,50 @@ mod tests {
         assert!(d.zones().changed_zones().is_empty());
         d.set_zone_condition(48, ZoneCondition::Offline).unwrap();
         assert_eq!(d.read(40, &mut [0u8; 8192]).unwrap_err().status(), 3);
+    }
+
+    #[test]
+    fn implicit_closes_reach_storage_and_failed_zone_ops_resync() {
+        let g = ZonedGeometry::new(ZonedGeometry {
+            capacity: 64,
+            zone_size: 16,
+            zone_capacity: 16,
+            conventional_zones: 0,
+            max_open: 1,
+            max_active: 0,
+            max_append_sectors: 8,
+            write_granularity: 512,
+        })
+        .unwrap();
+        let storage = MemStorage {
+            data: vec![0; 64 * 512],
+            ..Default::default()
+        };
+        let mut d = ZonedDisk::new(ZoneSet::new(g), storage);
+        d.write(0, &[1u8; 512]).unwrap();
+        d.write(16, &[1u8; 512]).unwrap();
+        assert_eq!(d.append(32, &[1u8; 512]), Ok(32));
+        assert_eq!(d.storage().implicit_closes, vec![0, 16]);
+        assert_eq!(d.zones().saved_state(1), (ZoneCondition::Closed, 17));
+        // An OPEN that fails after storage closed the implicitly-open zone: storage's word on
+        // the zones involved replaces the state.
+        d.storage.fail = true;
+        d.storage.after_error = Some((ZoneCondition::Closed, 33));
+        assert_eq!(d.zone_op(ZoneOp::Open, 16), Err(ZoneError::Io));
+        assert_eq!(d.zones().saved_state(2), (ZoneCondition::Closed, 33));
+        assert_eq!(d.zones().open_zones(), 0);
+    }
+
+    #[test]
+    fn host_errnos_keep_their_zone_meaning() {
+        let errno = |e| io_error(io::Error::from_raw_os_error(e));
+        assert_eq!(errno(libc::ETOOMANYREFS), ZoneError::OpenResource);
+        assert_eq!(errno(libc::EOVERFLOW), ZoneError::ActiveResource);
+        assert_eq!(errno(libc::EIO), ZoneError::Io);
+        assert_eq!(errno(libc::EINVAL), ZoneError::Io);
+        assert_eq!(io_error(io::Error::other("x")), ZoneError::Io);
+        assert_eq!(ZoneError::OpenResource.status(), 5);
+        assert_eq!(ZoneError::ActiveResource.status(), 6);
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! Zoned block devices (VIRTIO_BLK_F_ZONED, host-managed): geometry and options, the zone state
 //! machine shared by every backend, the virtio-blk wire encodings of zone information, and the
-//! file-emulated backend.
+//! backends: file-emulated and host zoned device.
 //!
 //! - [`geometry`]: sizes and limits, validation, defaults, the `PATH[,key=value...]` parser.
 //! - [`state`]: zone conditions and the rules (the only place they live).
 //! - [`wire`]: spec numbers, config-space fields, ZONE_REPORT replies.
 //! - [`disk`]: [`ZonedDisk`], the request-level API, over the [`ZoneStorage`] backend seam.
 //! - [`image`]: [`ZonedImage`], the file-emulated backend (docs/zoned-image-format.md).
+//! - [`host`]: [`HostZonedDevice`], a host-managed zoned block device of the host.
 //!
 //! A request handler maps each virtio-blk request to one call and writes
 //! `wire::status_of(&result)` (OK, or the error's `status()`) into the status byte:
@@ -22,6 +23,7 @@
 
 pub mod disk;
 pub mod geometry;
+pub mod host;
 pub mod image;
 pub mod state;
 pub mod virtio;
@@ -29,6 +31,7 @@ pub mod wire;
 
 pub use disk::{ZoneStorage, ZonedDisk};
 pub use geometry::{GeometryOverrides, ZonedDiskOptions, ZonedGeometry};
+pub use host::{HostError, HostZonedDevice, HostZonedDisk};
 pub use image::{ImageError, ZonedImage};
 pub use state::{Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneSet, ZoneType};
 pub use virtio::{ZonedCapacity, ZonedHandler};
