@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make run: boots the project's guest with our VMM and a fresh zoned disk, and shows what the guest
-# sees: the zoned queue attributes, the zone report, and fio writing and verifying zones. Runs
+# sees: the zoned queue attributes, the zone report, and the conformance suite zoned-check. Runs
 # through resources/lab/run-in-lab, which uses the host's KVM directly where it can boot Linux and
 # the nested lab otherwise.
 set -euo pipefail
@@ -16,11 +16,8 @@ cd /sys/block/vda/queue
 echo "== /dev/vda: zoned=$(cat zoned) zone_sectors=$(cat chunk_sectors) nr_zones=$(cat nr_zones) max_open=$(cat max_open_zones) max_active=$(cat max_active_zones) zone_append_max_bytes=$(cat zone_append_max_bytes)"
 echo "== blkzone report (first 4 zones)"
 blkzone report -c 4 /dev/vda
-echo "== fio: sequential zoned writes with crc32c verify, 4 zones"
-fio --name=zbd --filename=/dev/vda --direct=1 --zonemode=zbd --rw=write --bs=128k --iodepth=16 \
-    --ioengine=io_uring --size=256M --verify=crc32c --group_reporting 2>&1 | grep -E "err=|WRITE:|READ:"
-echo "== blkzone report after fio"
-blkzone report -c 5 /dev/vda
+echo "== zoned-check /dev/vda (the conformance suite)"
+zoned-check /dev/vda
 '
 exec resources/lab/run-in-lab --timeout 900 -- target/release/vmm --kernel build/guest/bzImage \
-    --initrd build/guest/initramfs.cpio.gz --zoned-disk "$image,$options" --boot-time -- "$guest"
+    --initrd build/guest/initramfs.cpio.gz --memory 1G --zoned-disk "$image,$options" --boot-time -- "$guest"

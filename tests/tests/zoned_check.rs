@@ -1,0 +1,75 @@
+//! The guest's conformance suite (resources/guest/zoned-check) passes on our zoned disk with
+//! several geometries, and fails where it must: on a disk that is not zoned. Run by
+//! `make lab-test`.
+
+use vmm_tests::{run_script_in_lab, LabRun};
+
+fn summary(run: &LabRun) -> &str {
+    run.stdout
+        .lines()
+        .rfind(|l| l.contains("zoned-check:") && l.contains("passed"))
+        .unwrap_or_else(|| panic!("no zoned-check summary\n{}", run.describe()))
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn zoned_check_passes_on_file_backed_zoned_disks() {
+    let run = run_script_in_lab(
+        900,
+        r#"
+        set +e
+        for options in size=1G,zone-size=16M,conventional-zones=2,max-open=6,max-active=8 \
+                       size=600M,zone-size=16M,zone-capacity=12M \
+                       size=700M,zone-size=8M,max-active=10; do
+            "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --memory 1G --zoned-disk /tmp/check.img,$options -- zoned-check /dev/vda
+            echo "geometry $options: status $?"
+            rm -f /tmp/check.img
+        done
+        "#,
+    );
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    for geometry in [
+        "size=1G,zone-size=16M,conventional-zones=2,max-open=6,max-active=8",
+        "size=600M,zone-size=16M,zone-capacity=12M",
+        "size=700M,zone-size=8M,max-active=10",
+    ] {
+        assert!(
+            run.stdout
+                .contains(&format!("geometry {geometry}: status 0")),
+            "{geometry}\n{}",
+            run.describe()
+        );
+    }
+    assert!(!run.stdout.contains("FAIL"), "{}", run.describe());
+    // The limits, the boundary write, fio and btrfs really ran on the first geometry.
+    for check in [
+        "PASS open-limit",
+        "PASS active-limit",
+        "PASS boundary-write",
+        "PASS fio-seq-qd128-none",
+        "PASS btrfs-zone-append",
+    ] {
+        assert!(run.stdout.contains(check), "{check}\n{}", run.describe());
+    }
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn zoned_check_fails_on_a_disk_that_is_not_zoned() {
+    let run = run_script_in_lab(
+        300,
+        r#"
+        truncate -s 64M /tmp/plain.img
+        set +e
+        "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --disk /tmp/plain.img -- zoned-check --quick /dev/vda
+        echo "status $?"
+        "#,
+    );
+    assert!(
+        run.stdout.contains("FAIL zoned-model"),
+        "{}",
+        run.describe()
+    );
+    assert!(run.stdout.contains("status 1"), "{}", run.describe());
+    assert!(summary(&run).contains("1 failed"), "{}", run.describe());
+}
