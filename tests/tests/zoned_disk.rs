@@ -423,3 +423,19 @@ echo "last flushed: $last"
     );
     assert_lines(&run, &["corrupt: 0"]);
 }
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn a_throwaway_zoned_disk_leaves_nothing_behind() {
+    let run = run_script_in_lab(
+        300,
+        r#"
+        export TMPDIR=/tmp/throwaway && mkdir -p $TMPDIR
+        "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk tmp,size=256M,zone-size=4M -- \
+            'echo zones=$(cat /sys/block/vda/queue/nr_zones); blkzone open -o 8192 -c 1 /dev/vda'
+        echo "left behind: $(ls $TMPDIR | wc -l)"
+        "#,
+    );
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    assert_lines(&run, &["zones=64", "left behind: 0"]);
+}

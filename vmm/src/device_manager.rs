@@ -19,6 +19,9 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::layout;
 use crate::bus::{lock, Bus, BusDevice, BusOverlap};
 
+/// `--zoned-disk tmp,...` asks for a throwaway image (use `./tmp` for a file named tmp).
+pub const THROWAWAY_IMAGE: &str = "tmp";
+
 /// A disk as given on the command line, in command-line order.
 #[derive(Debug, Clone)]
 pub enum DiskSpec {
@@ -210,6 +213,20 @@ impl DeviceManager {
             if zoned::host::is_block_device(&options.path) {
                 let disk = HostZonedDevice::open(options).map_err(|e| zoned_error(&e))?;
                 let handler = ZonedHandler::new(disk);
+                (handler.capacity_backend(), Box::new(handler))
+            } else if options.path.as_os_str() == THROWAWAY_IMAGE {
+                // A fresh image in the temporary directory, unlinked as soon as it is open: the
+                // open file keeps it alive for this run, and nothing is left behind, even after
+                // a SIGKILL.
+                let mut throwaway = options.clone();
+                throwaway.path = std::env::temp_dir().join(format!(
+                    "vmm-zoned-{}-{}.img",
+                    std::process::id(),
+                    self.slots.len()
+                ));
+                let image = ZonedImage::open_or_create(&throwaway).map_err(|e| zoned_error(&e))?;
+                let _ = std::fs::remove_file(&throwaway.path);
+                let handler = ZonedHandler::new(image);
                 (handler.capacity_backend(), Box::new(handler))
             } else {
                 let image = ZonedImage::open_or_create(options).map_err(|e| zoned_error(&e))?;
