@@ -120,3 +120,30 @@ fn host_stdin_reaches_the_guest_shell() {
     assert!(run.stdout.contains("typed-42"), "{}", run.describe());
     assert!(run.stdout.contains("status: 5"), "{}", run.describe());
 }
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn a_panicking_kernel_fails_in_run_mode_and_ends_cleanly_otherwise() {
+    // init exits at once, the kernel panics and reboots (panic=-1): no command status arrives.
+    let run = run_script_in_lab(
+        300,
+        r#"
+        set +e
+        "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --cmdline rdinit=/usr/bin/false -- true 2> /tmp/err > /tmp/out
+        echo "run mode: $?"
+        cat /tmp/err
+        grep -c "Kernel panic" /tmp/out
+        "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --cmdline rdinit=/usr/bin/false > /dev/null 2>&1
+        echo "plain boot: $?"
+        "#,
+    );
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    assert!(run.stdout.contains("run mode: 1"), "{}", run.describe());
+    assert!(
+        run.stdout
+            .contains("without reporting the command's status"),
+        "{}",
+        run.describe()
+    );
+    assert!(run.stdout.contains("plain boot: 0"), "{}", run.describe());
+}

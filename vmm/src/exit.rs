@@ -39,7 +39,22 @@ impl ExitReason {
             ExitReason::Signal(signo) => 128 + signo,
         }
     }
+
+    /// The exit status, where in run mode (a command was given) only the command's own status
+    /// counts as an answer: a reset, power-off or triple fault without one is a failure.
+    pub fn exit_code_for(&self, run_mode: bool) -> i32 {
+        match self {
+            ExitReason::Reset | ExitReason::Shutdown | ExitReason::Halted if run_mode => {
+                RUN_MODE_NO_STATUS
+            }
+            other => other.exit_code(),
+        }
+    }
 }
+
+/// Exit status in run mode when the guest stopped without reporting the command's status (a
+/// panicking kernel reboots): a failure, so that `git bisect run` does not call it good.
+pub const RUN_MODE_NO_STATUS: i32 = 1;
 
 /// Shared between the vCPUs, the devices and the event loop.
 pub struct VmExit {
@@ -104,5 +119,15 @@ mod tests {
         assert_eq!(ExitReason::Shutdown.exit_code(), 0);
         assert_eq!(ExitReason::Signal(15).exit_code(), 143);
         assert_eq!(ExitReason::VcpuError(String::new()).exit_code(), 1);
+    }
+
+    #[test]
+    fn run_mode_needs_the_command_status() {
+        assert_eq!(ExitReason::Reset.exit_code_for(true), RUN_MODE_NO_STATUS);
+        assert_eq!(ExitReason::Shutdown.exit_code_for(true), RUN_MODE_NO_STATUS);
+        assert_eq!(ExitReason::Reset.exit_code_for(false), 0);
+        assert_eq!(ExitReason::GuestStatus(0).exit_code_for(true), 0);
+        assert_eq!(ExitReason::GuestStatus(9).exit_code_for(true), 9);
+        assert_eq!(ExitReason::UserQuit.exit_code_for(true), 0);
     }
 }

@@ -8,7 +8,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use devices::zoned::ZonedDiskOptions;
 use vmm::config::{self, VmConfig};
 use vmm::device_manager::DiskSpec;
-use vmm::exit::ExitReason;
+use vmm::exit::{ExitReason, RUN_MODE_NO_STATUS};
 
 /// Boot a Linux kernel under KVM with a serial console; exits with the guest's reported status.
 #[derive(Parser, Debug)]
@@ -119,6 +119,7 @@ fn main() -> ExitCode {
         }
     };
     let disks = disks_in_order(&matches, &cli);
+    let run_mode = !cli.command.is_empty();
     let config = VmConfig {
         cmdline: if cli.command.is_empty() {
             cli.cmdline
@@ -143,7 +144,14 @@ fn main() -> ExitCode {
             if config.boot_time {
                 eprintln!("{}", vmm::timing::report());
             }
-            ExitCode::from(reason.exit_code().clamp(0, 255) as u8)
+            let code = reason.exit_code_for(run_mode);
+            if run_mode && code == RUN_MODE_NO_STATUS {
+                eprintln!(
+                    "vmm: the guest stopped ({reason:?}) without reporting the command's status; \
+                     a kernel panic or an init without the exit port?"
+                );
+            }
+            ExitCode::from(code.clamp(0, 255) as u8)
         }
         Err(e) => {
             eprintln!("vmm: {}", vmm::device_manager::chain(&e));
