@@ -47,6 +47,35 @@ pub struct LabRun {
 }
 
 impl LabRun {
+    /// The command exited 0 and printed no FAIL line.
+    pub fn assert_ok(&self) {
+        assert_eq!(self.status, Some(0), "{}", self.describe());
+        assert!(!self.stdout.contains("FAIL"), "{}", self.describe());
+    }
+
+    /// Each of `lines` appears on stdout as a whole line (surrounding spaces ignored).
+    pub fn assert_lines(&self, lines: &[&str]) {
+        for line in lines {
+            assert!(
+                self.stdout.lines().any(|l| l.trim() == *line),
+                "expected the line {line:?}\n{}",
+                self.describe()
+            );
+        }
+    }
+
+    /// How many ZONE_APPEND requests the zoned disk served, from the line vmm logs at exit with
+    /// VMM_LOG=info ("zoned disk served N reads, N writes, N appends, ...").
+    pub fn zoned_appends(&self) -> u64 {
+        self.stderr
+            .split("zoned disk served")
+            .nth(1)
+            .and_then(|rest| rest.split(" appends").next())
+            .and_then(|counts| counts.rsplit(", ").next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no request counts on stderr\n{}", self.describe()))
+    }
+
     /// Both streams, for assertion messages.
     pub fn describe(&self) -> String {
         format!(

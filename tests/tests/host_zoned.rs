@@ -31,21 +31,6 @@ wptr() { printf '%d\n' "$(blkzone report -o "$2" -c 1 "$1" | sed -n 's/.*wptr \(
 check() { if [ "$2" = "$3" ]; then echo "PASS $1"; else echo "FAIL $1: got '$2', expected '$3'"; fi; }
 "#;
 
-fn assert_ok(run: &LabRun) {
-    assert_eq!(run.status, Some(0), "{}", run.describe());
-    assert!(!run.stdout.contains("FAIL"), "{}", run.describe());
-}
-
-fn assert_lines(run: &LabRun, lines: &[&str]) {
-    for line in lines {
-        assert!(
-            run.stdout.lines().any(|l| l.trim() == *line),
-            "expected the line {line:?}\n{}",
-            run.describe()
-        );
-    }
-}
-
 /// Lines of stdout that start with `prefix`, without it.
 fn lines_after(run: &LabRun, prefix: &str) -> Vec<String> {
     run.stdout
@@ -149,35 +134,32 @@ echo "HOST-MD5 4k-blocks $(dd if=/dev/nullb2 bs=1M count=1 skip=4 iflag=direct 2
 "#
     );
     let run = run_script_in_lab(240, &script);
-    assert_ok(&run);
-    assert_lines(
-        &run,
-        &[
-            "vda zoned=host-managed",
-            "vda chunk_sectors=16384",
-            "vda nr_zones=32",
-            "vda max_open_zones=4",
-            "vda max_active_zones=6",
-            "vdb zoned=host-managed",
-            "vdb chunk_sectors=8192",
-            "vdb nr_zones=32",
-            "vdb zone_write_granularity=4096",
-            "PASS open-empty",
-            "PASS close-at-start",
-            "PASS write-opens",
-            "PASS write-wp",
-            "PASS close",
-            "PASS finish",
-            "PASS reset",
-            "PASS reset-wp",
-            "PASS write past capacity refused",
-            "PASS full-at-capacity",
-            "PASS implicit-close-oldest",
-            "PASS fio vda",
-            "PASS fio vdb",
-            "vmm exit status 0",
-        ],
-    );
+    run.assert_ok();
+    run.assert_lines(&[
+        "vda zoned=host-managed",
+        "vda chunk_sectors=16384",
+        "vda nr_zones=32",
+        "vda max_open_zones=4",
+        "vda max_active_zones=6",
+        "vdb zoned=host-managed",
+        "vdb chunk_sectors=8192",
+        "vdb nr_zones=32",
+        "vdb zone_write_granularity=4096",
+        "PASS open-empty",
+        "PASS close-at-start",
+        "PASS write-opens",
+        "PASS write-wp",
+        "PASS close",
+        "PASS finish",
+        "PASS reset",
+        "PASS reset-wp",
+        "PASS write past capacity refused",
+        "PASS full-at-capacity",
+        "PASS implicit-close-oldest",
+        "PASS fio vda",
+        "PASS fio vdb",
+        "vmm exit status 0",
+    ]);
     assert!(run.stdout.contains("start: 0x000004000, len 0x004000, cap 0x004000, wptr 0x000000 reset:0 non-seq:0, zcond: 0(nw) [type: 1(CONVENTIONAL)]"), "{}", run.describe());
     assert!(run.stdout.contains("start: 0x000008000, len 0x004000, cap 0x003000, wptr 0x000000 reset:0 non-seq:0, zcond: 1(em) [type: 2(SEQ_WRITE_REQUIRED)]"), "{}", run.describe());
     // Resource errors reach the guest as themselves, not as a generic I/O error.
@@ -200,7 +182,7 @@ echo "HOST-MD5 4k-blocks $(dd if=/dev/nullb2 bs=1M count=1 skip=4 iflag=direct 2
     let md5 = lines_after(&run, "MD5 ");
     assert_eq!(md5.len(), 1, "{}", run.describe());
     for place in ["sequential", "conventional", "4k-blocks"] {
-        assert_lines(&run, &[&format!("HOST-MD5 {place} {}", md5[0])]);
+        run.assert_lines(&[&format!("HOST-MD5 {place} {}", md5[0])]);
     }
 }
 
@@ -245,10 +227,7 @@ wait
             "/dev/nullb1: device busy (mounted or in use by another program)",
         ),
     ] {
-        assert_lines(
-            &run,
-            &[&format!("{case}: status 2 lines 1: vmm: {message}")],
-        );
+        run.assert_lines(&[&format!("{case}: status 2 lines 1: vmm: {message}")]);
     }
 }
 
@@ -306,10 +285,8 @@ echo "unprivileged: status $? lines $(wc -l < /tmp/err): $(cat /tmp/err)"
 "#
     );
     let run = run_script_in_lab(240, &script);
-    assert_ok(&run);
-    assert_lines(
-        &run,
-        &[
+    run.assert_ok();
+    run.assert_lines(&[
             "PASS wp-after-error",
             "PASS write after the error",
             "PASS wp-after-retry",
@@ -328,15 +305,8 @@ echo "unprivileged: status $? lines $(wc -l < /tmp/err): $(cat /tmp/err)"
     );
     let md5 = lines_after(&run, "MD5 ");
     assert_eq!(md5.len(), 1, "{}", run.describe());
-    assert_lines(&run, &[&format!("SECOND-MD5 {}", md5[0])]);
-    let appends: u64 = run
-        .stderr
-        .split("zoned disk served")
-        .nth(1)
-        .and_then(|rest| rest.split(" appends").next())
-        .and_then(|counts| counts.rsplit(", ").next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no request counts on stderr\n{}", run.describe()));
+    run.assert_lines(&[&format!("SECOND-MD5 {}", md5[0])]);
+    let appends = run.zoned_appends();
     assert!(
         appends > 0,
         "btrfs issued no ZONE_APPEND\n{}",
@@ -393,15 +363,12 @@ cat /tmp/vmm.out
 "#
     );
     let run = run_script_in_lab(240, &script);
-    assert_ok(&run);
-    assert_lines(
-        &run,
-        &[
-            "cached vda zone 1 1, vdb zone 1 1",
-            "PASS resynced-wp",
-            "vmm exit status 0",
-        ],
-    );
+    run.assert_ok();
+    run.assert_lines(&[
+        "cached vda zone 1 1, vdb zone 1 1",
+        "PASS resynced-wp",
+        "vmm exit status 0",
+    ]);
     for (case, message) in [
         ("active-write", "Value too large"),
         ("active-open", "Value too large"),

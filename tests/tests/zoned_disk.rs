@@ -6,26 +6,11 @@
 //! Each test is a lab script: guest scripts travel as a small read-only raw disk (see
 //! `script_disk`) because the kernel command line is too short for them.
 
-use vmm_tests::{run_script_in_lab, LabRun};
+use vmm_tests::run_script_in_lab;
 
 /// Zone geometry used by most tests: 64 zones of 4 MiB, one conventional, limits 6 open / 8 active.
 const SMALL_ZONES: &str =
     "size=256M,zone-size=4M,conventional-zones=1,max-open=6,max-active=8,max-append=512K";
-
-fn assert_ok(run: &LabRun) {
-    assert_eq!(run.status, Some(0), "{}", run.describe());
-    assert!(!run.stdout.contains("FAIL"), "{}", run.describe());
-}
-
-fn assert_lines(run: &LabRun, lines: &[&str]) {
-    for line in lines {
-        assert!(
-            run.stdout.lines().any(|l| l.trim() == *line),
-            "expected the line {line:?}\n{}",
-            run.describe()
-        );
-    }
-}
 
 /// Guest-side helpers shared by the tests' guest scripts: zone condition and write pointer of the
 /// zone starting at a sector, and a `check` that prints PASS/FAIL.
@@ -68,21 +53,18 @@ blkzone report -c 2 /dev/vda
 blkzone report -o $(( (63) * 8192 )) /dev/vda
 "#;
     let run = run_script_in_lab(300, &lab_script_with_guest(SMALL_ZONES, guest));
-    assert_ok(&run);
-    assert_lines(
-        &run,
-        &[
-            "zoned=host-managed",
-            "chunk_sectors=8192",
-            "nr_zones=64",
-            "max_open_zones=6",
-            "max_active_zones=8",
-            "zone_append_max_bytes=524288",
-            "ioctl zone size 0x002000",
-            "report lines 64",
-            "vmm exit status 0",
-        ],
-    );
+    run.assert_ok();
+    run.assert_lines(&[
+        "zoned=host-managed",
+        "chunk_sectors=8192",
+        "nr_zones=64",
+        "max_open_zones=6",
+        "max_active_zones=8",
+        "zone_append_max_bytes=524288",
+        "ioctl zone size 0x002000",
+        "report lines 64",
+        "vmm exit status 0",
+    ]);
     assert!(run.stdout.contains("start: 0x000000000, len 0x002000, cap 0x002000, wptr 0x000000 reset:0 non-seq:0, zcond: 0(nw) [type: 1(CONVENTIONAL)]"), "{}", run.describe());
     assert!(run.stdout.contains("start: 0x000002000, len 0x002000, cap 0x002000, wptr 0x000000 reset:0 non-seq:0, zcond: 1(em) [type: 2(SEQ_WRITE_REQUIRED)]"), "{}", run.describe());
     assert!(
@@ -110,16 +92,13 @@ dd if=/dev/zero of=/dev/vda bs=1M count=7 seek=16 oflag=direct 2>/dev/null && ec
         300,
         &lab_script_with_guest("size=250M,zone-size=8M,zone-capacity=6M", guest),
     );
-    assert_ok(&run);
-    assert_lines(
-        &run,
-        &[
-            "nr_zones=32",
-            "filled zone 1",
-            "PASS full-at-capacity",
-            "PASS write past capacity refused",
-        ],
-    );
+    run.assert_ok();
+    run.assert_lines(&[
+        "nr_zones=32",
+        "filled zone 1",
+        "PASS full-at-capacity",
+        "PASS write past capacity refused",
+    ]);
     assert!(
         run.stdout
             .contains("start: 0x000000000, len 0x004000, cap 0x003000"),
@@ -171,7 +150,7 @@ err=$(dd if=/dev/zero of=/dev/vda bs=4k count=1 seek=$((9 * 1024)) oflag=direct 
 check ninth-stays-empty "$(cond $((9 * 8192)))" 1
 "#;
     let run = run_script_in_lab(300, &lab_script_with_guest(SMALL_ZONES, guest));
-    assert_ok(&run);
+    run.assert_ok();
     for check in [
         "open-empty",
         "close-empty-becomes-empty",
@@ -191,7 +170,7 @@ check ninth-stays-empty "$(cond $((9 * 8192)))" 1
         "close-empty-frees-resources",
         "implicit-close",
     ] {
-        assert_lines(&run, &[&format!("PASS {check}")]);
+        run.assert_lines(&[&format!("PASS {check}")]);
     }
     // Linux turns OPEN_RESOURCE into ETOOMANYREFS and ACTIVE_RESOURCE into EOVERFLOW.
     assert!(
@@ -221,16 +200,13 @@ check zone2-wp "$(wptr $Z2)" 8
 check data "$(dd if=/dev/vda bs=4k skip=$(( (Z2 - 8) / 8 )) count=2 iflag=direct 2>/dev/null | md5sum)" "$(md5sum < /tmp/span)"
 "#;
     let run = run_script_in_lab(300, &lab_script_with_guest(SMALL_ZONES, guest));
-    assert_ok(&run);
-    assert_lines(
-        &run,
-        &[
-            "PASS spanning write accepted",
-            "PASS zone1-full",
-            "PASS zone2-wp",
-            "PASS data",
-        ],
-    );
+    run.assert_ok();
+    run.assert_lines(&[
+        "PASS spanning write accepted",
+        "PASS zone1-full",
+        "PASS zone2-wp",
+        "PASS data",
+    ]);
 }
 
 #[test]
@@ -255,10 +231,10 @@ for job in "seq-qd1 --rw=write --bs=16k --iodepth=1 --size=16M" \
 done
 "#;
     let run = run_script_in_lab(600, &lab_script_with_guest(SMALL_ZONES, guest));
-    assert_ok(&run);
+    run.assert_ok();
     for job in ["seq-qd1", "seq-qd16", "rand"] {
         for sched in ["mq-deadline", "none"] {
-            assert_lines(&run, &[&format!("PASS fio {job} {sched}")]);
+            run.assert_lines(&[&format!("PASS fio {job} {sched}")]);
         }
     }
 }
@@ -278,16 +254,9 @@ umount /mnt
     let script = lab_script_with_guest("size=1G,zone-size=16M", guest)
         .replace("\"$VMM\"", "VMM_LOG=info \"$VMM\"");
     let run = run_script_in_lab(600, &script);
-    assert_ok(&run);
-    assert_lines(&run, &["PASS btrfs-data"]);
-    let appends: u64 = run
-        .stderr
-        .split("zoned disk served")
-        .nth(1)
-        .and_then(|rest| rest.split(" appends").next())
-        .and_then(|counts| counts.rsplit(", ").next())
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no request counts on stderr\n{}", run.describe()));
+    run.assert_ok();
+    run.assert_lines(&["PASS btrfs-data"]);
+    let appends = run.zoned_appends();
     assert!(
         appends > 0,
         "btrfs issued no ZONE_APPEND\n{}",
@@ -421,7 +390,7 @@ echo "last flushed: $last"
         "flushed chunk {last_flushed} lost: wp covers {chunks} chunks\n{}",
         run.describe()
     );
-    assert_lines(&run, &["corrupt: 0"]);
+    run.assert_lines(&["corrupt: 0"]);
 }
 
 #[test]
@@ -437,5 +406,5 @@ fn a_throwaway_zoned_disk_leaves_nothing_behind() {
         "#,
     );
     assert_eq!(run.status, Some(0), "{}", run.describe());
-    assert_lines(&run, &["zones=64", "left behind: 0"]);
+    run.assert_lines(&["zones=64", "left behind: 0"]);
 }
