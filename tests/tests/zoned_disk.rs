@@ -408,3 +408,64 @@ fn a_throwaway_zoned_disk_leaves_nothing_behind() {
     assert_eq!(run.status, Some(0), "{}", run.describe());
     run.assert_lines(&["zones=64", "left behind: 0"]);
 }
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn injected_faults_reach_the_guest_for_one_run_only() {
+    let script = r#"
+cat > /tmp/faulty.sh <<'EOF'
+blkzone report -o $((2 * 32768)) -c 3 /dev/vda
+for i in 0 1 1; do
+    dd if=/dev/zero of=/dev/vda bs=4k count=1 seek=$((4 * 4096 + i)) oflag=direct 2>&1 | grep -m1 "dd:\|copied"
+    echo "zone4 wp $(blkzone report -o $((4 * 32768)) -c 1 /dev/vda | sed -n 's/.*wptr \(0x[0-9a-f]*\).*/\1/p')"
+done
+zoned-check --quick /dev/vda | grep -E "zones shown|zone-refuses-writes|zoned-check:"
+EOF
+script_disk /tmp/faulty.sh
+set +e
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --memory 1G \
+    --zoned-disk /tmp/f.img,size=1G,zone-size=16M,read-only-zones=2,offline-zones=3,fail-write=4:2 \
+    --disk /tmp/faulty.sh,ro -- bash /dev/vdb
+echo "first run: $?"
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/f.img -- 'blkzone report -o $((2 * 32768)) -c 2 /dev/vda'
+"#;
+    let run = run_script_in_lab(600, script);
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    let out = &run.stdout;
+    assert!(
+        out.contains("zcond:13(ro)") && out.contains("zcond:15(of)"),
+        "{}",
+        run.describe()
+    );
+    // First write lands, the second (injected) fails, the next one at the write pointer lands.
+    run.assert_lines(&["zone4 wp 0x000008", "zone4 wp 0x000010"]);
+    assert!(
+        out.contains("dd: error writing '/dev/vda': Input/output error"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        out.contains("PASS read-only-zone-refuses-writes"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        out.contains("PASS offline-zone-refuses-writes"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        out.contains("zoned-check: 20 passed, 0 failed"),
+        "{}",
+        run.describe()
+    );
+    run.assert_lines(&["first run: 0"]);
+    // Nothing was stored: without the options, zones 2 and 3 are plain empty zones again.
+    let second = out.split("first run: 0").nth(1).unwrap_or_default();
+    assert_eq!(
+        second.matches("zcond: 1(em)").count(),
+        2,
+        "{}",
+        run.describe()
+    );
+}

@@ -212,7 +212,8 @@ impl DeviceManager {
         let (capacity, handler): (ZonedCapacity, Box<dyn RequestHandler>) =
             if zoned::host::is_block_device(&options.path) {
                 let disk = HostZonedDevice::open(options).map_err(|e| zoned_error(&e))?;
-                let handler = ZonedHandler::new(disk);
+                let handler = ZonedHandler::with_faults(disk, &options.faults)
+                    .map_err(DeviceError::ZonedDisk)?;
                 (handler.capacity_backend(), Box::new(handler))
             } else if options.path.as_os_str() == THROWAWAY_IMAGE {
                 // A fresh image in the temporary directory, unlinked as soon as it is open: the
@@ -226,11 +227,13 @@ impl DeviceManager {
                 ));
                 let image = ZonedImage::open_or_create(&throwaway).map_err(|e| zoned_error(&e))?;
                 let _ = std::fs::remove_file(&throwaway.path);
-                let handler = ZonedHandler::new(image);
+                let handler = ZonedHandler::with_faults(image, &options.faults)
+                    .map_err(DeviceError::ZonedDisk)?;
                 (handler.capacity_backend(), Box::new(handler))
             } else {
                 let image = ZonedImage::open_or_create(options).map_err(|e| zoned_error(&e))?;
-                let handler = ZonedHandler::new(image);
+                let handler = ZonedHandler::with_faults(image, &options.faults)
+                    .map_err(DeviceError::ZonedDisk)?;
                 (handler.capacity_backend(), Box::new(handler))
             };
         let serial = format!("vmm-zoned{}", self.slots.len());

@@ -243,6 +243,16 @@ impl<S: ZoneStorage> ZonedDisk<S> {
         Ok(())
     }
 
+    /// Fault injection for this run only: the zone shows READ_ONLY or OFFLINE, and the image
+    /// keeps its real state. See `ZoneSet::inject_condition`.
+    pub fn inject_condition(
+        &mut self,
+        zone_start: u64,
+        cond: ZoneCondition,
+    ) -> Result<(), ZoneError> {
+        self.zones.inject_condition(zone_start, cond)
+    }
+
     /// Fault injection: makes a zone READ_ONLY or OFFLINE (persisted by the next flush).
     pub fn set_zone_condition(
         &mut self,

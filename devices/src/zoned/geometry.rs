@@ -383,6 +383,76 @@ pub struct ZonedDiskOptions {
     pub path: PathBuf,
     /// The geometry options given explicitly.
     pub overrides: GeometryOverrides,
+    /// Faults to inject for this run (never stored in the image).
+    pub faults: FaultInjection,
+}
+
+/// Faults a zoned disk shows the guest for one run, for testing error paths: zones that are
+/// READ_ONLY or OFFLINE, and one write (or append) to a zone that fails with a chosen status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultInjection {
+    /// Zone indices shown READ_ONLY (`read-only-zones=I[:I]...`).
+    pub read_only_zones: Vec<u64>,
+    /// Zone indices shown OFFLINE (`offline-zones=I[:I]...`).
+    pub offline_zones: Vec<u64>,
+    /// `fail-write=ZONE:N[:STATUS]`: the Nth write or append to zone ZONE completes with STATUS
+    /// (a virtio-blk status, 1 to 6; default 1, IOERR) and writes nothing.
+    pub fail_write: Option<FailWrite>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailWrite {
+    pub zone: u64,
+    pub nth: u64,
+    pub status: u8,
+}
+
+impl FaultInjection {
+    /// Parses one fault option; `Ok(false)` when `key` is not a fault option.
+    fn parse(&mut self, key: &str, value: &str) -> Result<bool, OptionError> {
+        let bad = || OptionError::BadValue {
+            key: key.to_string(),
+            value: value.to_string(),
+        };
+        let indices = || -> Result<Vec<u64>, OptionError> {
+            value
+                .split(':')
+                .map(|i| i.parse::<u64>().map_err(|_| bad()))
+                .collect()
+        };
+        match key {
+            "read-only-zones" => self.read_only_zones = indices()?,
+            "offline-zones" => self.offline_zones = indices()?,
+            "fail-write" => {
+                let fields: Vec<&str> = value.split(':').collect();
+                let number = |i: usize| {
+                    fields
+                        .get(i)
+                        .and_then(|f| f.parse::<u64>().ok())
+                        .ok_or_else(bad)
+                };
+                let status = match fields.get(2) {
+                    None => 1,
+                    Some(s) => s
+                        .parse::<u8>()
+                        .ok()
+                        .filter(|s| (1..=6).contains(s))
+                        .ok_or_else(bad)?,
+                };
+                let nth = number(1)?;
+                if fields.len() > 3 || nth == 0 {
+                    return Err(bad());
+                }
+                self.fail_write = Some(FailWrite {
+                    zone: number(0)?,
+                    nth,
+                    status,
+                });
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
 /// A malformed option string. The message names the offending part.
@@ -441,10 +511,14 @@ impl ZonedDiskOptions {
             return Err(OptionError::MissingPath);
         }
         let mut overrides = GeometryOverrides::default();
+        let mut faults = FaultInjection::default();
         for part in parts {
             let (key, value) = part
                 .split_once('=')
                 .ok_or_else(|| OptionError::NotKeyValue(part.to_string()))?;
+            if faults.parse(key, value)? {
+                continue;
+            }
             let option =
                 GeometryOption::from_key(key).ok_or_else(|| OptionError::UnknownKey(key.into()))?;
             if overrides.get(option).is_some() {
@@ -480,6 +554,7 @@ impl ZonedDiskOptions {
         Ok(ZonedDiskOptions {
             path: PathBuf::from(path),
             overrides,
+            faults,
         })
     }
 }
@@ -487,6 +562,47 @@ impl ZonedDiskOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_options() {
+        let o = ZonedDiskOptions::parse(
+            "x.img,size=1G,read-only-zones=3:5,offline-zones=7,fail-write=2:3:5",
+        )
+        .unwrap();
+        assert_eq!(o.faults.read_only_zones, vec![3, 5]);
+        assert_eq!(o.faults.offline_zones, vec![7]);
+        assert_eq!(
+            o.faults.fail_write,
+            Some(FailWrite {
+                zone: 2,
+                nth: 3,
+                status: 5
+            })
+        );
+        assert_eq!(o.overrides.given().count(), 1);
+        let d = ZonedDiskOptions::parse("x.img,fail-write=4:1").unwrap();
+        assert_eq!(
+            d.faults.fail_write,
+            Some(FailWrite {
+                zone: 4,
+                nth: 1,
+                status: 1
+            })
+        );
+        for bad in [
+            "read-only-zones=a",
+            "offline-zones=",
+            "fail-write=1",
+            "fail-write=1:0",
+            "fail-write=1:2:9",
+            "fail-write=1:2:3:4",
+        ] {
+            assert!(
+                ZonedDiskOptions::parse(&format!("x.img,{bad}")).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     fn base() -> ZonedGeometry {
         ZonedGeometry {

@@ -30,7 +30,7 @@ pub mod virtio;
 pub mod wire;
 
 pub use disk::{ZoneStorage, ZonedDisk};
-pub use geometry::{GeometryOverrides, ZonedDiskOptions, ZonedGeometry};
+pub use geometry::{FailWrite, FaultInjection, GeometryOverrides, ZonedDiskOptions, ZonedGeometry};
 pub use host::{HostError, HostZonedDevice, HostZonedDisk};
 pub use image::{ImageError, ZonedImage};
 pub use state::{Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneSet, ZoneType};

@@ -869,6 +869,28 @@ impl ZoneSet {
         self.set_state(index, cond, wp);
         Ok(())
     }
+
+    /// Fault injection for one run: like `set_zone_condition`, but the zone stays off the
+    /// changed list, so a backend that persists changes never stores the injected condition. A
+    /// READ_ONLY or OFFLINE zone accepts no writes or zone operations, so it is never changed
+    /// (and listed) again. Conventional zones are refused.
+    pub fn inject_condition(
+        &mut self,
+        zone_start: u64,
+        cond: ZoneCondition,
+    ) -> Result<(), ZoneError> {
+        let index = self.zone_start_index(zone_start)?;
+        if self.entries[index].cond == ZoneCondition::NotWritePointer {
+            return Err(ZoneError::InvalidCommand);
+        }
+        let already_changed = self.changed_mark[index];
+        self.set_zone_condition(zone_start, cond)?;
+        if !already_changed {
+            self.changed_mark[index] = false;
+            self.changed.retain(|&i| i != index);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use log::warn;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::disk::{ZoneStorage, ZonedDisk};
-use super::state::ZoneError;
+use super::geometry::{FailWrite, FaultInjection};
+use super::state::{ZoneCondition, ZoneError};
 use super::wire::{self, request as zone_request, status};
 use crate::block::device::CONFIG_SIZE;
 use crate::block::{
@@ -69,6 +70,9 @@ pub struct RequestCounts {
 pub struct ZonedHandler<S: ZoneStorage> {
     disk: ZonedDisk<S>,
     counts: RequestCounts,
+    /// An injected write failure, and how many writes to its zone were seen so far.
+    fail_write: Option<FailWrite>,
+    writes_to_failing_zone: u64,
 }
 
 impl<S: ZoneStorage> ZonedHandler<S> {
@@ -76,7 +80,58 @@ impl<S: ZoneStorage> ZonedHandler<S> {
         Self {
             disk,
             counts: RequestCounts::default(),
+            fail_write: None,
+            writes_to_failing_zone: 0,
         }
+    }
+
+    /// A handler whose disk shows the injected `faults` for this run (nothing is stored).
+    pub fn with_faults(mut disk: ZonedDisk<S>, faults: &FaultInjection) -> Result<Self, String> {
+        let geometry = *disk.geometry();
+        let nr_zones = geometry.nr_zones();
+        let check = |what: &str, zone: u64| -> Result<u64, String> {
+            if zone < nr_zones {
+                Ok(geometry.zone_start(zone as usize))
+            } else {
+                Err(format!("zoned disk option {what}: zone {zone} does not exist (the disk has {nr_zones} zones)"))
+            }
+        };
+        let injected = [
+            (
+                &faults.read_only_zones,
+                ZoneCondition::ReadOnly,
+                "read-only-zones",
+            ),
+            (
+                &faults.offline_zones,
+                ZoneCondition::Offline,
+                "offline-zones",
+            ),
+        ];
+        for (zones, cond, what) in injected {
+            for &zone in zones {
+                let start = check(what, zone)?;
+                disk.inject_condition(start, cond).map_err(|_| {
+                    format!("zoned disk option {what}: zone {zone} is conventional")
+                })?;
+            }
+        }
+        if let Some(fail) = faults.fail_write {
+            check("fail-write", fail.zone)?;
+        }
+        let mut handler = Self::new(disk);
+        handler.fail_write = faults.fail_write;
+        Ok(handler)
+    }
+
+    /// The status to fail this write (or append) at `sector` with, if it is the injected one.
+    fn injected_write_failure(&mut self, sector: u64) -> Option<u8> {
+        let fail = self.fail_write?;
+        if self.disk.geometry().zone_index(sector) != Some(fail.zone as usize) {
+            return None;
+        }
+        self.writes_to_failing_zone += 1;
+        (self.writes_to_failing_zone == fail.nth).then_some(fail.status)
     }
 
     pub fn counts(&self) -> RequestCounts {
@@ -229,6 +284,19 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
             }
             _ => {}
         }
+        if matches!(
+            request.request_type,
+            request_type::OUT | zone_request::ZONE_APPEND
+        ) {
+            if let Some(status) = self.injected_write_failure(request.sector) {
+                log::info!(
+                    "zoned disk: failing write {} at sector {} with status {status} (fail-write)",
+                    self.writes_to_failing_zone,
+                    request.sector
+                );
+                return Some(Completion::with_status(status));
+            }
+        }
         Some(match request.request_type {
             request_type::IN => self.read(memory, request),
             request_type::OUT => self.write(memory, request),
@@ -281,6 +349,10 @@ mod tests {
     }
 
     fn fixture(name: &str) -> Fixture {
+        fixture_with_faults(name, &FaultInjection::default())
+    }
+
+    fn fixture_with_faults(name: &str, faults: &FaultInjection) -> Fixture {
         let path = std::env::temp_dir().join(format!(
             "vmm-zoned-virtio-{}-{name}.img",
             std::process::id()
@@ -297,7 +369,7 @@ mod tests {
             write_granularity: 512,
         };
         let disk = ZonedImage::create(&path, geometry).unwrap();
-        let handler = ZonedHandler::new(disk);
+        let handler = ZonedHandler::with_faults(disk, faults).unwrap();
         let backend = handler.capacity_backend();
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         Fixture {
@@ -507,5 +579,107 @@ mod tests {
             .handler
             .handle(&get_id, &f.memory, &mut f.backend)
             .is_none());
+    }
+
+    #[test]
+    fn injected_faults_show_for_this_run_only() {
+        let faults = FaultInjection {
+            read_only_zones: vec![2],
+            offline_zones: vec![3],
+            fail_write: Some(FailWrite {
+                zone: 4,
+                nth: 2,
+                status: status::ZONE_INVALID_CMD,
+            }),
+        };
+        let mut f = fixture_with_faults("faults", &faults);
+        f.memory
+            .write_slice(&[7; 512], GuestAddress(0x1000))
+            .unwrap();
+        let write = |sector| request(request_type::OUT, sector, &[(0x1000, 512)], &[]);
+        assert_eq!(f.run(&write(2 * ZONE)).status, status::ZONE_INVALID_CMD);
+        assert_eq!(f.run(&write(3 * ZONE)).status, status::ZONE_INVALID_CMD);
+        // The second write to zone 4 fails and changes nothing; the next one lands at the same wp.
+        assert_eq!(f.run(&write(4 * ZONE)).status, status::OK);
+        assert_eq!(f.run(&write(4 * ZONE + 1)).status, status::ZONE_INVALID_CMD);
+        assert_eq!(f.run(&write(4 * ZONE + 1)).status, status::OK);
+        assert_eq!(f.handler.disk().zones().zone(4).unwrap().wp, 4 * ZONE + 2);
+        // The report shows the injected conditions (READ_ONLY 13, OFFLINE 15).
+        let done = f.run(&request(
+            zone_request::ZONE_REPORT,
+            2 * ZONE,
+            &[],
+            &[(0x4000, 192)],
+        ));
+        assert_eq!(done, Completion::ok(192));
+        let cond = |at: u64| f.memory.read_obj::<u8>(GuestAddress(at)).unwrap();
+        assert_eq!((cond(0x4000 + 64 + 25), cond(0x4000 + 128 + 25)), (13, 15));
+        // Nothing of it is stored: once closed, the image reopens with zones 2 and 3 empty.
+        RequestHandler::flush(&mut f.handler).unwrap();
+        let other = f.path.with_extension("other");
+        let geometry = *f.handler.disk().geometry();
+        let closed = std::mem::replace(
+            &mut f.handler,
+            ZonedHandler::new(ZonedImage::create(&other, geometry).unwrap()),
+        );
+        drop(closed);
+        let reopened = ZonedImage::open(&f.path, &Default::default()).unwrap();
+        assert_eq!(reopened.zones().zone(2).unwrap().cond, ZoneCondition::Empty);
+        assert_eq!(reopened.zones().zone(3).unwrap().cond, ZoneCondition::Empty);
+        assert_eq!(reopened.zones().zone(4).unwrap().wp, 4 * ZONE + 2);
+        std::fs::remove_file(other).unwrap();
+    }
+
+    #[test]
+    fn faults_on_missing_or_conventional_zones_are_refused() {
+        let path = std::env::temp_dir().join(format!(
+            "vmm-zoned-virtio-{}-badfault.img",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let geometry = ZonedGeometry {
+            capacity: 4 * ZONE,
+            zone_size: ZONE,
+            zone_capacity: ZONE,
+            conventional_zones: 1,
+            max_open: 0,
+            max_active: 0,
+            max_append_sectors: 256,
+            write_granularity: 512,
+        };
+        for (faults, expected) in [
+            (
+                FaultInjection {
+                    read_only_zones: vec![0],
+                    ..Default::default()
+                },
+                "zone 0 is conventional",
+            ),
+            (
+                FaultInjection {
+                    offline_zones: vec![9],
+                    ..Default::default()
+                },
+                "zone 9 does not exist",
+            ),
+            (
+                FaultInjection {
+                    fail_write: Some(FailWrite {
+                        zone: 4,
+                        nth: 1,
+                        status: 1,
+                    }),
+                    ..Default::default()
+                },
+                "zone 4 does not exist",
+            ),
+        ] {
+            let disk = ZonedImage::create(&path, geometry).unwrap();
+            match ZonedHandler::with_faults(disk, &faults) {
+                Err(message) => assert!(message.contains(expected), "{message}"),
+                Ok(_) => panic!("{faults:?} accepted"),
+            }
+            std::fs::remove_file(&path).unwrap();
+        }
     }
 }
