@@ -113,7 +113,7 @@ fn zoned_check_passes_on_null_blk_through_the_host_device_backend() {
         "PASS open-limit",
         "PASS active-limit",
         "PASS boundary-write",
-        "PASS fio-rand-qd16-none",
+        "PASS fio-rand-qd128-none",
         "PASS btrfs-zone-append",
     ] {
         assert!(run.stdout.contains(check), "{check}\n{}", run.describe());
