@@ -6,10 +6,10 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use devices::block::{Block, RawFile, RequestHandler};
+use devices::block::{Block, RawFile};
 use devices::virtio::{MmioTransport, VirtioDevice};
 use devices::zoned::{
-    self, HostZonedDevice, ZonedCapacity, ZonedDiskOptions, ZonedHandler, ZonedImage,
+    self, HostZonedDevice, ZoneStorage, ZonedDisk, ZonedDiskOptions, ZonedHandler, ZonedImage,
 };
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -209,35 +209,31 @@ impl DeviceManager {
         let zoned_error = |e: &dyn std::error::Error| DeviceError::ZonedDisk(chain(e));
         // A block device is passed through (it must be host-managed zoned); anything else is
         // an image file.
-        let (capacity, handler): (ZonedCapacity, Box<dyn RequestHandler>) =
-            if zoned::host::is_block_device(&options.path) {
-                let disk = HostZonedDevice::open(options).map_err(|e| zoned_error(&e))?;
-                let handler = ZonedHandler::with_faults(disk, &options.faults)
-                    .map_err(DeviceError::ZonedDisk)?;
-                (handler.capacity_backend(), Box::new(handler))
-            } else if options.path.as_os_str() == THROWAWAY_IMAGE {
-                // A fresh image in the temporary directory, unlinked as soon as it is open: the
-                // open file keeps it alive for this run, and nothing is left behind, even after
-                // a SIGKILL.
-                let mut throwaway = options.clone();
-                throwaway.path = std::env::temp_dir().join(format!(
+        let serial = format!("vmm-zoned{}", self.slots.len());
+        // A block device is passed through (it must be host-managed zoned); anything else is
+        // an image file.
+        let block = if zoned::host::is_block_device(&options.path) {
+            let disk = HostZonedDevice::open(options).map_err(|e| zoned_error(&e))?;
+            zoned_block(disk, options, &serial)?
+        } else {
+            // `tmp`: a fresh image in the temporary directory, unlinked as soon as it is open:
+            // the open file keeps it alive for this run, and nothing is left behind, even after
+            // a SIGKILL.
+            let throwaway = options.path.as_os_str() == THROWAWAY_IMAGE;
+            let mut image_options = options.clone();
+            if throwaway {
+                image_options.path = std::env::temp_dir().join(format!(
                     "vmm-zoned-{}-{}.img",
                     std::process::id(),
                     self.slots.len()
                 ));
-                let image = ZonedImage::open_or_create(&throwaway).map_err(|e| zoned_error(&e))?;
-                let _ = std::fs::remove_file(&throwaway.path);
-                let handler = ZonedHandler::with_faults(image, &options.faults)
-                    .map_err(DeviceError::ZonedDisk)?;
-                (handler.capacity_backend(), Box::new(handler))
-            } else {
-                let image = ZonedImage::open_or_create(options).map_err(|e| zoned_error(&e))?;
-                let handler = ZonedHandler::with_faults(image, &options.faults)
-                    .map_err(DeviceError::ZonedDisk)?;
-                (handler.capacity_backend(), Box::new(handler))
-            };
-        let serial = format!("vmm-zoned{}", self.slots.len());
-        let block = Block::with_handler(Box::new(capacity), &serial, handler);
+            }
+            let image = ZonedImage::open_or_create(&image_options).map_err(|e| zoned_error(&e))?;
+            if throwaway {
+                let _ = std::fs::remove_file(&image_options.path);
+            }
+            zoned_block(image, options, &serial)?
+        };
         self.add_virtio(vm, memory, bus, Box::new(block))
     }
 
@@ -306,6 +302,23 @@ impl DeviceManager {
         self.slots.push(slot);
         Ok(slot)
     }
+}
+
+/// A virtio-blk device serving `disk` as a host-managed zoned disk, with the faults the options
+/// ask to inject.
+fn zoned_block<S: ZoneStorage + Send + 'static>(
+    disk: ZonedDisk<S>,
+    options: &ZonedDiskOptions,
+    serial: &str,
+) -> Result<Block, DeviceError> {
+    let handler =
+        ZonedHandler::with_faults(disk, &options.faults).map_err(DeviceError::ZonedDisk)?;
+    let capacity = handler.capacity_backend();
+    Ok(Block::with_handler(
+        Box::new(capacity),
+        serial,
+        Box::new(handler),
+    ))
 }
 
 /// An error and its sources on one line.

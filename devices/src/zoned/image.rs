@@ -227,6 +227,20 @@ pub struct ImageFile {
     io_hook: Option<IoHook>,
 }
 
+impl ImageFile {
+    fn new(file: File, geometry: ZonedGeometry, layout: Layout, slots: Vec<SlotInfo>) -> Self {
+        ImageFile {
+            file,
+            geometry,
+            layout,
+            slots,
+            punch_holes: true,
+            #[cfg(test)]
+            io_hook: None,
+        }
+    }
+}
+
 /// What the file backend did, reported to tests so they can model a volatile page cache.
 #[cfg(test)]
 #[derive(Debug)]
@@ -482,15 +496,7 @@ impl ZonedDisk<ImageFile> {
         ];
         Ok(ZonedDisk::new(
             zones,
-            ImageFile {
-                file,
-                geometry,
-                layout,
-                slots,
-                punch_holes: true,
-                #[cfg(test)]
-                io_hook: None,
-            },
+            ImageFile::new(file, geometry, layout, slots),
         ))
     }
 
@@ -624,15 +630,7 @@ impl ZonedDisk<ImageFile> {
         })?;
         Ok(ZonedDisk::new(
             zones,
-            ImageFile {
-                file,
-                geometry,
-                layout,
-                slots,
-                punch_holes: true,
-                #[cfg(test)]
-                io_hook: None,
-            },
+            ImageFile::new(file, geometry, layout, slots),
         ))
     }
 }
