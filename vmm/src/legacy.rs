@@ -108,7 +108,6 @@ pub type SerialPort = Serial<IrqTrigger, SerialInputDrained, SharedConsole>;
 const UART_IER: u64 = 1;
 const UART_LCR: u64 = 3;
 const UART_IER_RDI: u8 = 0x01;
-const UART_IER_THRI: u8 = 0x02;
 const UART_IER_PROBE: u8 = 0x0f;
 const UART_LCR_DLAB: u8 = 0x80;
 
@@ -166,13 +165,6 @@ impl BusDevice for SerialDevice {
         // The only error is a failed interrupt trigger; the guest then sees a lost interrupt,
         // as with real hardware, and its driver's timeout recovers.
         let _ = self.serial.write(register, value);
-        // A real 16550's interrupt line is a level: enabling THRI while the (always empty)
-        // transmitter's interrupt is still pending asserts it again. vm-superio only pulses the
-        // line when it newly sets that pending bit, so a stale bit leaves the guest's tty
-        // waiting for a transmit interrupt that never comes. Pulse it; a spare one is harmless.
-        if offset == UART_IER && !self.dlab && value & UART_IER_THRI != 0 {
-            let _ = self.serial.interrupt_evt().trigger();
-        }
     }
 }
 
@@ -288,27 +280,6 @@ mod tests {
         assert_eq!(ready.read().unwrap(), 1);
         device.write(UART_IER, &[0x02]);
         assert!(!device.accepts_input());
-    }
-
-    #[test]
-    fn enabling_the_transmit_interrupt_always_raises_the_line() {
-        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let console = Arc::new(Mutex::new(
-            ConsoleOutput::new(Box::new(std::io::sink())).unwrap(),
-        ));
-        let port = Serial::with_events(
-            IrqTrigger(irq.try_clone().unwrap()),
-            SerialInputDrained(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
-            SharedConsole(console),
-        );
-        let mut device = SerialDevice::new(port, EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        device.write(UART_IER, &[UART_IER_THRI]);
-        assert!(irq.read().unwrap() >= 1);
-        // THRI disabled and enabled again without the guest reading IIR: the pending bit is
-        // stale, and the line must still be raised.
-        device.write(UART_IER, &[0]);
-        device.write(UART_IER, &[UART_IER_THRI]);
-        assert!(irq.read().unwrap() >= 1);
     }
 
     #[test]
