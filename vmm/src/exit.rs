@@ -43,12 +43,19 @@ impl ExitReason {
     /// The exit status, where in run mode (a command was given) only the command's own status
     /// counts as an answer: a reset, power-off or triple fault without one is a failure.
     pub fn exit_code_for(&self, run_mode: bool) -> i32 {
-        match self {
-            ExitReason::Reset | ExitReason::Shutdown | ExitReason::Halted if run_mode => {
-                RUN_MODE_NO_STATUS
-            }
-            other => other.exit_code(),
+        if run_mode && self.lacks_guest_status() {
+            RUN_MODE_NO_STATUS
+        } else {
+            self.exit_code()
         }
+    }
+
+    /// The guest stopped on its own without reporting a command's status.
+    pub fn lacks_guest_status(&self) -> bool {
+        matches!(
+            self,
+            ExitReason::Reset | ExitReason::Shutdown | ExitReason::Halted
+        )
     }
 }
 
@@ -125,6 +132,10 @@ mod tests {
     fn run_mode_needs_the_command_status() {
         assert_eq!(ExitReason::Reset.exit_code_for(true), RUN_MODE_NO_STATUS);
         assert_eq!(ExitReason::Shutdown.exit_code_for(true), RUN_MODE_NO_STATUS);
+        assert!(ExitReason::Halted.lacks_guest_status());
+        // A command that fails with status 1 did report it.
+        assert!(!ExitReason::GuestStatus(1).lacks_guest_status());
+        assert_eq!(ExitReason::GuestStatus(1).exit_code_for(true), 1);
         assert_eq!(ExitReason::Reset.exit_code_for(false), 0);
         assert_eq!(ExitReason::GuestStatus(0).exit_code_for(true), 0);
         assert_eq!(ExitReason::GuestStatus(9).exit_code_for(true), 9);

@@ -8,7 +8,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use devices::zoned::ZonedDiskOptions;
 use vmm::config::{self, VmConfig};
 use vmm::device_manager::DiskSpec;
-use vmm::exit::{ExitReason, RUN_MODE_NO_STATUS};
+use vmm::exit::ExitReason;
 
 /// Boot a Linux kernel under KVM with a serial console; exits with the guest's reported status.
 #[derive(Parser, Debug)]
@@ -145,7 +145,7 @@ fn main() -> ExitCode {
                 eprintln!("{}", vmm::timing::report());
             }
             let code = reason.exit_code_for(run_mode);
-            if run_mode && code == RUN_MODE_NO_STATUS {
+            if run_mode && reason.lacks_guest_status() {
                 eprintln!(
                     "vmm: the guest stopped ({reason:?}) without reporting the command's status; \
                      a kernel panic or an init without the exit port?"
