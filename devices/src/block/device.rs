@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use log::{debug, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::Bytes;
 
@@ -87,6 +86,21 @@ pub trait RequestHandler: Send {
         backend: &mut dyn BlockBackend,
     ) -> Option<Completion>;
 
+    /// Serves requests the guest made available together, returning one entry per request
+    /// (`None`: left to the plain device). They may run in any order or in parallel, provided
+    /// each completes as if served alone in the order given; the default serves them one by one.
+    fn handle_batch(
+        &mut self,
+        requests: &[Request],
+        memory: &GuestMemoryMmap,
+        backend: &mut dyn BlockBackend,
+    ) -> Vec<Option<Completion>> {
+        requests
+            .iter()
+            .map(|request| self.handle(request, memory, backend))
+            .collect()
+    }
+
     /// Makes everything the handler holds durable (called when the VMM shuts down).
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -103,51 +117,74 @@ struct RequestServer {
 }
 
 impl RequestServer {
-    /// Serves one chain and returns the used length to report: data bytes written plus the
-    /// status byte, or 0 for a chain with no status byte to answer in.
-    fn serve(
+    /// Serves the chains the guest made available together and returns, for each head, the
+    /// used length to report: data bytes written plus the status byte, or 0 for a chain with no
+    /// status byte to answer in.
+    fn serve_batch<'m>(
         &mut self,
-        memory: &GuestMemoryMmap,
-        descriptors: impl IntoIterator<Item = Descriptor>,
-    ) -> u32 {
-        let (status_address, completion) = match Request::parse(memory, descriptors) {
-            Ok(request) => {
-                let mut completion = self.execute(memory, &request);
-                // A handler cannot claim more bytes than the guest offered.
-                let writable = u32::try_from(request.writable_len()).unwrap_or(u32::MAX);
-                completion.data_bytes_written = completion.data_bytes_written.min(writable);
-                (request.status, completion)
-            }
-            Err(Malformed {
-                error,
-                status: Some(address),
-            }) => {
-                debug!("virtio-blk: malformed request: {error}");
-                (address, Completion::with_status(request_status::IOERR))
-            }
-            Err(Malformed {
-                error,
-                status: None,
-            }) => {
-                debug!("virtio-blk: dropping request: {error}");
-                return 0;
-            }
-        };
-        match memory.write_obj(completion.status, status_address) {
-            Ok(()) => completion.data_bytes_written.saturating_add(1),
-            Err(error) => {
-                debug!("virtio-blk: cannot write the request status: {error}");
-                0
-            }
+        memory: &'m GuestMemoryMmap,
+        chains: Vec<DescriptorChain<&'m GuestMemoryMmap>>,
+    ) -> Vec<(u16, u32)> {
+        // Each chain: its head, and its request's index in `requests` or why it has none.
+        let mut requests = Vec::with_capacity(chains.len());
+        let mut parsed = Vec::with_capacity(chains.len());
+        for chain in chains {
+            let head = chain.head_index();
+            let outcome = Request::parse(memory, chain).map(|request| {
+                requests.push(request);
+                requests.len() - 1
+            });
+            parsed.push((head, outcome));
         }
+        let mut handled = match self.handler.as_mut() {
+            Some(handler) => handler.handle_batch(&requests, memory, self.backend.as_mut()),
+            None => Vec::new(),
+        };
+        handled.resize(requests.len(), None);
+        let mut used = Vec::with_capacity(parsed.len());
+        for (head, outcome) in parsed {
+            let (status_address, completion) = match outcome {
+                Ok(index) => {
+                    let request = &requests[index];
+                    let mut completion = match handled[index] {
+                        Some(completion) => completion,
+                        None => self.execute_plain(memory, request),
+                    };
+                    // A handler cannot claim more bytes than the guest offered.
+                    let writable = u32::try_from(request.writable_len()).unwrap_or(u32::MAX);
+                    completion.data_bytes_written = completion.data_bytes_written.min(writable);
+                    (request.status, completion)
+                }
+                Err(Malformed {
+                    error,
+                    status: Some(address),
+                }) => {
+                    debug!("virtio-blk: malformed request: {error}");
+                    (address, Completion::with_status(request_status::IOERR))
+                }
+                Err(Malformed {
+                    error,
+                    status: None,
+                }) => {
+                    debug!("virtio-blk: dropping request: {error}");
+                    used.push((head, 0));
+                    continue;
+                }
+            };
+            let len = match memory.write_obj(completion.status, status_address) {
+                Ok(()) => completion.data_bytes_written.saturating_add(1),
+                Err(error) => {
+                    debug!("virtio-blk: cannot write the request status: {error}");
+                    0
+                }
+            };
+            used.push((head, len));
+        }
+        used
     }
 
-    fn execute(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-        if let Some(handler) = self.handler.as_mut() {
-            if let Some(completion) = handler.handle(request, memory, self.backend.as_mut()) {
-                return completion;
-            }
-        }
+    /// The plain block device's own requests.
+    fn execute_plain(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
         match request.request_type {
             request_type::IN => self.read(memory, request),
             request_type::OUT => self.write(memory, request),
@@ -423,15 +460,18 @@ impl VirtioDevice for Block {
         let Some(active) = self.active.as_mut() else {
             return Err(QueueError::NotActivated);
         };
-        let mut completed = false;
+        // Everything available now is served as one batch (a handler may run parts of it in
+        // parallel); at most the queue size, since each chain holds a distinct head.
+        let mut chains = Vec::new();
         while let Some(chain) = next_chain(&mut active.queue, &active.memory)? {
-            let head = chain.head_index();
-            let used_len = self.server.serve(&active.memory, chain);
+            chains.push(chain);
+        }
+        let completed = !chains.is_empty();
+        for (head, used_len) in self.server.serve_batch(&active.memory, chains) {
             active
                 .queue
                 .add_used(&active.memory, head, used_len)
                 .map_err(QueueError::Queue)?;
-            completed = true;
         }
         if completed
             && active
@@ -458,6 +498,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::split::Descriptor;
     use virtio_queue::desc::RawDescriptor;
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::GuestAddress;

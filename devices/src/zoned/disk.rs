@@ -8,9 +8,10 @@
 
 use std::io;
 
+use super::data_path::DataPath;
 use super::geometry::{ZonedGeometry, SECTOR_SIZE};
 use super::state::{
-    WritePlan, Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet,
+    ReadSegment, WritePlan, Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet,
 };
 use super::wire;
 
@@ -34,6 +35,13 @@ pub trait ZoneStorage {
     /// device is told explicitly, since it would otherwise pick a victim of its own.
     fn implicit_close(&mut self, _zone_start: u64) -> io::Result<()> {
         Ok(())
+    }
+
+    /// A handle that moves data from any thread, so that requests to different zones can run
+    /// in parallel (see `ZonedHandler::handle_batch`). `None` keeps all I/O on the calling
+    /// thread, through `read` and `write`.
+    fn data_path(&self) -> Option<DataPath> {
+        None
     }
 
     /// Makes every completed write durable, then the current state of the zones listed in
@@ -65,6 +73,17 @@ fn sectors_of(len: usize) -> Result<u64, ZoneError> {
         return Err(ZoneError::Io);
     }
     Ok(len / SECTOR_SIZE)
+}
+
+/// A write or append whose zone state is committed and whose data is on its way to storage.
+#[derive(Debug)]
+#[must_use = "a reservation must be completed"]
+pub struct Reservation {
+    /// Where the data goes.
+    pub sector: u64,
+    pub nr_sectors: u64,
+    /// The sequential zone written and its (condition, write pointer) before the reservation.
+    before: Option<(usize, (ZoneCondition, u64))>,
 }
 
 /// A storage failure as a request status: a host zoned device reports its resource limits as
@@ -126,33 +145,104 @@ impl<S: ZoneStorage> ZonedDisk<S> {
 
     /// VIRTIO_BLK_T_OUT: writes `data` (a multiple of 512 bytes) at `sector`.
     pub fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), ZoneError> {
-        let plan = self.zones.prepare_write(sector, sectors_of(data.len())?)?;
-        self.store(&plan, data)?;
-        self.zones.commit_write(plan)
+        let reservation = self.reserve_write(sector, sectors_of(data.len())?)?;
+        let stored = self.store(&reservation, data);
+        self.complete(reservation, stored).map(|_| ())
     }
 
-    /// Sends a planned write to storage (with the implicit close it needs); on failure lets
-    /// storage correct the zones involved.
-    fn store(&mut self, plan: &WritePlan, data: &[u8]) -> Result<(), ZoneError> {
-        if plan.nr_sectors == 0 {
+    /// VIRTIO_BLK_T_ZONE_APPEND: appends `data` to the zone starting at `zone_start` and
+    /// returns the sector where it landed (for the first 8 bytes of the in-header).
+    pub fn append(&mut self, zone_start: u64, data: &[u8]) -> Result<u64, ZoneError> {
+        let reservation = self.reserve_append(zone_start, sectors_of(data.len())?)?;
+        let stored = self.store(&reservation, data);
+        self.complete(reservation, stored)
+    }
+
+    fn store(&mut self, reservation: &Reservation, data: &[u8]) -> io::Result<()> {
+        if reservation.nr_sectors == 0 {
             return Ok(());
         }
-        let result = match plan.implicitly_closes {
-            Some(victim) => self.storage.implicit_close(victim),
-            None => Ok(()),
-        }
-        .and_then(|()| self.storage.write(plan.sector, data));
-        if let Err(e) = result {
-            if let Some(victim) = plan.implicitly_closes {
-                self.resync_after_error(victim);
-            }
-            self.resync_after_error(plan.sector);
-            return Err(io_error(e));
-        }
-        Ok(())
+        self.storage.write(reservation.sector, data)
     }
 
-    /// Lets storage correct the state of a sequential zone after a failed write.
+    /// First half of a write: checks it against the zone state and commits its effect (the
+    /// write pointer moves now, so the next write to the zone can be checked before this one's
+    /// data has landed). The data then goes to storage, possibly on another thread through a
+    /// [`DataPath`], and [`Self::complete`] settles the outcome.
+    pub fn reserve_write(
+        &mut self,
+        sector: u64,
+        nr_sectors: u64,
+    ) -> Result<Reservation, ZoneError> {
+        let plan = self.zones.prepare_write(sector, nr_sectors)?;
+        self.reserve(plan)
+    }
+
+    /// First half of an append to the zone starting at `zone_start`: the reservation's
+    /// `sector` is where the data goes.
+    pub fn reserve_append(
+        &mut self,
+        zone_start: u64,
+        nr_sectors: u64,
+    ) -> Result<Reservation, ZoneError> {
+        let plan = self.zones.prepare_append(zone_start, nr_sectors)?;
+        self.reserve(plan)
+    }
+
+    fn reserve(&mut self, plan: WritePlan) -> Result<Reservation, ZoneError> {
+        let geometry = *self.zones.geometry();
+        let sequential_zone = geometry
+            .zone_index(plan.sector)
+            .filter(|&index| !geometry.is_conventional(index));
+        let reservation = Reservation {
+            sector: plan.sector,
+            nr_sectors: plan.nr_sectors,
+            before: sequential_zone.map(|index| (index, self.zones.saved_state(index))),
+        };
+        if plan.nr_sectors == 0 {
+            return Ok(reservation);
+        }
+        if let Some(victim) = plan.implicitly_closes {
+            if let Err(e) = self.storage.implicit_close(victim) {
+                self.resync_after_error(victim);
+                return Err(io_error(e));
+            }
+        }
+        self.zones.commit_write(plan)?;
+        Ok(reservation)
+    }
+
+    /// Second half of a write or append: `stored` is what storage said. On failure the zone
+    /// takes the state storage reports (a host zoned device may have taken part of the data)
+    /// or, if storage cannot tell, goes back to where it was before the reservation. Returns
+    /// the sector where the data landed.
+    pub fn complete(
+        &mut self,
+        reservation: Reservation,
+        stored: io::Result<()>,
+    ) -> Result<u64, ZoneError> {
+        let error = match stored {
+            Ok(()) => return Ok(reservation.sector),
+            Err(error) => error,
+        };
+        if let Some((index, (cond, wp))) = reservation.before {
+            let zone_start = self.zones.geometry().zone_start(index);
+            let taken = match self.storage.zone_state_after_error(zone_start) {
+                Ok(Some((reported_cond, reported_wp))) => self
+                    .zones
+                    .resync_zone(index, reported_cond, reported_wp)
+                    .is_ok(),
+                _ => false,
+            };
+            // No report, or one that contradicts the geometry: back to the state before.
+            if !taken {
+                let _ = self.zones.resync_zone(index, cond, wp);
+            }
+        }
+        Err(io_error(error))
+    }
+
+    /// Lets storage correct the state of a sequential zone after a failed operation.
     fn resync_after_error(&mut self, sector: u64) {
         let geometry = *self.zones.geometry();
         let Some(index) = geometry.zone_index(sector) else {
@@ -170,16 +260,9 @@ impl<S: ZoneStorage> ZonedDisk<S> {
         }
     }
 
-    /// VIRTIO_BLK_T_ZONE_APPEND: appends `data` to the zone starting at `zone_start` and
-    /// returns the sector where it landed (for the first 8 bytes of the in-header).
-    pub fn append(&mut self, zone_start: u64, data: &[u8]) -> Result<u64, ZoneError> {
-        let plan = self
-            .zones
-            .prepare_append(zone_start, sectors_of(data.len())?)?;
-        let sector = plan.sector;
-        self.store(&plan, data)?;
-        self.zones.commit_write(plan)?;
-        Ok(sector)
+    /// Reads for a parallel request: which parts of `nr_sectors` at `sector` hold data.
+    pub fn check_read(&self, sector: u64, nr_sectors: u64) -> Result<Vec<ReadSegment>, ZoneError> {
+        self.zones.check_read(sector, nr_sectors)
     }
 
     fn run_zone_op(&mut self, plan: ZoneOpPlan) -> Result<(), ZoneError> {

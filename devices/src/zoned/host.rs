@@ -9,18 +9,18 @@
 //! closes a zone to make room, the close is sent to the device first so that the device does not
 //! pick a different victim of its own.
 //!
-//! I/O is O_DIRECT (page-cache writeback would reorder writes) through one buffer aligned for it;
+//! I/O is O_DIRECT (page-cache writeback would reorder writes) through buffers aligned for it;
 //! reads are widened to the logical block size, writes must be aligned to it (the geometry's write
 //! granularity is at least the logical block size, so sequential zones always are).
 
-use std::alloc::Layout;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
+use std::sync::Arc;
 
+use super::data_path::{AlignedBuffer, DataPath};
 use super::disk::{ZoneStorage, ZonedDisk};
 use super::geometry::{
     GeometryError, ZonedDiskOptions, ZonedGeometry, DEFAULT_MAX_APPEND_BYTES, SECTOR_SIZE,
@@ -52,10 +52,6 @@ const REPORT_BATCH: usize = 1024;
 /// struct blk_zone `type` values.
 const ZONE_TYPE_CONVENTIONAL: u8 = 1;
 const ZONE_TYPE_SEQWRITE_REQ: u8 = 2;
-/// Alignment of the I/O buffer: a page, which satisfies O_DIRECT for every logical block size
-/// up to 4096.
-const BUFFER_ALIGNMENT: usize = 4096;
-
 /// Why a host zoned device cannot be used. Each message is one line naming the device.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -368,57 +364,12 @@ pub fn zone_state(zone: &ReportedZone) -> Option<(ZoneCondition, u64)> {
     Some((cond, wp))
 }
 
-/// A heap buffer aligned for O_DIRECT.
-struct AlignedBuffer {
-    ptr: NonNull<u8>,
-    layout: Layout,
-}
-
-// SAFETY: the buffer owns its allocation exclusively, like a Vec<u8>; nothing else points to it.
-unsafe impl Send for AlignedBuffer {}
-
-impl AlignedBuffer {
-    fn new(len: usize) -> io::Result<Self> {
-        let layout = Layout::from_size_align(len.max(BUFFER_ALIGNMENT), BUFFER_ALIGNMENT)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: the layout has a non-zero size (at least BUFFER_ALIGNMENT).
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        Ok(AlignedBuffer { ptr, layout })
-    }
-
-    fn len(&self) -> usize {
-        self.layout.size()
-    }
-
-    /// The first `len` bytes, after growing the buffer if it is shorter.
-    fn prefix(&mut self, len: usize) -> io::Result<&mut [u8]> {
-        if self.len() < len {
-            *self = AlignedBuffer::new(len)?;
-        }
-        Ok(&mut self.as_mut_slice()[..len])
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: ptr points to layout.size() initialized (zeroed at allocation) bytes owned by
-        // self, and &mut self guarantees no other reference to them.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedBuffer {
-    fn drop(&mut self) {
-        // SAFETY: ptr was allocated with exactly this layout and is freed only here.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
-    }
-}
-
 /// A host-managed zoned block device opened for a guest.
 pub struct HostZonedDevice {
-    file: File,
+    data: DataPath,
     path: PathBuf,
     geometry: ZonedGeometry,
-    logical_block_size: u64,
+    /// Bounce buffer of the serial I/O path (`ZoneStorage::read/write`).
     buffer: AlignedBuffer,
 }
 
@@ -491,10 +442,12 @@ impl HostZonedDevice {
             geometry.max_active
         );
         let device = HostZonedDevice {
-            file,
+            data: DataPath::direct(
+                Arc::new(file),
+                u64::from(limits.logical_block_size.max(512)),
+            ),
             path: path.to_path_buf(),
             geometry,
-            logical_block_size: u64::from(limits.logical_block_size.max(512)),
             buffer: AlignedBuffer::new(1 << 20).map_err(|e| HostError::Open(path.into(), e))?,
         };
         Ok(ZonedDisk::new(zone_set, device))
@@ -519,7 +472,8 @@ impl HostZonedDevice {
         let range: [u64; 2] = [sector, nr_sectors];
         // SAFETY: the zone range ioctls read one 16-byte struct blk_zone_range, which `range`
         // is (two native-endian u64), alive across the call; the fd is a valid open file.
-        let ret = unsafe { libc::ioctl(self.file.as_raw_fd(), request as _, range.as_ptr()) };
+        let ret =
+            unsafe { libc::ioctl(self.data.file().as_raw_fd(), request as _, range.as_ptr()) };
         if ret < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -527,34 +481,17 @@ impl HostZonedDevice {
     }
 }
 
-fn invalid_input() -> io::Error {
-    io::Error::from_raw_os_error(libc::EINVAL)
-}
-
 impl ZoneStorage for HostZonedDevice {
     fn read(&mut self, sector: u64, buf: &mut [u8]) -> io::Result<()> {
-        // O_DIRECT needs whole logical blocks: read the enclosing ones and copy the middle.
-        let lbs = self.logical_block_size;
-        let offset = sector * SECTOR_SIZE;
-        let start = offset / lbs * lbs;
-        let end = (offset + buf.len() as u64).div_ceil(lbs) * lbs;
-        let skip = (offset - start) as usize;
-        let len = usize::try_from(end - start).map_err(|_| invalid_input())?;
-        let bounce = self.buffer.prefix(len)?;
-        self.file.read_exact_at(bounce, start)?;
-        buf.copy_from_slice(&bounce[skip..skip + buf.len()]);
-        Ok(())
+        self.data.read_with(sector, buf, &mut self.buffer)
     }
 
     fn write(&mut self, sector: u64, data: &[u8]) -> io::Result<()> {
-        let lbs = self.logical_block_size;
-        let offset = sector * SECTOR_SIZE;
-        if offset % lbs != 0 || data.len() as u64 % lbs != 0 {
-            return Err(invalid_input());
-        }
-        let bounce = self.buffer.prefix(data.len())?;
-        bounce.copy_from_slice(data);
-        self.file.write_all_at(bounce, offset)
+        self.data.write_with(sector, data, &mut self.buffer)
+    }
+
+    fn data_path(&self) -> Option<DataPath> {
+        Some(self.data.clone())
     }
 
     fn apply_zone_op(&mut self, plan: &ZoneOpPlan) -> io::Result<()> {
@@ -589,14 +526,14 @@ impl ZoneStorage for HostZonedDevice {
 
     fn flush(&mut self, _zones: &ZoneSet) -> io::Result<()> {
         // The device keeps its own zone state; only the data needs a cache flush.
-        self.file.sync_data()
+        self.data.file().sync_data()
     }
 
     fn zone_state_after_error(
         &mut self,
         zone_start: u64,
     ) -> io::Result<Option<(ZoneCondition, u64)>> {
-        let zones = report_zones(&self.file, zone_start, 1)?;
+        let zones = report_zones(self.data.file(), zone_start, 1)?;
         Ok(zones
             .first()
             .filter(|z| z.start == zone_start)
@@ -773,18 +710,5 @@ mod tests {
         let options = ZonedDiskOptions::parse("/dev/null").unwrap();
         // /dev/null is a character device: its sysfs entry has no queue/zoned.
         assert!(HostZonedDevice::open(&options).is_err());
-    }
-
-    #[test]
-    fn aligned_buffer() {
-        let mut b = AlignedBuffer::new(10).unwrap();
-        assert_eq!(b.len(), BUFFER_ALIGNMENT);
-        assert_eq!(
-            b.prefix(3 * BUFFER_ALIGNMENT + 1).unwrap().len(),
-            3 * BUFFER_ALIGNMENT + 1
-        );
-        assert!(b.len() > 3 * BUFFER_ALIGNMENT);
-        assert_eq!(b.as_mut_slice().as_ptr() as usize % BUFFER_ALIGNMENT, 0);
-        assert!(b.as_mut_slice().iter().all(|&x| x == 0));
     }
 }

@@ -10,7 +10,9 @@ use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::data_path::DataPath;
 use super::disk::{ZoneStorage, ZonedDisk};
 use super::geometry::{
     GeometryError, GeometryOverrides, ZonedDiskOptions, ZonedGeometry, SECTOR_SIZE,
@@ -217,7 +219,8 @@ struct SlotInfo {
 
 /// The image file as [`ZoneStorage`].
 pub struct ImageFile {
-    file: File,
+    /// Shared with the data paths handed out by `data_path`.
+    file: Arc<File>,
     geometry: ZonedGeometry,
     layout: Layout,
     slots: Vec<SlotInfo>,
@@ -230,7 +233,7 @@ pub struct ImageFile {
 impl ImageFile {
     fn new(file: File, geometry: ZonedGeometry, layout: Layout, slots: Vec<SlotInfo>) -> Self {
         ImageFile {
-            file,
+            file: Arc::new(file),
             geometry,
             layout,
             slots,
@@ -394,6 +397,18 @@ impl ZoneStorage for ImageFile {
             }
         }
         Ok(())
+    }
+
+    fn data_path(&self) -> Option<DataPath> {
+        // Tests that model the page cache must see every write.
+        #[cfg(test)]
+        if self.io_hook.is_some() {
+            return None;
+        }
+        Some(DataPath::buffered(
+            self.file.clone(),
+            self.layout.data_offset,
+        ))
     }
 
     fn flush(&mut self, zones: &ZoneSet) -> io::Result<()> {

@@ -3,11 +3,14 @@
 //! through a `ZonedDisk`, so that every access obeys the zone state machine.
 
 use std::io;
+use std::sync::{Mutex, MutexGuard};
 
 use log::warn;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::disk::{ZoneStorage, ZonedDisk};
+use super::data_path::DataPath;
+use super::disk::{Reservation, ZoneStorage, ZonedDisk};
+use super::geometry::SECTOR_SIZE;
 use super::geometry::{FailWrite, FaultInjection};
 use super::state::{ZoneCondition, ZoneError};
 use super::wire::{self, request as zone_request, status};
@@ -180,50 +183,155 @@ fn scatter(memory: &GuestMemoryMmap, request: &Request, bytes: &[u8]) -> bool {
     crate::block::data::bytes_to_guest(memory, &request.writable, bytes).is_ok()
 }
 
-impl<S: ZoneStorage + Send> ZonedHandler<S> {
-    fn read(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-        let len = request.writable_len();
-        if !request.readable.is_empty() || len > MAX_REQUEST_DATA_BYTES {
-            return Completion::with_status(status::IOERR);
-        }
-        let mut data = vec![0u8; len as usize];
-        let result = self.disk.read(request.sector, &mut data);
-        if result.is_err() {
-            return completion(&result);
-        }
-        if !scatter(memory, request, &data) {
-            return Completion::with_status(status::IOERR);
-        }
-        Completion::ok(len as u32)
-    }
+/// How a data request reaches the disk: directly, or from a lane thread of a batch.
+trait DiskAccess {
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), ZoneError>;
+    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), ZoneError>;
+    fn append(&mut self, zone_start: u64, data: &[u8]) -> Result<u64, ZoneError>;
+}
 
-    fn write(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-        if !request.writable.is_empty() {
-            return Completion::with_status(status::IOERR);
-        }
-        let Some(data) = gather(memory, request) else {
-            return Completion::with_status(status::IOERR);
-        };
-        completion(&self.disk.write(request.sector, &data))
+impl<S: ZoneStorage> DiskAccess for ZonedDisk<S> {
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), ZoneError> {
+        ZonedDisk::read(self, sector, buf)
     }
+    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), ZoneError> {
+        ZonedDisk::write(self, sector, data)
+    }
+    fn append(&mut self, zone_start: u64, data: &[u8]) -> Result<u64, ZoneError> {
+        ZonedDisk::append(self, zone_start, data)
+    }
+}
 
-    fn append(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-        // The device-writable part before the status byte receives the landed sector.
-        if request.writable_len() < APPEND_SECTOR_BYTES as u64 {
-            return Completion::with_status(status::IOERR);
+/// A lane of a batch: the zone state is shared behind a lock, taken only to check and commit;
+/// data moves through the storage's `DataPath` without it, beside the other lanes.
+struct Lane<'a, S> {
+    disk: &'a Mutex<&'a mut ZonedDisk<S>>,
+    data: &'a DataPath,
+}
+
+impl<'a, S> Lane<'a, S> {
+    fn disk(&self) -> MutexGuard<'a, &'a mut ZonedDisk<S>> {
+        // A panicking lane leaves no half-made state change (the lock is held only around
+        // whole state-machine calls), so a poisoned lock is still consistent.
+        self.disk
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<S: ZoneStorage> DiskAccess for Lane<'_, S> {
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), ZoneError> {
+        let nr_sectors = (buf.len() as u64) / SECTOR_SIZE;
+        if buf.len() as u64 % SECTOR_SIZE != 0 {
+            return Err(ZoneError::Io);
         }
-        let Some(data) = gather(memory, request) else {
-            return Completion::with_status(status::IOERR);
-        };
-        match self.disk.append(request.sector, &data) {
-            Ok(sector) if scatter(memory, request, &sector.to_le_bytes()) => {
-                Completion::ok(APPEND_SECTOR_BYTES as u32)
+        let segments = self.disk().check_read(sector, nr_sectors)?;
+        for seg in segments {
+            let from = ((seg.sector - sector) * SECTOR_SIZE) as usize;
+            let to = from + (seg.nr_sectors * SECTOR_SIZE) as usize;
+            let part = &mut buf[from..to];
+            if seg.has_data {
+                self.data
+                    .read(seg.sector, part)
+                    .map_err(|_| ZoneError::Io)?;
+            } else {
+                part.fill(0);
             }
-            Ok(_) => Completion::with_status(status::IOERR),
-            Err(error) => Completion::with_status(error.status()),
         }
+        Ok(())
     }
 
+    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), ZoneError> {
+        let nr_sectors = sectors_of(data.len())?;
+        let reservation = self.disk().reserve_write(sector, nr_sectors)?;
+        let stored = self.store(&reservation, data);
+        self.disk().complete(reservation, stored).map(|_| ())
+    }
+
+    fn append(&mut self, zone_start: u64, data: &[u8]) -> Result<u64, ZoneError> {
+        let nr_sectors = sectors_of(data.len())?;
+        let reservation = self.disk().reserve_append(zone_start, nr_sectors)?;
+        let stored = self.store(&reservation, data);
+        self.disk().complete(reservation, stored)
+    }
+}
+
+impl<S> Lane<'_, S> {
+    fn store(&self, reservation: &Reservation, data: &[u8]) -> io::Result<()> {
+        if reservation.nr_sectors == 0 {
+            return Ok(());
+        }
+        self.data.write(reservation.sector, data)
+    }
+}
+
+fn sectors_of(len: usize) -> Result<u64, ZoneError> {
+    if len as u64 % SECTOR_SIZE != 0 {
+        return Err(ZoneError::Io);
+    }
+    Ok(len as u64 / SECTOR_SIZE)
+}
+
+fn read(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request) -> Completion {
+    let len = request.writable_len();
+    if !request.readable.is_empty() || len > MAX_REQUEST_DATA_BYTES {
+        return Completion::with_status(status::IOERR);
+    }
+    let mut data = vec![0u8; len as usize];
+    let result = disk.read(request.sector, &mut data);
+    if result.is_err() {
+        return completion(&result);
+    }
+    if !scatter(memory, request, &data) {
+        return Completion::with_status(status::IOERR);
+    }
+    Completion::ok(len as u32)
+}
+
+fn write(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request) -> Completion {
+    if !request.writable.is_empty() {
+        return Completion::with_status(status::IOERR);
+    }
+    let Some(data) = gather(memory, request) else {
+        return Completion::with_status(status::IOERR);
+    };
+    completion(&disk.write(request.sector, &data))
+}
+
+fn append(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request) -> Completion {
+    // The device-writable part before the status byte receives the landed sector.
+    if request.writable_len() < APPEND_SECTOR_BYTES as u64 {
+        return Completion::with_status(status::IOERR);
+    }
+    let Some(data) = gather(memory, request) else {
+        return Completion::with_status(status::IOERR);
+    };
+    match disk.append(request.sector, &data) {
+        Ok(sector) if scatter(memory, request, &sector.to_le_bytes()) => {
+            Completion::ok(APPEND_SECTOR_BYTES as u32)
+        }
+        Ok(_) => Completion::with_status(status::IOERR),
+        Err(error) => Completion::with_status(error.status()),
+    }
+}
+
+/// Serves a data request (IN, OUT, ZONE_APPEND) through `disk`.
+fn serve_data(
+    disk: &mut impl DiskAccess,
+    memory: &GuestMemoryMmap,
+    request: &Request,
+) -> Completion {
+    match request.request_type {
+        request_type::IN => read(disk, memory, request),
+        request_type::OUT => write(disk, memory, request),
+        _ => append(disk, memory, request),
+    }
+}
+
+/// At most this many threads serve one batch, each taking whole zones.
+const MAX_LANES: usize = 4;
+
+impl<S: ZoneStorage + Send> ZonedHandler<S> {
     fn report(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
         let len = request.writable_len();
         if !request.readable.is_empty() || len > MAX_REQUEST_DATA_BYTES {
@@ -255,23 +363,9 @@ impl<S: ZoneStorage + Send> ZonedHandler<S> {
         }
         completion(&self.disk.zone_management(kind, request.sector))
     }
-}
 
-impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
-    fn features(&self) -> u64 {
-        1 << wire::VIRTIO_BLK_F_ZONED
-    }
-
-    fn fill_config(&self, config: &mut [u8; CONFIG_SIZE]) {
-        wire::fill_zoned_config(self.disk.geometry(), config);
-    }
-
-    fn handle(
-        &mut self,
-        request: &Request,
-        memory: &GuestMemoryMmap,
-        _backend: &mut dyn BlockBackend,
-    ) -> Option<Completion> {
+    /// Counts the request and fails it if it is the injected write failure.
+    fn admit(&mut self, request: &Request) -> Option<Completion> {
         let counts = &mut self.counts;
         match request.request_type {
             request_type::IN => counts.reads += 1,
@@ -297,11 +391,16 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
                 return Some(Completion::with_status(status));
             }
         }
+        None
+    }
+
+    /// Serves an admitted request here; `None` leaves it to the plain device.
+    fn serve(&mut self, request: &Request, memory: &GuestMemoryMmap) -> Option<Completion> {
         Some(match request.request_type {
-            request_type::IN => self.read(memory, request),
-            request_type::OUT => self.write(memory, request),
+            request_type::IN | request_type::OUT | zone_request::ZONE_APPEND => {
+                serve_data(&mut self.disk, memory, request)
+            }
             request_type::FLUSH => self.flush(request),
-            zone_request::ZONE_APPEND => self.append(memory, request),
             zone_request::ZONE_REPORT => self.report(memory, request),
             zone_request::ZONE_OPEN
             | zone_request::ZONE_CLOSE
@@ -311,6 +410,135 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
             // GET_ID and unknown types: the plain device answers (UNSUPP for unknown ones).
             _ => return None,
         })
+    }
+
+    /// The one zone a data request touches, which makes it eligible to run beside requests to
+    /// other zones. Anything else (other types, a range across zones or outside the disk) is
+    /// served alone, between the parallel runs, and gets its error there.
+    fn lane_of(&self, request: &Request) -> Option<usize> {
+        let geometry = self.disk.geometry();
+        let bytes = match request.request_type {
+            request_type::IN => request.writable_len(),
+            request_type::OUT => request.readable_len(),
+            zone_request::ZONE_APPEND => return geometry.zone_index(request.sector),
+            _ => return None,
+        };
+        let last = request
+            .sector
+            .checked_add(bytes.div_ceil(SECTOR_SIZE).max(1) - 1)?;
+        let zone = geometry.zone_index(request.sector)?;
+        (geometry.zone_index(last)? == zone).then_some(zone)
+    }
+
+    /// Serves `run` (request index, zone) with up to `MAX_LANES` threads, each taking every
+    /// request of its zones in order, so each zone sees its requests in submission order.
+    fn serve_lanes(
+        &mut self,
+        run: &[(usize, usize)],
+        requests: &[Request],
+        memory: &GuestMemoryMmap,
+        data: &DataPath,
+        out: &mut [Option<Completion>],
+    ) {
+        let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); MAX_LANES];
+        for &(index, zone) in run {
+            lanes[zone % MAX_LANES].push(index);
+        }
+        lanes.retain(|lane| !lane.is_empty());
+        if lanes.len() < 2 {
+            for &(index, _) in run {
+                out[index] = Some(serve_data(&mut self.disk, memory, &requests[index]));
+            }
+            return;
+        }
+        let disk = Mutex::new(&mut self.disk);
+        let served: Vec<(usize, Completion)> = std::thread::scope(|scope| {
+            let disk = &disk;
+            let serve_lane = move |lane: &[usize]| -> Vec<(usize, Completion)> {
+                let mut access = Lane { disk, data };
+                lane.iter()
+                    .map(|&index| (index, serve_data(&mut access, memory, &requests[index])))
+                    .collect()
+            };
+            let (first, others) = lanes.split_first().expect("two lanes or more");
+            let handles: Vec<_> = others
+                .iter()
+                .map(|lane| {
+                    std::thread::Builder::new()
+                        .name("zoned-lane".into())
+                        .spawn_scoped(scope, move || serve_lane(lane))
+                        .map_err(|_| lane)
+                })
+                .collect();
+            let mut served = serve_lane(first);
+            for handle in handles {
+                match handle {
+                    Ok(handle) => served.extend(handle.join().unwrap_or_default()),
+                    // No thread: this lane runs here, after the others.
+                    Err(lane) => served.extend(serve_lane(lane)),
+                }
+            }
+            served
+        });
+        for (index, completion) in served {
+            out[index] = Some(completion);
+        }
+    }
+}
+
+impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
+    fn features(&self) -> u64 {
+        1 << wire::VIRTIO_BLK_F_ZONED
+    }
+
+    fn fill_config(&self, config: &mut [u8; CONFIG_SIZE]) {
+        wire::fill_zoned_config(self.disk.geometry(), config);
+    }
+
+    fn handle(
+        &mut self,
+        request: &Request,
+        memory: &GuestMemoryMmap,
+        _backend: &mut dyn BlockBackend,
+    ) -> Option<Completion> {
+        if let Some(failed) = self.admit(request) {
+            return Some(failed);
+        }
+        self.serve(request, memory)
+    }
+
+    /// Requests to different zones run in parallel when storage has a `DataPath`: runs of
+    /// reads, writes and appends confined to one zone are split into lanes by zone; every
+    /// other request waits for the run before it and is served alone.
+    fn handle_batch(
+        &mut self,
+        requests: &[Request],
+        memory: &GuestMemoryMmap,
+        _backend: &mut dyn BlockBackend,
+    ) -> Vec<Option<Completion>> {
+        let mut out = vec![None; requests.len()];
+        let data = self.disk.storage().data_path();
+        let mut run: Vec<(usize, usize)> = Vec::new();
+        for (index, request) in requests.iter().enumerate() {
+            if let Some(failed) = self.admit(request) {
+                out[index] = Some(failed);
+                continue;
+            }
+            match (&data, self.lane_of(request)) {
+                (Some(_), Some(zone)) => run.push((index, zone)),
+                _ => {
+                    if let Some(data) = &data {
+                        self.serve_lanes(&run, requests, memory, data, &mut out);
+                    }
+                    run.clear();
+                    out[index] = self.serve(request, memory);
+                }
+            }
+        }
+        if let Some(data) = &data {
+            self.serve_lanes(&run, requests, memory, data, &mut out);
+        }
+        out
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -330,7 +558,7 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
 mod tests {
     use super::*;
     use crate::block::Segment;
-    use crate::zoned::{ZonedGeometry, ZonedImage};
+    use crate::zoned::{Zone, ZonedGeometry, ZonedImage};
     use vm_memory::GuestAddress;
 
     const ZONE: u64 = 2048; // 1 MiB zones
@@ -681,5 +909,152 @@ mod tests {
             }
             std::fs::remove_file(&path).unwrap();
         }
+    }
+
+    /// One batch mixing lanes (three zones), a barrier (FLUSH) and errors gives the same
+    /// completions, zone states and data as the same requests served one at a time.
+    #[test]
+    fn a_batch_completes_like_requests_served_alone() {
+        let batch = [
+            request(request_type::OUT, ZONE, &[(0x1000, 4096)], &[]),
+            request(request_type::OUT, 2 * ZONE, &[(0x2000, 4096)], &[]),
+            request(request_type::OUT, 8, &[(0x3000, 4096)], &[]),
+            request(
+                zone_request::ZONE_APPEND,
+                ZONE,
+                &[(0x4000, 4096)],
+                &[(0x8000, 8)],
+            ),
+            request(request_type::OUT, 2 * ZONE + 8, &[(0x5000, 4096)], &[]),
+            // Not at the write pointer: UNALIGNED_WRITE, in its lane.
+            request(request_type::OUT, 2 * ZONE + 64, &[(0x5000, 512)], &[]),
+            request(request_type::FLUSH, 0, &[], &[]),
+            request(request_type::IN, ZONE, &[], &[(0x10000, 8192)]),
+            // Across zones 1 and 2: served alone, as an error.
+            request(request_type::OUT, 2 * ZONE - 8, &[(0x1000, 8192)], &[]),
+            request(
+                zone_request::ZONE_APPEND,
+                2 * ZONE,
+                &[(0x6000, 1024)],
+                &[(0x8008, 8)],
+            ),
+            request(request_type::IN, 2 * ZONE, &[], &[(0x20000, 9216)]),
+        ];
+        let fill = |f: &Fixture| {
+            for (i, addr) in [0x1000u64, 0x2000, 0x3000, 0x4000, 0x5000, 0x6000]
+                .into_iter()
+                .enumerate()
+            {
+                f.memory
+                    .write_slice(&[i as u8 + 1; 4096], GuestAddress(addr))
+                    .unwrap();
+            }
+        };
+        let mut alone = fixture("batch-alone");
+        let mut together = fixture("batch-together");
+        fill(&alone);
+        fill(&together);
+        let expected: Vec<Completion> = batch.iter().map(|r| alone.run(r)).collect();
+        let got = together
+            .handler
+            .handle_batch(&batch, &together.memory, &mut together.backend);
+        let got: Vec<Completion> = got.into_iter().map(|c| c.expect("served")).collect();
+        assert_eq!(got, expected);
+        assert_eq!(expected[5].status, status::ZONE_UNALIGNED_WP);
+        assert_ne!(expected[8].status, status::OK);
+        let zones =
+            |f: &Fixture| -> Vec<Zone> { f.handler.disk().report(0, 16).unwrap().collect() };
+        assert_eq!(zones(&together), zones(&alone));
+        for (addr, len) in [(0x8000u64, 16usize), (0x10000, 8192), (0x20000, 9216)] {
+            let mut a = vec![0u8; len];
+            let mut b = vec![0u8; len];
+            alone.memory.read_slice(&mut a, GuestAddress(addr)).unwrap();
+            together
+                .memory
+                .read_slice(&mut b, GuestAddress(addr))
+                .unwrap();
+            assert_eq!(a, b, "guest memory at {addr:#x}");
+        }
+        assert_eq!(together.handler.counts(), alone.handler.counts());
+    }
+
+    /// Storage whose data path reports each write's sector to a test hook.
+    struct HookedStorage {
+        data: DataPath,
+    }
+
+    impl ZoneStorage for HookedStorage {
+        fn read(&mut self, sector: u64, buf: &mut [u8]) -> io::Result<()> {
+            self.data.read(sector, buf)
+        }
+        fn write(&mut self, sector: u64, data: &[u8]) -> io::Result<()> {
+            self.data.write(sector, data)
+        }
+        fn apply_zone_op(&mut self, _plan: &crate::zoned::state::ZoneOpPlan) -> io::Result<()> {
+            Ok(())
+        }
+        fn data_path(&self) -> Option<DataPath> {
+            Some(self.data.clone())
+        }
+        fn flush(&mut self, _zones: &crate::zoned::ZoneSet) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Writes to two zones in one batch overlap: the write to zone 1 waits inside storage until
+    /// the write to zone 2 has started, which only happens if they run at the same time.
+    #[test]
+    fn writes_to_different_zones_run_in_parallel() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let geometry = ZonedGeometry::new(ZonedGeometry {
+            capacity: 4 * ZONE,
+            zone_size: ZONE,
+            zone_capacity: ZONE,
+            conventional_zones: 0,
+            max_open: 0,
+            max_active: 0,
+            max_append_sectors: 256,
+            write_granularity: 512,
+        })
+        .unwrap();
+        let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+        file.set_len(4 * ZONE * SECTOR_SIZE).unwrap();
+        let (started, seen) = mpsc::channel::<u64>();
+        let seen = Mutex::new(seen);
+        let overlapped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = overlapped.clone();
+        let hook = move |sector: u64| {
+            if sector == ZONE {
+                // Zone 1 waits for zone 2's write to begin.
+                let got = seen.lock().unwrap().recv_timeout(Duration::from_secs(10));
+                flag.store(got == Ok(2 * ZONE), std::sync::atomic::Ordering::SeqCst);
+            } else {
+                let _ = started.send(sector);
+            }
+        };
+        let storage = HookedStorage {
+            data: DataPath::buffered(std::sync::Arc::new(file), 0)
+                .with_write_hook(std::sync::Arc::new(hook)),
+        };
+        let mut handler = ZonedHandler::new(ZonedDisk::new(
+            crate::zoned::ZoneSet::new(geometry),
+            storage,
+        ));
+        let mut backend = handler.capacity_backend();
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let batch = [
+            request(request_type::OUT, ZONE, &[(0x1000, 4096)], &[]),
+            request(request_type::OUT, 2 * ZONE, &[(0x2000, 4096)], &[]),
+        ];
+        let done = handler.handle_batch(&batch, &memory, &mut backend);
+        assert_eq!(done, vec![Some(Completion::ok(0)); 2]);
+        assert!(
+            overlapped.load(std::sync::atomic::Ordering::SeqCst),
+            "the write to zone 1 finished before the write to zone 2 started"
+        );
+        let zones: Vec<Zone> = handler.disk().report(0, 4).unwrap().collect();
+        assert_eq!(zones[1].wp, ZONE + 8);
+        assert_eq!(zones[2].wp, 2 * ZONE + 8);
     }
 }
