@@ -147,3 +147,54 @@ fn a_panicking_kernel_fails_in_run_mode_and_ends_cleanly_otherwise() {
     );
     assert!(run.stdout.contains("plain boot: 0"), "{}", run.describe());
 }
+
+/// SIGUSR1 prints the device state and the guest runs on: the disk is activated (DRIVER_OK)
+/// and every request it queued was taken (next_avail == avail.idx).
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn sigusr1_dumps_device_state_and_the_guest_runs_on() {
+    let run = run_script_in_lab(
+        300,
+        r#"
+        truncate -s 64M /tmp/dump.img
+        "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --disk /tmp/dump.img -- \
+            'cat /sys/block/vda/size >/dev/null; echo ready; sleep 3; echo still-running' \
+            >/tmp/dump.out 2>/tmp/dump.err &
+        pid=$!
+        for _ in $(seq 600); do grep -q ready /tmp/dump.out 2>/dev/null && break; sleep 0.1; done
+        kill -USR1 $pid
+        wait $pid
+        echo "vmm-status: $?"
+        cat /tmp/dump.out
+        cat /tmp/dump.err
+        "#,
+    );
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    run.assert_lines(&["vmm-status: 0", "still-running"]);
+    let serial = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("vmm: state: serial IER"))
+        .unwrap_or_else(|| panic!("no serial state line\n{}", run.describe()));
+    assert!(serial.contains("input-enabled true"), "{serial}");
+    let disk = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("vmm: state: vda status 0xf "))
+        .unwrap_or_else(|| panic!("no activated vda line\n{}", run.describe()));
+    let number_after = |key: &str| -> u32 {
+        let rest = &disk[disk.find(key).unwrap_or_else(|| panic!("{key} in {disk}")) + key.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert!(number_after("next_avail ") > 0, "{disk}");
+    assert_eq!(
+        number_after("next_avail "),
+        number_after("avail.idx "),
+        "{disk}"
+    );
+    assert_eq!(
+        number_after("next_used "),
+        number_after("used.idx "),
+        "{disk}"
+    );
+}

@@ -169,6 +169,15 @@ impl DeviceManager {
         &self.slots
     }
 
+    /// Each device's transport, named as the guest sees it (vda, vdb, ...), for state dumps.
+    pub fn transports(&self) -> Vec<(String, Arc<Mutex<MmioTransport>>)> {
+        self.transports
+            .iter()
+            .enumerate()
+            .map(|(index, transport)| (disk_name(index), transport.clone()))
+            .collect()
+    }
+
     /// Event-loop subscribers for the queue notifications; hand each to the event manager.
     pub fn take_subscribers(&mut self) -> Vec<Subscriber> {
         std::mem::take(&mut self.notifiers)
@@ -381,5 +390,27 @@ mod tests {
             irq: 5,
         };
         assert_eq!(slot.cmdline_entry(), "virtio_mmio.device=4K@0xd0000000:5");
+    }
+}
+
+/// The guest's name of the `index`th virtio-blk disk: vda, ..., vdz, vdaa, ...
+fn disk_name(index: usize) -> String {
+    let mut suffix = Vec::new();
+    let mut n = index + 1;
+    while n > 0 {
+        n -= 1;
+        suffix.push(b'a' + (n % 26) as u8);
+        n /= 26;
+    }
+    suffix.reverse();
+    format!("vd{}", String::from_utf8_lossy(&suffix))
+}
+
+#[cfg(test)]
+mod disk_name_tests {
+    #[test]
+    fn names_follow_the_guest_kernel() {
+        let names: Vec<String> = [0, 1, 25, 26, 27, 701].map(super::disk_name).into();
+        assert_eq!(names, ["vda", "vdb", "vdz", "vdaa", "vdab", "vdzz"]);
     }
 }

@@ -14,6 +14,7 @@ use crate::bus::lock;
 use crate::exit::{ExitReason, VmExit};
 use crate::legacy::{ConsoleOutput, SerialDevice};
 use crate::terminal;
+use devices::virtio::MmioTransport;
 
 /// Ctrl-A: the console escape. Ctrl-A x quits, Ctrl-A Ctrl-A sends one Ctrl-A.
 const ESCAPE: u8 = 0x01;
@@ -173,6 +174,127 @@ impl MutEventSubscriber for ExitWatcher {
             ));
         } else {
             let _ = self.exit_event.read();
+        }
+    }
+}
+
+/// On SIGUSR1, prints one line per device with the state that decides whether the guest makes
+/// progress (serial interrupt registers, virtio status and ring indexes): for a guest that seems
+/// hung, `kill -USR1 PID` shows whether it waits for an interrupt the VMM never raised.
+pub struct StateDumper {
+    event: EventFd,
+    serial: Arc<Mutex<SerialDevice>>,
+    transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+}
+
+impl StateDumper {
+    pub fn new(
+        event: EventFd,
+        serial: Arc<Mutex<SerialDevice>>,
+        transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+    ) -> Self {
+        Self {
+            event,
+            serial,
+            transports,
+        }
+    }
+
+    /// The lines of one dump. A device whose lock is held (by a vCPU or a request being
+    /// served) says so instead of waiting: a lock that stays held is itself the answer.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = vec![match self.serial.try_lock() {
+            Ok(serial) => format!("vmm: state: serial {}", serial.debug_state()),
+            Err(_) => "vmm: state: serial busy (locked)".into(),
+        }];
+        for (name, transport) in &self.transports {
+            lines.push(match transport.try_lock() {
+                Ok(transport) => format!("vmm: state: {name} {}", transport.debug_state()),
+                Err(_) => format!("vmm: state: {name} busy (locked)"),
+            });
+        }
+        lines
+    }
+}
+
+impl MutEventSubscriber for StateDumper {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.event, EventSet::IN));
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.event.read();
+        for line in self.lines() {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// How often lost interrupts and notifications are looked for.
+const LOST_EVENT_PERIOD: Duration = Duration::from_millis(250);
+
+/// Every `LOST_EVENT_PERIOD`, raises again an interrupt the guest left pending and serves
+/// requests the guest queued without the notification reaching the device (see
+/// `MmioTransport::check_lost_events` and `SerialDevice::check_lost_interrupt`). The first
+/// recovery per device is a warning: it means an edge was lost between vmm and the guest.
+pub struct LostEventWatcher {
+    timer: TimerFd,
+    serial: Arc<Mutex<SerialDevice>>,
+    transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+    warned: Vec<bool>,
+}
+
+impl LostEventWatcher {
+    pub fn new(
+        serial: Arc<Mutex<SerialDevice>>,
+        transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+    ) -> std::io::Result<Self> {
+        let mut timer = TimerFd::new()?;
+        timer.reset(LOST_EVENT_PERIOD, Some(LOST_EVENT_PERIOD))?;
+        let warned = vec![false; transports.len() + 1];
+        Ok(Self {
+            timer,
+            serial,
+            transports,
+            warned,
+        })
+    }
+
+    fn report(&mut self, index: usize, name: &str, what: &str) {
+        if std::mem::replace(&mut self.warned[index], true) {
+            log::debug!("{name}: {what} again");
+        } else {
+            log::warn!(
+                "{name}: {what} (nothing happened for {} ms); further recoveries are logged at debug level",
+                LOST_EVENT_PERIOD.as_millis()
+            );
+        }
+    }
+}
+
+impl MutEventSubscriber for LostEventWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.timer, EventSet::IN));
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        if lock(&self.serial).check_lost_interrupt() {
+            self.report(0, "serial", "raised a pending interrupt again");
+        }
+        for index in 0..self.transports.len() {
+            let recovered = lock(&self.transports[index].1).check_lost_events();
+            let name = self.transports[index].0.clone();
+            if recovered.interrupt {
+                self.report(index + 1, &name, "raised a pending interrupt again");
+            }
+            if recovered.requests {
+                self.report(
+                    index + 1,
+                    &name,
+                    "served requests queued without a notification",
+                );
+            }
         }
     }
 }

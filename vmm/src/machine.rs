@@ -10,7 +10,7 @@ use crate::arch::{acpi, layout, mptable, regs};
 use crate::bus::{Bus, BusDevice};
 use crate::config::{self, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager};
-use crate::event_loop::{ConsoleFlusher, ConsoleInput, ExitWatcher};
+use crate::event_loop::{ConsoleFlusher, ConsoleInput, ExitWatcher, LostEventWatcher, StateDumper};
 use crate::exit::{ExitReason, VmExit};
 use crate::legacy::{
     AcpiPowerControl, ConsoleOutput, GuestControl, I8042Reset, IrqTrigger, SerialDevice,
@@ -77,6 +77,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
                 std::io::Error::from_raw_os_error(e.errno()),
             )
         })?;
+    let serial_irq_again = serial_irq
+        .try_clone()
+        .map_err(io_err("the serial interrupt"))?;
     let drained = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("the serial input"))?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         vm_superio::Serial::with_events(
@@ -85,6 +88,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
             SharedConsole(console.clone()),
         ),
         drained.try_clone().map_err(io_err("the serial input"))?,
+        serial_irq_again,
     )));
 
     let mut io_bus = Bus::new();
@@ -153,6 +157,15 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     events.add_subscriber(Arc::new(Mutex::new(
         ConsoleFlusher::new(console.clone()).map_err(io_err("the console"))?,
     )));
+    events.add_subscriber(Arc::new(Mutex::new(
+        LostEventWatcher::new(serial.clone(), devices.transports())
+            .map_err(io_err("the lost-event timer"))?,
+    )));
+    events.add_subscriber(Arc::new(Mutex::new(StateDumper::new(
+        terminal::install_dump_handler().map_err(io_err("signal handling"))?,
+        serial.clone(),
+        devices.transports(),
+    ))));
     events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
         serial,
         drained,

@@ -1,5 +1,5 @@
 //! The host terminal: raw mode while the guest owns the console, restored exactly on exit; and
-//! SIGINT/SIGTERM/SIGHUP turned into an event the event loop can wait on.
+//! SIGINT/SIGTERM/SIGHUP (and SIGUSR1, the state dump) turned into events the event loop waits on.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -74,6 +74,35 @@ pub fn install_signal_handlers() -> std::io::Result<EventFd> {
             if libc::sigaction(signo, &action, std::ptr::null_mut()) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+        }
+    }
+    Ok(event)
+}
+
+static DUMP_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_dump_signal(_signo: libc::c_int) {
+    let fd = DUMP_EVENT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let one: u64 = 1;
+        // SAFETY: write(2) is async-signal-safe; fd is an eventfd that lives until exit.
+        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// Routes SIGUSR1 (a request to print the device state, for a guest that seems hung) to the
+/// returned eventfd.
+pub fn install_dump_handler() -> std::io::Result<EventFd> {
+    let event = EventFd::new(libc::EFD_NONBLOCK)?;
+    DUMP_EVENT_FD.store(std::os::fd::AsRawFd::as_raw_fd(&event), Ordering::Relaxed);
+    // SAFETY: as in install_signal_handlers; the handler only calls write(2).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_dump_signal as *const () as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
         }
     }
     Ok(event)

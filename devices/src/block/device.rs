@@ -3,12 +3,14 @@
 //! talks to a `BlockBackend`). Request types it does not know can be served by a
 //! `RequestHandler`, which is how a zoned layer adds ZONE_* requests.
 
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use log::{debug, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::Bytes;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::backend::BlockBackend;
 use super::data::{backend_to_guest, bytes_to_guest, guest_to_backend};
@@ -393,6 +395,40 @@ fn put(config: &mut [u8; CONFIG_SIZE], offset: usize, bytes: &[u8]) {
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
+    }
+
+    fn unserved(&self) -> Option<(u16, u16)> {
+        let active = self.active.as_ref()?;
+        let next_avail = active.queue.next_avail();
+        let avail = active
+            .queue
+            .avail_idx(&active.memory, Ordering::Acquire)
+            .ok()?;
+        (avail.0 != next_avail).then_some((0, next_avail))
+    }
+
+    fn debug_state(&self) -> String {
+        let Some(active) = self.active.as_ref() else {
+            return "not activated".into();
+        };
+        let queue = &active.queue;
+        let in_memory = |index: Result<Wrapping<u16>, _>| match index {
+            Ok(Wrapping(value)) => value.to_string(),
+            Err(_) => "unreadable".into(),
+        };
+        // The driver's flags are the avail ring's first 16 bits (NO_INTERRUPT = 1).
+        let avail_flags: Option<u16> = active
+            .memory
+            .read_obj(GuestAddress(queue.avail_ring()))
+            .ok();
+        format!(
+            "queue: next_avail {} next_used {} avail.idx {} used.idx {} avail.flags {}",
+            queue.next_avail(),
+            queue.next_used(),
+            in_memory(queue.avail_idx(&active.memory, Ordering::Acquire)),
+            in_memory(queue.used_idx(&active.memory, Ordering::Acquire)),
+            avail_flags.map_or("unreadable".into(), |f| format!("{f:#x}")),
+        )
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

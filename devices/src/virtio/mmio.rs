@@ -10,7 +10,7 @@
 //! an `IrqTrigger` (an irqfd `EventFd`).
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use log::warn;
@@ -52,6 +52,9 @@ impl IrqTrigger for EventFd {
 /// `InterruptSignal`; the transport reads and acknowledges it.
 pub struct MmioInterrupt {
     status: AtomicU32,
+    /// InterruptACK writes so far: tells a pending interrupt the guest is working on from one
+    /// it never saw.
+    acks: AtomicU64,
     trigger: Box<dyn IrqTrigger>,
 }
 
@@ -59,6 +62,7 @@ impl MmioInterrupt {
     fn new(trigger: Box<dyn IrqTrigger>) -> Self {
         MmioInterrupt {
             status: AtomicU32::new(0),
+            acks: AtomicU64::new(0),
             trigger,
         }
     }
@@ -75,6 +79,7 @@ impl MmioInterrupt {
 
     fn acknowledge(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+        self.acks.fetch_add(1, Ordering::SeqCst);
     }
 
     fn clear(&self) {
@@ -121,6 +126,26 @@ pub struct MmioTransport {
     device_status: u32,
     config_generation: u32,
     bad_access_logged: bool,
+    /// What `check_lost_events` saw last time.
+    watch: LostEventWatch,
+}
+
+/// The state `MmioTransport::check_lost_events` compares across calls.
+#[derive(Debug, Default)]
+struct LostEventWatch {
+    /// The acknowledgement count when an interrupt was last seen pending.
+    pending_at_acks: Option<u64>,
+    /// A queue with requests the device had not taken, and its next_avail then.
+    unserved: Option<(u16, u16)>,
+}
+
+/// What `MmioTransport::check_lost_events` had to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// A pending interrupt was raised again.
+    pub interrupt: bool,
+    /// Requests queued without a notification reaching the device were served.
+    pub requests: bool,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -166,6 +191,7 @@ impl MmioTransport {
             device_status: 0,
             config_generation: 0,
             bad_access_logged: false,
+            watch: LostEventWatch::default(),
         })
     }
 
@@ -182,6 +208,17 @@ impl MmioTransport {
     /// Current device status register.
     pub fn device_status(&self) -> u32 {
         self.device_status
+    }
+
+    /// One line for a state dump: device status, pending interrupt bits, and the device's own
+    /// view of its queues.
+    pub fn debug_state(&self) -> String {
+        format!(
+            "status {:#x} interrupt-status {:#x} {}",
+            self.device_status,
+            self.interrupt.status(),
+            self.device.debug_state()
+        )
     }
 
     /// One `(offset, datamatch)` pair per queue: an ioeventfd at `base + offset` matching a
@@ -211,6 +248,35 @@ impl MmioTransport {
         if let Err(error) = self.device.process_queue(index) {
             self.fail(&error);
         }
+    }
+
+    /// Called periodically by the VMM (every few hundred ms). Interrupts reach the guest as
+    /// edges (KVM irqfds) and notifications reach the device as ioeventfd writes; neither side
+    /// retries, so one lost on the way would stall the guest for good. An interrupt still
+    /// pending and unacknowledged since the last call is raised again (as a level-triggered
+    /// line would still be asserted), and a queue whose requests the device has not taken since
+    /// the last call is served.
+    pub fn check_lost_events(&mut self) -> Recovered {
+        let mut recovered = Recovered::default();
+        let acks = self.interrupt.acks.load(Ordering::SeqCst);
+        let pending = self.interrupt.status() != 0;
+        if pending && self.watch.pending_at_acks == Some(acks) {
+            recovered.interrupt = self.interrupt.trigger.trigger().is_ok();
+        }
+        self.watch.pending_at_acks = pending.then_some(acks);
+        let active =
+            self.device.is_activated() && self.device_status & status::DEVICE_NEEDS_RESET == 0;
+        let unserved = if active { self.device.unserved() } else { None };
+        if let Some((queue, _)) = unserved.filter(|&now| self.watch.unserved == Some(now)) {
+            if let Err(error) = self.device.process_queue(queue) {
+                self.fail(&error);
+            }
+            recovered.requests = true;
+            self.watch.unserved = None;
+        } else {
+            self.watch.unserved = unserved;
+        }
+        recovered
     }
 
     /// Tells the driver the device changed its config space.
@@ -520,6 +586,7 @@ mod tests {
         processed: Vec<u16>,
         queue_sizes: Vec<u16>,
         fail_processing: bool,
+        unserved: Option<(u16, u16)>,
     }
 
     struct FakeDevice {
@@ -565,6 +632,9 @@ mod tests {
         fn reset(&mut self) {
             self.observed.lock().unwrap().resets += 1;
             self.active = false;
+        }
+        fn unserved(&self) -> Option<(u16, u16)> {
+            self.observed.lock().unwrap().unserved
         }
         fn process_queue(&mut self, queue_index: u16) -> Result<(), QueueError> {
             let mut observed = self.observed.lock().unwrap();
@@ -728,6 +798,73 @@ mod tests {
         write32(t, regs::VIRTIO_MMIO_QUEUE_NUM, 4);
         assert_eq!(t.queues[0].size(), 8);
         assert_eq!(irqs.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn lost_interrupts_and_notifications_are_recovered() {
+        let Harness {
+            mut transport,
+            observed,
+            irqs,
+        } = harness();
+        let t = &mut transport;
+        negotiate(t, VIRTIO_F_VERSION_1);
+        setup_queue(t, 0x1000, 0x2000, 0x3000);
+        write32(t, regs::VIRTIO_MMIO_STATUS, RUNNING);
+        let none = Recovered::default();
+        let raised = Recovered {
+            interrupt: true,
+            requests: false,
+        };
+        let irq_count = || irqs.load(Ordering::SeqCst);
+        assert_eq!(t.check_lost_events(), none);
+
+        // Acknowledged before the next check: not raised again.
+        t.interrupt.signal_used_queue(0).unwrap();
+        assert_eq!(t.check_lost_events(), none);
+        write32(t, regs::VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        assert_eq!(t.check_lost_events(), none);
+        assert_eq!(irq_count(), 1);
+
+        // Pending and unacknowledged across two checks: raised again at each check until acked.
+        t.interrupt.signal_used_queue(0).unwrap();
+        assert_eq!(t.check_lost_events(), none);
+        assert_eq!(t.check_lost_events(), raised);
+        assert_eq!(t.check_lost_events(), raised);
+        assert_eq!(irq_count(), 4);
+        write32(t, regs::VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        assert_eq!(t.check_lost_events(), none);
+
+        // Pending again, but the guest acknowledged something in between: it is at work.
+        t.interrupt.signal_used_queue(0).unwrap();
+        assert_eq!(t.check_lost_events(), none);
+        write32(t, regs::VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        t.interrupt.signal_used_queue(0).unwrap();
+        assert_eq!(t.check_lost_events(), none);
+        write32(t, regs::VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        assert_eq!(irq_count(), 6);
+
+        // Requests left untaken across two checks are served; progress in between is not a loss.
+        let processed = || observed.lock().unwrap().processed.len();
+        observed.lock().unwrap().unserved = Some((0, 5));
+        assert_eq!(t.check_lost_events(), none);
+        observed.lock().unwrap().unserved = Some((0, 6));
+        assert_eq!(t.check_lost_events(), none);
+        assert_eq!(processed(), 0);
+        assert_eq!(
+            t.check_lost_events(),
+            Recovered {
+                interrupt: false,
+                requests: true
+            }
+        );
+        assert_eq!(observed.lock().unwrap().processed, vec![0]);
+
+        // A device that needs a reset is left alone.
+        write32(t, regs::VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(t.check_lost_events(), none);
+        assert_eq!(t.check_lost_events(), none);
+        assert_eq!(processed(), 1);
     }
 
     #[test]

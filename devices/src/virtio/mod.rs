@@ -79,6 +79,14 @@ pub enum QueueError {
 pub trait VirtioDevice: Send {
     /// Virtio device ID (virtio 1.x §5), e.g. 2 for a block device.
     fn device_type(&self) -> u32;
+    /// One line on the device's queues for a state dump (`kill -USR1`), e.g. ring indexes.
+    fn debug_state(&self) -> String {
+        String::new()
+    }
+    /// A queue holding requests the device has not taken, as (queue index, next_avail).
+    fn unserved(&self) -> Option<(u16, u16)> {
+        None
+    }
     /// Maximum size of each queue; the slice length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
     /// Feature bits the device offers.
