@@ -10,6 +10,7 @@ use vmm_sys_util::eventfd::EventFd;
 static SAVED_TERMIOS: Mutex<Option<libc::termios>> = Mutex::new(None);
 static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+static DUMP_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 
 pub fn stdin_is_tty() -> bool {
     // SAFETY: isatty only inspects the descriptor.
@@ -49,9 +50,9 @@ pub fn restore() {
     }
 }
 
-extern "C" fn on_signal(signo: libc::c_int) {
-    LAST_SIGNAL.store(signo, Ordering::Relaxed);
-    let fd = SIGNAL_EVENT_FD.load(Ordering::Relaxed);
+/// Wakes the event loop through the eventfd whose descriptor `fd` holds, if any.
+fn wake(fd: &AtomicI32) {
+    let fd = fd.load(Ordering::Relaxed);
     if fd >= 0 {
         let one: u64 = 1;
         // SAFETY: write(2) is async-signal-safe; fd is an eventfd that lives until exit.
@@ -59,16 +60,29 @@ extern "C" fn on_signal(signo: libc::c_int) {
     }
 }
 
-/// Routes SIGINT, SIGTERM and SIGHUP to the returned eventfd.
-pub fn install_signal_handlers() -> std::io::Result<EventFd> {
+extern "C" fn on_signal(signo: libc::c_int) {
+    LAST_SIGNAL.store(signo, Ordering::Relaxed);
+    wake(&SIGNAL_EVENT_FD);
+}
+
+extern "C" fn on_dump_signal(_signo: libc::c_int) {
+    wake(&DUMP_EVENT_FD);
+}
+
+/// Installs `handler` for `signals` and returns the eventfd it wakes (stored in `fd`).
+fn route_signals(
+    signals: &[libc::c_int],
+    handler: extern "C" fn(libc::c_int),
+    fd: &AtomicI32,
+) -> std::io::Result<EventFd> {
     let event = EventFd::new(libc::EFD_NONBLOCK)?;
-    let fd: RawFd = std::os::fd::AsRawFd::as_raw_fd(&event);
-    SIGNAL_EVENT_FD.store(fd, Ordering::Relaxed);
-    for signo in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: sigaction is plain data; the handler only touches atomics and calls write(2).
+    let raw: RawFd = std::os::fd::AsRawFd::as_raw_fd(&event);
+    fd.store(raw, Ordering::Relaxed);
+    for &signo in signals {
+        // SAFETY: sigaction is plain data; the handlers only touch atomics and call write(2).
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as *const () as usize;
+            action.sa_sigaction = handler as *const () as usize;
             action.sa_flags = libc::SA_RESTART;
             libc::sigemptyset(&mut action.sa_mask);
             if libc::sigaction(signo, &action, std::ptr::null_mut()) != 0 {
@@ -79,33 +93,19 @@ pub fn install_signal_handlers() -> std::io::Result<EventFd> {
     Ok(event)
 }
 
-static DUMP_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_dump_signal(_signo: libc::c_int) {
-    let fd = DUMP_EVENT_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let one: u64 = 1;
-        // SAFETY: write(2) is async-signal-safe; fd is an eventfd that lives until exit.
-        unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-    }
+/// Routes SIGINT, SIGTERM and SIGHUP to the returned eventfd.
+pub fn install_signal_handlers() -> std::io::Result<EventFd> {
+    route_signals(
+        &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP],
+        on_signal,
+        &SIGNAL_EVENT_FD,
+    )
 }
 
 /// Routes SIGUSR1 (a request to print the device state, for a guest that seems hung) to the
 /// returned eventfd.
 pub fn install_dump_handler() -> std::io::Result<EventFd> {
-    let event = EventFd::new(libc::EFD_NONBLOCK)?;
-    DUMP_EVENT_FD.store(std::os::fd::AsRawFd::as_raw_fd(&event), Ordering::Relaxed);
-    // SAFETY: as in install_signal_handlers; the handler only calls write(2).
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = on_dump_signal as *const () as usize;
-        action.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut action.sa_mask);
-        if libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(event)
+    route_signals(&[libc::SIGUSR1], on_dump_signal, &DUMP_EVENT_FD)
 }
 
 /// The last signal received, if any.

@@ -754,6 +754,14 @@ mod tests {
     const RUNNING: u32 =
         status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK;
 
+    /// The whole Linux probe sequence up to DRIVER_OK.
+    fn start(t: &mut MmioTransport) {
+        negotiate(t, VIRTIO_F_VERSION_1);
+        setup_queue(t, 0x1000, 0x2000, 0x3000);
+        write32(t, regs::VIRTIO_MMIO_STATUS, RUNNING);
+        assert_eq!(read32(t, regs::VIRTIO_MMIO_STATUS), RUNNING);
+    }
+
     #[test]
     fn linux_probe_sequence_activates_the_device() {
         let Harness {
@@ -808,9 +816,7 @@ mod tests {
             irqs,
         } = harness();
         let t = &mut transport;
-        negotiate(t, VIRTIO_F_VERSION_1);
-        setup_queue(t, 0x1000, 0x2000, 0x3000);
-        write32(t, regs::VIRTIO_MMIO_STATUS, RUNNING);
+        start(t);
         let none = Recovered::default();
         let raised = Recovered {
             interrupt: true,
@@ -895,9 +901,7 @@ mod tests {
     fn writing_zero_to_status_resets_device_and_transport() {
         let mut h = harness();
         let t = &mut h.transport;
-        negotiate(t, VIRTIO_F_VERSION_1);
-        setup_queue(t, 0x1000, 0x2000, 0x3000);
-        write32(t, regs::VIRTIO_MMIO_STATUS, RUNNING);
+        start(t);
         t.interrupt.signal_used_queue(0).unwrap();
         assert_eq!(read32(t, regs::VIRTIO_MMIO_INTERRUPT_STATUS), 1);
         write32(t, regs::VIRTIO_MMIO_INTERRUPT_ACK, 1);
@@ -919,9 +923,7 @@ mod tests {
         assert!(h.observed.lock().unwrap().processed.is_empty());
 
         // The device can be brought up again after a reset.
-        negotiate(t, VIRTIO_F_VERSION_1);
-        setup_queue(t, 0x1000, 0x2000, 0x3000);
-        write32(t, regs::VIRTIO_MMIO_STATUS, RUNNING);
+        start(t);
         assert_eq!(h.observed.lock().unwrap().activations, 2);
     }
 
@@ -960,9 +962,7 @@ mod tests {
     fn a_broken_queue_sets_needs_reset_with_a_config_interrupt() {
         let mut h = harness();
         let t = &mut h.transport;
-        negotiate(t, VIRTIO_F_VERSION_1);
-        setup_queue(t, 0x1000, 0x2000, 0x3000);
-        write32(t, regs::VIRTIO_MMIO_STATUS, RUNNING);
+        start(t);
         h.observed.lock().unwrap().fail_processing = true;
         write32(t, regs::VIRTIO_MMIO_QUEUE_NOTIFY, 0);
         assert_ne!(
