@@ -430,6 +430,9 @@ fn parse_args() -> Result<Settings, String> {
     Ok(settings)
 }
 
+/// One step of the suite: a description and what measures it.
+type Step<'a> = Box<dyn Fn() -> Result<Vec<Case>, String> + 'a>;
+
 fn run(settings: &Settings) -> Result<(), String> {
     std::fs::create_dir_all(&settings.dir)
         .map_err(|e| format!("cannot create {}: {e}", settings.dir.display()))?;
@@ -439,7 +442,7 @@ fn run(settings: &Settings) -> Result<(), String> {
         (256 * MIB, 64 * MIB)
     };
     let mut cases = Vec::new();
-    let steps: [(&str, Box<dyn Fn() -> Result<Vec<Case>, String>>); 5] = [
+    let steps: [(&str, Step); 5] = [
         (
             "sequential writes, 128 KiB",
             Box::new(|| write_cases(settings, 128 * KIB, big_total)),
