@@ -54,7 +54,9 @@ def vmm_command(guest_command, disks=()):
 
 def qemu_command(guest_command, disk=None):
     command = [
-        "qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host",
+        # acpi=off: the guest kernel has no ACPI, and without it QEMU puts the virtio-mmio
+        # devices on the kernel command line, as our VMM does.
+        "qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host",
         "-smp", str(CPUS), "-m", str(MEMORY_MIB), "-nodefaults", "-no-user-config",
         "-display", "none", "-no-reboot", "-serial", "stdio",
         "-device", "isa-debug-exit,iobase=0xf4,iosize=0x01",

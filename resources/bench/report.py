@@ -108,7 +108,7 @@ def startup_section(report, data):
     private = [r["overhead_private_kib"] / 1024 for r in runs]
     guest = [r["guest_rss_kib"] / 1024 for r in runs]
     report.add(
-        f"{len(runs)} runs of `vmm --memory {data['guest_mib']}M --boot-time` with the guest kernel "
+        f"{len(runs)} runs of `vmm --memory {data['guest_mib']}M --boot-time` with the "
         "and initramfs; memory read from /proc/PID/smaps while the vCPU runs; the guest RAM mapping "
         "is the one mapping of the guest's size.", "",
         "| figure | median [min, max] | target |", "| --- | --- | --- |",
@@ -150,8 +150,8 @@ def boot_section(report, data):
     ratio = [a / b for a, b in zip(vmm, qemu)]
     ratio_exit = [a / b for a, b in zip(vmm_exit, qemu_exit)]
     report.add(
-        f"{len(vmm)} interleaved pairs in one lab boot ({data['qemu']}; guest kernel "
-        f"{data.get('kernel', '?')} outer). Same bzImage, initramfs, {data['memory_mib']} MiB, "
+        f"{len(vmm)} interleaved pairs in one lab boot ({data['qemu']} `-M microvm,acpi=off`; "
+        f"outer VM kernel {data.get('kernel', '?')}). Same bzImage, initramfs, {data['memory_mib']} MiB, "
         f"{data['cpus']} vCPU, command line `{data['cmdline']} vmm.run64=<true>`. Time from just "
         "before the VMM is started to the console line `vmm-init: userspace reached`, which the "
         "guest's /init prints under both; and to the VMM's exit after `true` ran. Absolute lab "
@@ -245,7 +245,7 @@ def io_section(report, data):
     report.add(
         f"{len(vmm)} interleaved pairs in one lab boot ({data['qemu']}). fio (io_uring, O_DIRECT) in "
         "the guest on /dev/vda, backed by the same file (in the outer VM's tmpfs) under both VMMs; "
-        "QEMU's disk is virtio-blk on virtio-mmio (`-device virtio-blk-device`, cache=writeback). "
+        "QEMU (`-M microvm,acpi=off`) has virtio-blk on virtio-mmio (`-device virtio-blk-device`, cache=writeback). "
         "Our VMM also has a zoned disk (64 MiB zones) written with `--zonemode=zbd` and "
         "mq-deadline, in the same boot as the plain-disk jobs.", "",
         "| figure | vmm | QEMU | ratio | target |", "| --- | --- | --- | --- | --- |",
