@@ -108,7 +108,7 @@ def startup_section(report, data):
     private = [r["overhead_private_kib"] / 1024 for r in runs]
     guest = [r["guest_rss_kib"] / 1024 for r in runs]
     report.add(
-        f"{len(runs)} runs of `vmm --memory {data['guest_mib']}M --boot-time` with the "
+        f"{len(runs)} runs of `vmm --memory {data['guest_mib']}M --boot-time` with the guest kernel "
         "and initramfs; memory read from /proc/PID/smaps while the vCPU runs; the guest RAM mapping "
         "is the one mapping of the guest's size.", "",
         "| figure | median [min, max] | target |", "| --- | --- | --- |",
