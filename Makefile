@@ -8,7 +8,7 @@ CARGO ?= cargo
 run: guest build
 	@resources/run-demo.sh
 
-.PHONY: run build test unit-test lab-test deps guest guest-kernel guest-initramfs
+.PHONY: run build test unit-test lab-test deps guest guest-kernel guest-initramfs bench bench-smoke
 
 deps:
 	@resources/install-deps.sh build
@@ -35,3 +35,12 @@ guest-kernel:
 
 guest-initramfs:
 	@resources/guest/build-initramfs.sh
+
+# Benchmarks (README "Benchmarks"): startup and footprint, the device model against raw file I/O,
+# and, in the lab, boot and guest I/O against QEMU microvm. Writes build/bench/report.md.
+# bench-smoke is a quick pass (few repetitions, small sizes); neither is part of `make test`.
+bench: guest build
+	@resources/bench/run
+
+bench-smoke: guest build
+	@resources/bench/run --quick

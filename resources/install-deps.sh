@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs, with apt-get, the Debian packages a part of the project needs. Idempotent and quiet when
 # everything is already there. Usage: install-deps.sh GROUP...
-# (groups: build, guest-kernel, guest-initramfs, lab)
+# (groups: build, guest-kernel, guest-initramfs, lab, bench)
 set -euo pipefail
 declare -A groups=(
   [build]="build-essential pkg-config"
@@ -11,6 +11,8 @@ declare -A groups=(
   [guest-initramfs]="busybox-static bash util-linux coreutils fio zbd-utils btrfs-progs cpio gzip gcc libc6-dev"
   # resources/lab/run-in-lab: the outer VM (QEMU TCG) and its initramfs tools.
   [lab]="qemu-system-x86 busybox-static cpio gzip xz-utils"
+  # resources/bench: the report's plots (PNG), and QEMU as the peer VMM in the lab.
+  [bench]="python3 python3-matplotlib qemu-system-x86"
 )
 want=()
 for g in "$@"; do

@@ -39,5 +39,7 @@
 
 pub mod block;
 pub mod file_lock;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 pub mod virtio;
 pub mod zoned;

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Runs inside the lab (resources/lab/run-in-lab): our vmm against QEMU's microvm, same kernel,
+initramfs, command line, memory and vCPUs, in interleaved repetitions within this one lab boot.
+
+  lab.py boot --reps N --out FILE.json
+      Boots the guest with the command `true`, alternating which VMM goes first, after one
+      unmeasured boot of each (to warm the outer VM's page cache). Per boot: the
+      time from just before the VMM is started to the console line the guest's /init prints on
+      reaching userspace ("vmm-init: userspace reached", the same line under both VMMs), and to
+      the VMM's exit.
+  lab.py io --reps N --runtime S --write-mib M --out FILE.json
+      fio in the guest on a virtio-blk disk backed by the same file under both VMMs (QEMU:
+      virtio-blk on virtio-mmio, its -M microvm transport): 4 KiB random reads QD32 for S
+      seconds, 128 KiB sequential writes QD16 of M MiB. Our VMM also gets a zoned disk, written
+      the same way with fio --zonemode=zbd.
+
+Absolute times in the lab mean nothing (the outer VM is TCG); the ratios are the result.
+"""
+import argparse
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KERNEL = os.path.join(REPO, "build/guest/bzImage")
+INITRD = os.path.join(REPO, "build/guest/initramfs.cpio.gz")
+VMM = os.path.join(REPO, "target/release/vmm")
+MEMORY_MIB = 256
+CPUS = 1
+# The command line of resources/lab/qemu-guest: the timer parameters keep the nested guest from
+# calibrating its TSC against the PIT (docs/guest-interface.md).
+CMDLINE = "console=ttyS0 quiet reboot=t panic=-1 lpj=1000000 tsc=reliable no_timer_check"
+MARKER = b"vmm-init: userspace reached"
+DISK = "/tmp/bench-disk.img"
+ZONED = "/tmp/bench-zoned.img"
+DISK_MIB = 256
+
+
+def cmdline_for(guest_command):
+    encoded = base64.b64encode(guest_command.encode()).decode()
+    return f"{CMDLINE} vmm.run64={encoded}"
+
+
+def vmm_command(guest_command, disks=()):
+    command = [VMM, "--kernel", KERNEL, "--initrd", INITRD, "--memory", f"{MEMORY_MIB}M",
+               "--cpus", str(CPUS), "--cmdline", cmdline_for(guest_command)]
+    for kind, spec in disks:
+        command += [f"--{kind}", spec]
+    return command
+
+
+def qemu_command(guest_command, disk=None):
+    command = [
+        # acpi=off: the guest kernel has no ACPI, and without it QEMU puts the virtio-mmio
+        # devices on the kernel command line, as our VMM does.
+        "qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host",
+        "-smp", str(CPUS), "-m", str(MEMORY_MIB), "-nodefaults", "-no-user-config",
+        "-display", "none", "-no-reboot", "-serial", "stdio",
+        "-device", "isa-debug-exit,iobase=0xf4,iosize=0x01",
+        "-kernel", KERNEL, "-initrd", INITRD, "-append", cmdline_for(guest_command),
+    ]
+    if disk:
+        # Page-cache I/O like ours (cache=writeback, QEMU's default), on virtio-mmio.
+        command += ["-drive", f"file={disk},if=none,id=disk0,format=raw,cache=writeback",
+                    "-device", "virtio-blk-device,drive=disk0"]
+    return command
+
+
+def guest_succeeded(vmm, status):
+    # QEMU's isa-debug-exit exits with (status << 1) | 1.
+    return status == 0 if vmm == "vmm" else status == 1
+
+
+def boot(vmm, command):
+    """Runs one VM; returns (seconds to the marker, seconds to exit, console output)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    output = b""
+    marker_at = None
+    while True:
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        output += chunk
+        if marker_at is None and MARKER in output:
+            marker_at = time.perf_counter() - start
+    status = proc.wait()
+    exit_at = time.perf_counter() - start
+    text = output.decode(errors="replace")
+    if marker_at is None or not guest_succeeded(vmm, status):
+        sys.exit(f"lab.py: {vmm} failed (status {status}, marker {'seen' if marker_at else 'never seen'}):\n{text[-3000:]}")
+    return marker_at, exit_at, text
+
+
+def run_boot(args):
+    # One unmeasured boot each first: the kernel and initramfs come over virtiofs into the outer
+    # VM's page cache, and the first reader would pay for that alone.
+    for vmm in ("vmm", "qemu"):
+        boot(vmm, vmm_command("true") if vmm == "vmm" else qemu_command("true"))
+    runs = {"vmm": [], "qemu": []}
+    for rep in range(args.reps):
+        order = ["vmm", "qemu"] if rep % 2 == 0 else ["qemu", "vmm"]
+        for vmm in order:
+            command = vmm_command("true") if vmm == "vmm" else qemu_command("true")
+            marker, exit_at, _ = boot(vmm, command)
+            runs[vmm].append({"userspace_ms": marker * 1e3, "exit_ms": exit_at * 1e3})
+        print(f"  boot {rep + 1}/{args.reps}: vmm {runs['vmm'][-1]['userspace_ms']:.0f} ms, "
+              f"qemu {runs['qemu'][-1]['userspace_ms']:.0f} ms to userspace", file=sys.stderr)
+    return runs
+
+
+FIO_GUEST = r"""
+run() {
+    name=$1; dev=$2; shift 2
+    if fio --name=$name --filename=/dev/$dev --direct=1 --ioengine=io_uring --output-format=terse --terse-version=3 "$@" > /tmp/fio.out 2>&1; then
+        busybox awk -F';' -v n=$name '$5 == 0 {print "BENCH-FIO", n, $7, $8, $48, $49}' /tmp/fio.out
+    else
+        echo "BENCH-FAIL $name"; cat /tmp/fio.out; exit 1
+    fi
+}
+run randread vda --rw=randread --bs=4k --iodepth=32 --size=%(disk)dM --time_based --runtime=%(runtime)d
+run seqwrite vda --rw=write --bs=128k --iodepth=16 --size=%(write)dM
+if [ -b /dev/vdb ]; then
+    echo mq-deadline > /sys/block/vdb/queue/scheduler
+    blkzone reset /dev/vdb
+    run zoned-seqwrite vdb --rw=write --bs=128k --iodepth=16 --size=%(write)dM --zonemode=zbd
+fi
+"""
+
+
+def parse_fio(text):
+    """{job: {"read_kib_s", "read_iops", "write_kib_s", "write_iops"}} from BENCH-FIO lines."""
+    jobs = {}
+    for line in text.replace("\r", "").splitlines():
+        fields = line.split()
+        if len(fields) == 6 and fields[0] == "BENCH-FIO":
+            values = [float(v) for v in fields[2:]]
+            jobs[fields[1]] = dict(zip(("read_kib_s", "read_iops", "write_kib_s", "write_iops"), values))
+    return jobs
+
+
+def run_io(args):
+    with open(DISK, "wb") as disk:
+        chunk = bytes(range(256)) * 4096
+        for _ in range(DISK_MIB):
+            disk.write(chunk)
+    guest = FIO_GUEST % {"disk": DISK_MIB, "runtime": args.runtime, "write": args.write_mib}
+    runs = {"vmm": [], "qemu": []}
+    for rep in range(args.reps):
+        order = ["vmm", "qemu"] if rep % 2 == 0 else ["qemu", "vmm"]
+        for vmm in order:
+            if vmm == "vmm":
+                if os.path.exists(ZONED):
+                    os.unlink(ZONED)
+                command = vmm_command(guest, [("disk", DISK),
+                                              ("zoned-disk", f"{ZONED},size={DISK_MIB}M,zone-size=64M")])
+            else:
+                command = qemu_command(guest, DISK)
+            _, _, text = boot(vmm, command)
+            jobs = parse_fio(text)
+            expected = {"randread", "seqwrite"} | ({"zoned-seqwrite"} if vmm == "vmm" else set())
+            if set(jobs) != expected:
+                sys.exit(f"lab.py: {vmm}: fio reported {sorted(jobs)}, expected {sorted(expected)}:\n{text[-3000:]}")
+            runs[vmm].append(jobs)
+            summary = ", ".join(f"{job} {v['read_kib_s'] + v['write_kib_s']:.0f} KiB/s" for job, v in jobs.items())
+            print(f"  io {rep + 1}/{args.reps} {vmm}: {summary}", file=sys.stderr)
+    os.unlink(DISK)
+    return runs
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("part", choices=("boot", "io"))
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--runtime", type=int, default=5)
+    parser.add_argument("--write-mib", type=int, default=128)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    for path in (KERNEL, INITRD, VMM):
+        if not os.path.exists(path):
+            sys.exit(f"lab.py: {path} is missing (make guest build)")
+    runs = run_boot(args) if args.part == "boot" else run_io(args)
+    qemu_version = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                                  text=True).stdout.splitlines()[0]
+    with open(args.out, "w") as out:
+        json.dump({"cmdline": CMDLINE, "memory_mib": MEMORY_MIB, "cpus": CPUS,
+                   "qemu": qemu_version, "kernel": os.uname().release, "runs": runs}, out, indent=1)
+
+
+if __name__ == "__main__":
+    main()

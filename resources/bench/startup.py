@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""VMM startup and footprint, on this host's own KVM (no lab): for each repetition, start vmm
+with the project's guest kernel and initramfs, wait until its vCPU thread runs, read
+/proc/PID/smaps, stop it with SIGTERM and take its --boot-time line.
+
+Figures per run:
+  main_to_kvm_run_ms  vmm's own --boot-time "first KVM_RUN" (from the start of main)
+  exec_to_main_ms     wall time of `vmm --version` (exec, dynamic loading, argument parsing,
+                      exit): an upper bound of what happens before main
+  overhead_*_kib      resident memory outside the guest RAM mapping (Rss, Pss, private)
+  guest_rss_kib       guest RAM pages touched so far (kernel, initrd, boot tables)
+
+  startup.py --vmm BIN --kernel K --initrd I --reps N --out FILE.json
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+GUEST_MIB = 256
+
+
+def smaps_split(pid, guest_kib):
+    """Sums smaps fields over the guest RAM mapping and over everything else."""
+    guest = {"Rss": 0, "Pss": 0}
+    other = {"Rss": 0, "Pss": 0, "Private": 0, "Anonymous": 0}
+    current = None
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                current = None
+                continue
+            key = fields[0].rstrip(":")
+            if key == "Size":
+                current = guest if int(fields[1]) == guest_kib else other
+            elif current is not None and key in ("Rss", "Pss"):
+                current[key] += int(fields[1])
+            elif current is other and key in ("Private_Clean", "Private_Dirty"):
+                other["Private"] += int(fields[1])
+            elif current is other and key == "Anonymous":
+                other["Anonymous"] += int(fields[1])
+    return guest, other
+
+
+def vcpu_running(pid):
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/comm") as comm:
+                if comm.read().strip() == "vcpu0":
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def one_run(args):
+    command = [
+        args.vmm, "--kernel", args.kernel, "--initrd", args.initrd,
+        "--memory", f"{GUEST_MIB}M", "--boot-time", "--", "sleep 30",
+    ]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not vcpu_running(proc.pid):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            _, err = proc.communicate()
+            sys.exit(f"startup: vmm never started its vCPU: {err.strip()}")
+        time.sleep(0.001)
+    # Let setup finish on the main thread (it starts the vCPU threads last) before sampling.
+    time.sleep(0.2)
+    guest, other = smaps_split(proc.pid, GUEST_MIB * 1024)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)
+    match = re.search(r"first KVM_RUN ([0-9.]+) ms", err)
+    if not match:
+        sys.exit(f"startup: no boot-time line from vmm: {err.strip()}")
+    return {
+        "main_to_kvm_run_ms": float(match.group(1)),
+        "overhead_rss_kib": other["Rss"],
+        "overhead_pss_kib": other["Pss"],
+        "overhead_private_kib": other["Private"],
+        "overhead_anon_kib": other["Anonymous"],
+        "guest_rss_kib": guest["Rss"],
+    }
+
+
+def exec_to_exit_ms(vmm):
+    # posix_spawn (vfork) rather than subprocess, whose fork of the Python process would count.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    start = time.perf_counter()
+    pid = os.posix_spawn(vmm, [vmm, "--version"], os.environ,
+                         file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1)])
+    _, status = os.waitpid(pid, 0)
+    elapsed = (time.perf_counter() - start) * 1e3
+    os.close(devnull)
+    if status != 0:
+        sys.exit(f"startup: {vmm} --version failed ({status})")
+    return elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    for name in ("--vmm", "--kernel", "--initrd", "--out"):
+        parser.add_argument(name, required=True)
+    parser.add_argument("--reps", type=int, default=20)
+    args = parser.parse_args()
+    runs = []
+    for rep in range(args.reps):
+        run = one_run(args)
+        run["exec_to_main_ms"] = exec_to_exit_ms(args.vmm)
+        runs.append(run)
+        print(f"  startup {rep + 1}/{args.reps}: first KVM_RUN {run['main_to_kvm_run_ms']:.2f} ms"
+              f" after main, overhead Pss {run['overhead_pss_kib'] / 1024:.2f} MiB",
+              file=sys.stderr)
+    with open(args.out, "w") as out:
+        json.dump({"guest_mib": GUEST_MIB, "runs": runs}, out, indent=1)
+
+
+if __name__ == "__main__":
+    main()
