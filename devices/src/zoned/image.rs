@@ -392,8 +392,21 @@ impl ZoneStorage for ImageFile {
             .collect();
         self.persist(&resets)?;
         if self.punch_holes {
-            for &(zone, _, _) in &resets {
-                self.punch_hole(self.geometry.zone_start(zone), self.geometry.zone_len(zone));
+            // Only what was written. After a reset-all no sequential zone holds data, so one
+            // call covers the first written zone to the end of the last: thousands of zones
+            // cost one fallocate, not one each.
+            let written: Vec<(u64, u64)> = plan
+                .updates
+                .iter()
+                .filter(|u| u.old_wp > u.start)
+                .map(|u| (u.start, u.old_wp))
+                .collect();
+            let ranges = match (plan.kind, written.first(), written.last()) {
+                (ZoneOpKind::ResetAll, Some(&(from, _)), Some(&(_, to))) => vec![(from, to)],
+                _ => written,
+            };
+            for (from, to) in ranges {
+                self.punch_hole(from, to - from);
             }
         }
         Ok(())

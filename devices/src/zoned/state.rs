@@ -177,6 +177,8 @@ pub struct ZoneUpdate {
     pub old_cond: ZoneCondition,
     /// Condition after.
     pub cond: ZoneCondition,
+    /// Internal write pointer (end of valid data) before.
+    pub old_wp: u64,
     /// Internal write pointer (end of valid data) after.
     pub wp: u64,
 }
@@ -761,6 +763,7 @@ impl ZoneSet {
             start: self.geometry.zone_start(index),
             old_cond: self.entries[index].cond,
             cond,
+            old_wp: self.entries[index].wp,
             wp,
         }
     }

@@ -621,3 +621,40 @@ fn only_flush_and_reset_sync() {
         "data, then zone table"
     );
 }
+
+#[test]
+fn resets_punch_only_written_data_and_reset_all_punches_once() {
+    let dir = Scratch::new("punch");
+    let path = dir.path("disk.img");
+    let geometry = ZonedGeometry::new(ZonedGeometry {
+        zone_capacity: 256,
+        max_open: 0,
+        max_active: 0,
+        ..geometry()
+    })
+    .unwrap();
+    let mut d = ZonedImage::create(&path, geometry).unwrap();
+    d.write(256, &pattern(256, 256, 0)).unwrap(); // zone 1 full
+    d.write(512, &pattern(512, 4, 0)).unwrap(); // zone 2, right after it
+    d.write(1024, &pattern(1024, 8, 0)).unwrap(); // zone 4
+    let punches = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = punches.clone();
+    d.storage_mut().io_hook = Some(Box::new(move |event: IoEvent<'_>| {
+        if let IoEvent::Punch { offset, len } = event {
+            seen.lock().unwrap().push((offset, len));
+        }
+    }));
+    d.zone_op(ZoneOp::Reset, 512).unwrap();
+    d.zone_op(ZoneOp::Reset, 768).unwrap(); // empty: nothing to punch
+    d.reset_all().unwrap();
+    let punches = punches.lock().unwrap().clone();
+    assert_eq!(punches.len(), 2, "{punches:?}");
+    let (zone2, all) = (punches[0], punches[1]);
+    assert_eq!(zone2.1, 4 * 512, "the written part of zone 2");
+    assert_eq!(all.0 + 256 * 512, zone2.0, "reset-all: from zone 1");
+    assert_eq!(
+        all.1,
+        (1032 - 256) * 512,
+        "to the end of zone 4's data, in one call"
+    );
+}
