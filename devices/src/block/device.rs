@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use log::{debug, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -317,7 +318,9 @@ impl Block {
             | feature::SIZE_MAX
             | feature::SEG_MAX
             | feature::BLK_SIZE
-            | feature::FLUSH;
+            | feature::FLUSH
+            // Fewer notifications and interrupts: each is a VM exit.
+            | 1 << VIRTIO_RING_F_EVENT_IDX;
         if backend.read_only() {
             avail_features |= feature::RO;
         }
@@ -496,31 +499,49 @@ impl VirtioDevice for Block {
         let Some(active) = self.active.as_mut() else {
             return Err(QueueError::NotActivated);
         };
-        // Everything available now is served as one batch (a handler may run parts of it in
-        // parallel); at most the queue size, since each chain holds a distinct head.
-        let mut chains = Vec::new();
-        while let Some(chain) = next_chain(&mut active.queue, &active.memory)? {
-            chains.push(chain);
-        }
-        let completed = !chains.is_empty();
-        for (head, used_len) in self.server.serve_batch(&active.memory, chains) {
+        let queue_error = QueueError::Queue;
+        loop {
+            // The guest need not notify while the queue is being drained (with EVENT_IDX this
+            // is implicit: it notifies only past the avail_event written below).
             active
                 .queue
-                .add_used(&active.memory, head, used_len)
-                .map_err(QueueError::Queue)?;
-        }
-        if completed
-            && active
+                .disable_notification(&active.memory)
+                .map_err(queue_error)?;
+            // Everything available now is served as one batch (a handler may run parts of it
+            // in parallel); at most the queue size, since each chain holds a distinct head.
+            let mut chains = Vec::new();
+            while let Some(chain) = next_chain(&mut active.queue, &active.memory)? {
+                chains.push(chain);
+            }
+            if !chains.is_empty() {
+                for (head, used_len) in self.server.serve_batch(&active.memory, chains) {
+                    active
+                        .queue
+                        .add_used(&active.memory, head, used_len)
+                        .map_err(queue_error)?;
+                }
+                // With EVENT_IDX, only when the used index passed the driver's used_event.
+                if active
+                    .queue
+                    .needs_notification(&active.memory)
+                    .map_err(queue_error)?
+                {
+                    active
+                        .interrupt
+                        .signal_used_queue(queue_index)
+                        .map_err(QueueError::Interrupt)?;
+                }
+            }
+            // Notifications back on (avail_event = next_avail with EVENT_IDX); requests that
+            // arrived meanwhile may have gone unnotified, so look again.
+            if !active
                 .queue
-                .needs_notification(&active.memory)
-                .map_err(QueueError::Queue)?
-        {
-            active
-                .interrupt
-                .signal_used_queue(queue_index)
-                .map_err(QueueError::Interrupt)?;
+                .enable_notification(&active.memory)
+                .map_err(queue_error)?
+            {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
     fn shutdown(&mut self) -> std::io::Result<()> {
@@ -602,15 +623,30 @@ mod tests {
             )
         }
 
-        fn with_block(memory: &'a GuestMemoryMmap, file: TempFile, mut block: Block) -> Self {
+        fn with_block(memory: &'a GuestMemoryMmap, file: TempFile, block: Block) -> Self {
+            Self::activated(memory, file, block, false)
+        }
+
+        /// A plain disk whose driver negotiated VIRTIO_RING_F_EVENT_IDX.
+        fn with_event_idx(memory: &'a GuestMemoryMmap) -> Self {
+            let file = temp_disk(DISK_SECTORS * SECTOR_SIZE);
+            let backend = RawFile::open(file.as_path(), false).unwrap();
+            let block = Block::new(Box::new(backend), "event-idx");
+            Self::activated(memory, file, block, true)
+        }
+
+        fn activated(
+            memory: &'a GuestMemoryMmap,
+            file: TempFile,
+            mut block: Block,
+            event_idx: bool,
+        ) -> Self {
             let queue = MockSplitQueue::new(memory, TEST_QUEUE_SIZE);
             let interrupt = Arc::new(CountingInterrupt::default());
+            let mut device_queue = queue.create_queue::<Queue>().unwrap();
+            device_queue.set_event_idx(event_idx);
             block
-                .activate(
-                    memory.clone(),
-                    vec![queue.create_queue::<Queue>().unwrap()],
-                    interrupt.clone(),
-                )
+                .activate(memory.clone(), vec![device_queue], interrupt.clone())
                 .unwrap();
             TestDisk {
                 memory,
@@ -931,6 +967,37 @@ mod tests {
             disk.simple(request_type::FLUSH, 0, None),
             (request_status::OK, 1)
         );
+    }
+
+    /// With EVENT_IDX the device tells the driver where to notify next (avail_event) and
+    /// interrupts only once the used index passes the driver's used_event.
+    #[test]
+    fn event_idx_moves_avail_event_and_suppresses_interrupts() {
+        let memory = memory();
+        let mut disk = TestDisk::with_event_idx(&memory);
+        assert_ne!(
+            disk.block.avail_features() & (1 << VIRTIO_RING_F_EVENT_IDX),
+            0
+        );
+        let size = u64::from(TEST_QUEUE_SIZE);
+        let used_event = GuestAddress(disk.queue.avail_addr().0 + 4 + 2 * size);
+        let avail_event = GuestAddress(disk.queue.used_addr().0 + 4 + 8 * size);
+        let flush = [(HEADER, HEADER_SIZE as u32, false), (STATUS, 1, true)];
+        // The driver wants an interrupt only after used entry 3 (used_event = 2).
+        memory.write_obj(2u16, used_event).unwrap();
+        disk.header(request_type::FLUSH, 0);
+        for expected_avail_event in 1..=2u16 {
+            disk.submit(&flush);
+            assert_eq!(
+                memory.read_obj::<u16>(avail_event).unwrap(),
+                expected_avail_event
+            );
+            assert_eq!(disk.interrupt.used.load(Ordering::SeqCst), 0);
+        }
+        disk.submit(&flush);
+        assert_eq!(disk.used_count(), 3);
+        assert_eq!(memory.read_obj::<u16>(avail_event).unwrap(), 3);
+        assert_eq!(disk.interrupt.used.load(Ordering::SeqCst), 1);
     }
 
     #[test]
