@@ -72,6 +72,11 @@ impl DataPath {
         self
     }
 
+    /// Whether I/O bypasses the page cache (and so takes device time, worth parallelizing).
+    pub fn is_direct(&self) -> bool {
+        self.direct_block.is_some()
+    }
+
     /// The shared file (for ioctls and syncs).
     pub fn file(&self) -> &File {
         &self.file

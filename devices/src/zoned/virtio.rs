@@ -331,6 +331,10 @@ fn serve_data(
 /// At most this many threads serve one batch, each taking whole zones.
 const MAX_LANES: usize = 4;
 
+/// Below this much data a batch on buffered storage runs on one thread: a page-cache copy of
+/// a few KiB takes less than starting a thread for it.
+const PARALLEL_MIN_BYTES: u64 = 512 << 10;
+
 impl<S: ZoneStorage + Send> ZonedHandler<S> {
     fn report(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
         let len = request.writable_len();
@@ -445,7 +449,14 @@ impl<S: ZoneStorage + Send> ZonedHandler<S> {
             lanes[zone % MAX_LANES].push(index);
         }
         lanes.retain(|lane| !lane.is_empty());
-        if lanes.len() < 2 {
+        let bytes: u64 = run
+            .iter()
+            .map(|&(index, _)| {
+                let request = &requests[index];
+                request.readable_len().max(request.writable_len())
+            })
+            .sum();
+        if lanes.len() < 2 || (!data.is_direct() && bytes < PARALLEL_MIN_BYTES) {
             for &(index, _) in run {
                 out[index] = Some(serve_data(&mut self.disk, memory, &requests[index]));
             }
@@ -1043,9 +1054,11 @@ mod tests {
         ));
         let mut backend = handler.capacity_backend();
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        // Enough data to be worth two threads on buffered storage.
+        let half = (PARALLEL_MIN_BYTES / 2) as u32;
         let batch = [
-            request(request_type::OUT, ZONE, &[(0x1000, 4096)], &[]),
-            request(request_type::OUT, 2 * ZONE, &[(0x2000, 4096)], &[]),
+            request(request_type::OUT, ZONE, &[(0x1000, half)], &[]),
+            request(request_type::OUT, 2 * ZONE, &[(0x1000, half)], &[]),
         ];
         let done = handler.handle_batch(&batch, &memory, &mut backend);
         assert_eq!(done, vec![Some(Completion::ok(0)); 2]);
@@ -1054,7 +1067,7 @@ mod tests {
             "the write to zone 1 finished before the write to zone 2 started"
         );
         let zones: Vec<Zone> = handler.disk().report(0, 4).unwrap().collect();
-        assert_eq!(zones[1].wp, ZONE + 8);
-        assert_eq!(zones[2].wp, 2 * ZONE + 8);
+        assert_eq!(zones[1].wp, ZONE + u64::from(half) / 512);
+        assert_eq!(zones[2].wp, 2 * ZONE + u64::from(half) / 512);
     }
 }
