@@ -1,5 +1,5 @@
-//! Moving request data between guest memory and a backend. Data goes through a bounded bounce
-//! buffer, so a request of any size costs at most `BOUNCE_BYTES` of host memory, and every guest
+//! Moving request data between guest memory and a backend, in chunks of at most `CHUNK_BYTES`
+//! (a backend without a direct path bounces each chunk through a buffer that size). Every guest
 //! access is a checked `vm-memory` access: a bad segment is an error, never a panic.
 
 use std::io;
@@ -8,9 +8,10 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
 use super::backend::BlockBackend;
 use super::request::Segment;
+use crate::virtio::GuestMemoryMmap;
 
-/// Largest chunk copied at once.
-const BOUNCE_BYTES: usize = 256 << 10;
+/// Largest chunk moved at once.
+const CHUNK_BYTES: usize = 256 << 10;
 
 /// Why data could not be moved.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +28,7 @@ pub enum DataError {
 }
 
 /// Calls `copy(guest_address, disk_offset, chunk_len)` over `segments` in chunks of at most
-/// `BOUNCE_BYTES`, with disk offsets starting at `offset`.
+/// `CHUNK_BYTES`, with disk offsets starting at `offset`.
 fn for_each_chunk(
     segments: &[Segment],
     offset: u64,
@@ -37,7 +38,7 @@ fn for_each_chunk(
     for segment in segments {
         let mut done: u32 = 0;
         while done < segment.len {
-            let chunk = (segment.len - done).min(BOUNCE_BYTES as u32);
+            let chunk = (segment.len - done).min(CHUNK_BYTES as u32);
             let address = segment
                 .addr
                 .checked_add(u64::from(done))
@@ -54,44 +55,27 @@ fn for_each_chunk(
     Ok(())
 }
 
-fn bounce_buffer(segments: &[Segment]) -> Vec<u8> {
-    let largest = segments.iter().map(|s| s.len as usize).max().unwrap_or(0);
-    vec![0; largest.min(BOUNCE_BYTES)]
-}
-
 /// Writes the guest bytes of `segments` to `backend` from byte `offset` on.
-pub fn guest_to_backend<M: GuestMemory + ?Sized>(
-    memory: &M,
+pub fn guest_to_backend(
+    memory: &GuestMemoryMmap,
     segments: &[Segment],
     backend: &mut dyn BlockBackend,
     offset: u64,
 ) -> Result<(), DataError> {
-    let mut buffer = bounce_buffer(segments);
     for_each_chunk(segments, offset, |address, disk_offset, len| {
-        let chunk = buffer.get_mut(..len).ok_or(DataError::OffsetOverflow)?;
-        memory
-            .read_slice(chunk, address)
-            .map_err(DataError::Guest)?;
-        backend
-            .write_at(disk_offset, chunk)
-            .map_err(DataError::Backend)
+        backend.write_from_guest(memory, address, len, disk_offset)
     })
 }
 
 /// Fills the guest bytes of `segments` from `backend`, from byte `offset` on.
-pub fn backend_to_guest<M: GuestMemory + ?Sized>(
-    memory: &M,
+pub fn backend_to_guest(
+    memory: &GuestMemoryMmap,
     segments: &[Segment],
     backend: &mut dyn BlockBackend,
     offset: u64,
 ) -> Result<(), DataError> {
-    let mut buffer = bounce_buffer(segments);
     for_each_chunk(segments, offset, |address, disk_offset, len| {
-        let chunk = buffer.get_mut(..len).ok_or(DataError::OffsetOverflow)?;
-        backend
-            .read_at(disk_offset, chunk)
-            .map_err(DataError::Backend)?;
-        memory.write_slice(chunk, address).map_err(DataError::Guest)
+        backend.read_into_guest(memory, address, len, disk_offset)
     })
 }
 
