@@ -8,7 +8,7 @@ CARGO ?= cargo
 run: guest build
 	@resources/run-demo.sh
 
-.PHONY: run build test unit-test lab-test deps guest guest-kernel guest-initramfs
+.PHONY: run build test unit-test lab-test deps guest guest-kernel guest-initramfs fuzz
 
 deps:
 	@resources/install-deps.sh build
@@ -35,3 +35,8 @@ guest-kernel:
 
 guest-initramfs:
 	@resources/guest/build-initramfs.sh
+
+# Coverage-guided fuzzing of everything a guest controls (fuzz/, cargo-fuzz): each target for
+# FUZZ_SECONDS (default 60), one after the other; corpora and crashes under build/fuzz/.
+fuzz:
+	@fuzz/run.sh
