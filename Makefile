@@ -8,7 +8,7 @@ CARGO ?= cargo
 run: guest build
 	@resources/run-demo.sh
 
-.PHONY: run build test unit-test lab-test deps guest guest-kernel guest-initramfs bench bench-smoke
+.PHONY: run build test unit-test lab-test deps guest guest-kernel guest-initramfs bench bench-smoke fuzz
 
 deps:
 	@resources/install-deps.sh build
@@ -44,3 +44,8 @@ bench: guest build
 
 bench-smoke: guest build
 	@resources/bench/run --quick
+
+# Coverage-guided fuzzing of everything a guest controls (fuzz/, cargo-fuzz): each target for
+# FUZZ_SECONDS (default 60), one after the other; corpora and crashes under build/fuzz/.
+fuzz:
+	@fuzz/run.sh

@@ -5,6 +5,7 @@
 //! - `virtio`: the `VirtioDevice` trait and the virtio-mmio transport.
 //! - `block`: the virtio-blk device, its request parser and its storage backends.
 //! - `zoned`: the zone state machine, the zoned wire formats, and the file-emulated zoned image.
+//! - `testing` (tests and the `testing` feature only): helpers and fuzz target bodies.
 //!
 //! # Wiring a disk into a VM
 //!
@@ -41,5 +42,7 @@ pub mod block;
 pub mod file_lock;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod virtio;
 pub mod zoned;

@@ -102,41 +102,8 @@ pub fn bytes_to_guest<M: GuestMemory + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::MemoryBackend;
     use crate::virtio::GuestMemoryMmap;
-
-    /// Storage in a vector, for checking data movement without a file.
-    struct MemoryBackend(Vec<u8>);
-
-    impl MemoryBackend {
-        fn range(&self, offset: u64, len: usize) -> io::Result<std::ops::Range<usize>> {
-            let start = usize::try_from(offset).map_err(io::Error::other)?;
-            let end = start.checked_add(len).filter(|&end| end <= self.0.len());
-            end.map(|end| start..end)
-                .ok_or_else(|| io::Error::other("out of range"))
-        }
-    }
-
-    impl BlockBackend for MemoryBackend {
-        fn size(&self) -> u64 {
-            self.0.len() as u64
-        }
-        fn read_only(&self) -> bool {
-            false
-        }
-        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-            let range = self.range(offset, buf.len())?;
-            buf.copy_from_slice(&self.0[range]);
-            Ok(())
-        }
-        fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
-            let range = self.range(offset, buf.len())?;
-            self.0[range].copy_from_slice(buf);
-            Ok(())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn segment(addr: u64, len: u32) -> Segment {
         Segment {
@@ -150,13 +117,13 @@ mod tests {
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         let pattern: Vec<u8> = (0..(700u32 << 10)).map(|i| (i % 251) as u8).collect();
         memory.write_slice(&pattern, GuestAddress(0x1000)).unwrap();
-        let mut backend = MemoryBackend(vec![0; 2 << 20]);
+        let mut backend = MemoryBackend::new(2 << 20);
         let source = [
             segment(0x1000, 600 << 10),
             segment(0x1000 + (600 << 10), 100 << 10),
         ];
         guest_to_backend(&memory, &source, &mut backend, 4096).unwrap();
-        assert_eq!(&backend.0[4096..4096 + pattern.len()], &pattern[..]);
+        assert_eq!(&backend.bytes()[4096..4096 + pattern.len()], &pattern[..]);
 
         let target = [segment(0x20_0000, 300 << 10), segment(0x10_0000, 400 << 10)];
         backend_to_guest(&memory, &target, &mut backend, 4096).unwrap();
@@ -175,7 +142,7 @@ mod tests {
     #[test]
     fn failures_are_errors_not_panics() {
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-        let mut backend = MemoryBackend(vec![0; 1024]);
+        let mut backend = MemoryBackend::new(1024);
         let outside = [segment(0x800, 0x1000)];
         assert!(matches!(
             guest_to_backend(&memory, &outside, &mut backend, 0),

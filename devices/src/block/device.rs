@@ -552,7 +552,7 @@ impl VirtioDevice for Block {
 #[cfg(test)]
 mod tests {
     use std::io;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::split::Descriptor;
@@ -564,6 +564,7 @@ mod tests {
     use super::*;
     use crate::block::backend::RawFile;
     use crate::block::request::HEADER_SIZE;
+    use crate::testing::CountingInterrupt;
 
     const MEMORY_SIZE: usize = 0x10_0000;
     const TEST_QUEUE_SIZE: u16 = 64;
@@ -571,23 +572,6 @@ mod tests {
     const HEADER: u64 = 0x1_0000;
     const DATA: u64 = 0x2_0000;
     const STATUS: u64 = 0x3_0000;
-
-    #[derive(Default)]
-    struct CountingInterrupt {
-        used: AtomicUsize,
-        config: AtomicUsize,
-    }
-
-    impl InterruptSignal for CountingInterrupt {
-        fn signal_used_queue(&self, _queue_index: u16) -> std::io::Result<()> {
-            self.used.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-        fn signal_config_change(&self) -> std::io::Result<()> {
-            self.config.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        }
-    }
 
     /// A part of a chain: address, length, device-writable.
     type Part = (u64, u32, bool);

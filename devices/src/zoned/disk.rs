@@ -318,6 +318,20 @@ impl<S: ZoneStorage> ZonedDisk<S> {
         wire::encode_zone_report(zones, buf).ok_or(ZoneError::Io)
     }
 
+    /// How much of a report buffer of `buffer_len` bytes a ZONE_REPORT from `from_sector` can
+    /// fill: the header plus one descriptor per zone from there to the end of the disk. A
+    /// handler allocates this much, not what the guest offered (up to the request size limit),
+    /// so a huge buffer for a small disk costs no host memory.
+    pub fn report_reply_len(&self, from_sector: u64, buffer_len: usize) -> usize {
+        let g = self.geometry();
+        let first = g.zone_index(from_sector).map_or(g.nr_zones(), |i| i as u64);
+        let zones_left = g.nr_zones() - first;
+        let needed = zones_left
+            .saturating_mul(wire::REPORT_DESCRIPTOR_SIZE as u64)
+            .saturating_add(wire::REPORT_HEADER_SIZE as u64);
+        usize::try_from(needed).map_or(buffer_len, |needed| buffer_len.min(needed))
+    }
+
     /// VIRTIO_BLK_T_FLUSH: everything written before is durable afterwards, with the zone
     /// states that describe it.
     pub fn flush(&mut self) -> Result<(), ZoneError> {
@@ -450,6 +464,17 @@ mod tests {
         let mut reply = vec![0u8; 64 * 3];
         assert_eq!(d.report_into(20, &mut reply), Ok((2, 192)));
         assert_eq!(d.report_into(0, &mut [0u8; 10]), Err(ZoneError::Io));
+        // A report needs at most the header and the zones from its sector on.
+        assert_eq!(d.report_reply_len(20, 64 << 20), 64 + 3 * 64);
+        assert_eq!(d.report_reply_len(0, usize::MAX), 64 + 4 * 64);
+        assert_eq!(d.report_reply_len(63, 1 << 30), 64 + 64);
+        assert_eq!(d.report_reply_len(0, 100), 100);
+        assert_eq!(d.report_reply_len(0, 10), 10);
+        assert_eq!(
+            d.report_reply_len(64, 1 << 20),
+            64,
+            "past the end: header only"
+        );
         assert_eq!(
             d.report_into(64, &mut reply),
             Err(ZoneError::InvalidCommand)

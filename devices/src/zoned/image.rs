@@ -183,7 +183,8 @@ fn encode_slot(zone: usize, cond: ZoneCondition, wp: u64, generation: u16) -> [u
     s
 }
 
-fn slot_crc(zone: usize, slot: &[u8]) -> u32 {
+/// The CRC a slot of `zone` stores at bytes 12..16 (over the zone index and bytes 0..12).
+pub(crate) fn slot_crc(zone: usize, slot: &[u8]) -> u32 {
     let mut buf = [0u8; 20];
     buf[0..8].copy_from_slice(&(zone as u64).to_le_bytes());
     buf[8..20].copy_from_slice(&slot[0..12]);

@@ -341,7 +341,7 @@ impl<S: ZoneStorage + Send> ZonedHandler<S> {
         if !request.readable.is_empty() || len > MAX_REQUEST_DATA_BYTES {
             return Completion::with_status(status::IOERR);
         }
-        let mut reply = vec![0u8; len as usize];
+        let mut reply = vec![0u8; self.disk.report_reply_len(request.sector, len as usize)];
         match self.disk.report_into(request.sector, &mut reply) {
             Ok((_, written)) if scatter(memory, request, &reply[..written]) => {
                 Completion::ok(written as u32)
@@ -810,8 +810,18 @@ mod tests {
                 .status,
             status::OK
         );
+        // A buffer of the largest request size gets the eight zones, nothing more.
+        let done = f.run(&request(
+            zone_request::ZONE_REPORT,
+            0,
+            &[],
+            &[(0x4000, MAX_REQUEST_DATA_BYTES as u32)],
+        ));
+        assert_eq!(done, Completion::ok(64 + 8 * 64));
+        let nr_zones: u64 = f.memory.read_obj(GuestAddress(0x4000)).unwrap();
+        assert_eq!(nr_zones, 8);
         assert_eq!(f.handler.counts().zone_management, 7);
-        assert_eq!(f.handler.counts().reports, 1);
+        assert_eq!(f.handler.counts().reports, 2);
         // GET_ID is left to the plain device.
         let get_id = request(request_type::GET_ID, 0, &[], &[(0x1000, 20)]);
         assert!(f
