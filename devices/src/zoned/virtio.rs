@@ -6,9 +6,9 @@ use std::io;
 use std::sync::{Mutex, MutexGuard};
 
 use log::warn;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
-use super::data_path::DataPath;
+use super::data_path::{DataPath, GuestBuffers};
 use super::disk::{Reservation, ZoneStorage, ZonedDisk};
 use super::geometry::SECTOR_SIZE;
 use super::geometry::{FailWrite, FaultInjection};
@@ -16,7 +16,8 @@ use super::state::{ZoneCondition, ZoneError};
 use super::wire::{self, request as zone_request, status};
 use crate::block::device::CONFIG_SIZE;
 use crate::block::{
-    request_type, BlockBackend, Completion, Request, RequestHandler, MAX_REQUEST_DATA_BYTES,
+    request_type, BlockBackend, Completion, Request, RequestHandler, Segment,
+    MAX_REQUEST_DATA_BYTES,
 };
 
 /// Bytes of the ZONE_APPEND completion that carry the sector where the data landed.
@@ -183,27 +184,49 @@ fn scatter(memory: &GuestMemoryMmap, request: &Request, bytes: &[u8]) -> bool {
     crate::block::data::bytes_to_guest(memory, &request.writable, bytes).is_ok()
 }
 
-/// How a data request reaches the disk: directly, or from a lane thread of a batch.
+/// How a data request reaches the disk: directly (copying through buffers), or through a
+/// lane of a batch (straight between guest memory and storage).
 trait DiskAccess {
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), ZoneError>;
-    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), ZoneError>;
-    fn append(&mut self, zone_start: u64, data: &[u8]) -> Result<u64, ZoneError>;
+    /// IN: `len` bytes at the request's sector into its device-writable segments.
+    fn read(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        request: &Request,
+        len: u64,
+    ) -> Result<(), ZoneError>;
+    /// OUT: the request's device-readable data at its sector.
+    fn write(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<(), ZoneError>;
+    /// ZONE_APPEND: the data to the zone starting at the request's sector; returns where it
+    /// landed.
+    fn append(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<u64, ZoneError>;
 }
 
 impl<S: ZoneStorage> DiskAccess for ZonedDisk<S> {
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), ZoneError> {
-        ZonedDisk::read(self, sector, buf)
+    fn read(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        request: &Request,
+        len: u64,
+    ) -> Result<(), ZoneError> {
+        let mut data = vec![0u8; len as usize];
+        ZonedDisk::read(self, request.sector, &mut data)?;
+        scatter(memory, request, &data)
+            .then_some(())
+            .ok_or(ZoneError::Io)
     }
-    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), ZoneError> {
-        ZonedDisk::write(self, sector, data)
+    fn write(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<(), ZoneError> {
+        let data = gather(memory, request).ok_or(ZoneError::Io)?;
+        ZonedDisk::write(self, request.sector, &data)
     }
-    fn append(&mut self, zone_start: u64, data: &[u8]) -> Result<u64, ZoneError> {
-        ZonedDisk::append(self, zone_start, data)
+    fn append(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<u64, ZoneError> {
+        let data = gather(memory, request).ok_or(ZoneError::Io)?;
+        ZonedDisk::append(self, request.sector, &data)
     }
 }
 
 /// A lane of a batch: the zone state is shared behind a lock, taken only to check and commit;
-/// data moves through the storage's `DataPath` without it, beside the other lanes.
+/// data moves through the storage's `DataPath`, straight between guest memory and storage,
+/// without the lock and beside the other lanes.
 struct Lane<'a, S> {
     disk: &'a Mutex<&'a mut ZonedDisk<S>>,
     data: &'a DataPath,
@@ -219,57 +242,112 @@ impl<'a, S> Lane<'a, S> {
     }
 }
 
-impl<S: ZoneStorage> DiskAccess for Lane<'_, S> {
-    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), ZoneError> {
-        let nr_sectors = (buf.len() as u64) / SECTOR_SIZE;
-        if buf.len() as u64 % SECTOR_SIZE != 0 {
-            return Err(ZoneError::Io);
+/// The part `[from, to)` (in bytes) of the concatenation of `segments`.
+fn sub_segments(segments: &[Segment], from: u64, to: u64) -> Vec<Segment> {
+    let mut parts = Vec::new();
+    let mut start = 0u64;
+    for segment in segments {
+        let end = start + u64::from(segment.len);
+        let (lo, hi) = (from.max(start), to.min(end));
+        if lo < hi {
+            parts.push(Segment {
+                addr: segment.addr.unchecked_add(lo - start),
+                len: (hi - lo) as u32,
+            });
         }
-        let segments = self.disk().check_read(sector, nr_sectors)?;
-        for seg in segments {
-            let from = ((seg.sector - sector) * SECTOR_SIZE) as usize;
-            let to = from + (seg.nr_sectors * SECTOR_SIZE) as usize;
-            let part = &mut buf[from..to];
-            if seg.has_data {
+        start = end;
+    }
+    parts
+}
+
+/// Zeros the guest's `segments`.
+fn zero_fill(memory: &GuestMemoryMmap, segments: &[Segment]) -> Result<(), ZoneError> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    for segment in segments {
+        let mut done = 0u64;
+        while done < u64::from(segment.len) {
+            let count = (u64::from(segment.len) - done).min(ZEROS.len() as u64);
+            memory
+                .write_slice(&ZEROS[..count as usize], segment.addr.unchecked_add(done))
+                .map_err(|_| ZoneError::Io)?;
+            done += count;
+        }
+    }
+    Ok(())
+}
+
+impl<S: ZoneStorage> DiskAccess for Lane<'_, S> {
+    fn read(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        request: &Request,
+        len: u64,
+    ) -> Result<(), ZoneError> {
+        let sector = request.sector;
+        let nr_sectors = sectors_of(len)?;
+        let parts = self.disk().check_read(sector, nr_sectors)?;
+        for part in parts {
+            let from = (part.sector - sector) * SECTOR_SIZE;
+            let to = from + part.nr_sectors * SECTOR_SIZE;
+            let target = sub_segments(&request.writable, from, to);
+            if part.has_data {
+                let buffers = GuestBuffers::new(memory, &target).map_err(|_| ZoneError::Io)?;
                 self.data
-                    .read(seg.sector, part)
+                    .read_into_guest(part.sector, &buffers)
                     .map_err(|_| ZoneError::Io)?;
             } else {
-                part.fill(0);
+                zero_fill(memory, &target)?;
             }
         }
         Ok(())
     }
 
-    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), ZoneError> {
-        let nr_sectors = sectors_of(data.len())?;
-        let reservation = self.disk().reserve_write(sector, nr_sectors)?;
-        let stored = self.store(&reservation, data);
+    fn write(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<(), ZoneError> {
+        let buffers = self.buffers(memory, request)?;
+        let reservation = self
+            .disk()
+            .reserve_write(request.sector, sectors_of(buffers.len() as u64)?)?;
+        let stored = self.store(&reservation, &buffers);
         self.disk().complete(reservation, stored).map(|_| ())
     }
 
-    fn append(&mut self, zone_start: u64, data: &[u8]) -> Result<u64, ZoneError> {
-        let nr_sectors = sectors_of(data.len())?;
-        let reservation = self.disk().reserve_append(zone_start, nr_sectors)?;
-        let stored = self.store(&reservation, data);
+    fn append(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<u64, ZoneError> {
+        let buffers = self.buffers(memory, request)?;
+        let reservation = self
+            .disk()
+            .reserve_append(request.sector, sectors_of(buffers.len() as u64)?)?;
+        let stored = self.store(&reservation, &buffers);
         self.disk().complete(reservation, stored)
     }
 }
 
 impl<S> Lane<'_, S> {
-    fn store(&self, reservation: &Reservation, data: &[u8]) -> io::Result<()> {
+    /// The request's data, resolved in guest memory before the zone state is touched, so a
+    /// bad address fails the request whole.
+    fn buffers<'m>(
+        &self,
+        memory: &'m GuestMemoryMmap,
+        request: &Request,
+    ) -> Result<GuestBuffers<'m>, ZoneError> {
+        if request.readable_len() > MAX_REQUEST_DATA_BYTES {
+            return Err(ZoneError::Io);
+        }
+        GuestBuffers::new(memory, &request.readable).map_err(|_| ZoneError::Io)
+    }
+
+    fn store(&self, reservation: &Reservation, buffers: &GuestBuffers<'_>) -> io::Result<()> {
         if reservation.nr_sectors == 0 {
             return Ok(());
         }
-        self.data.write(reservation.sector, data)
+        self.data.write_from_guest(reservation.sector, buffers)
     }
 }
 
-fn sectors_of(len: usize) -> Result<u64, ZoneError> {
-    if len as u64 % SECTOR_SIZE != 0 {
+fn sectors_of(len: u64) -> Result<u64, ZoneError> {
+    if len % SECTOR_SIZE != 0 {
         return Err(ZoneError::Io);
     }
-    Ok(len as u64 / SECTOR_SIZE)
+    Ok(len / SECTOR_SIZE)
 }
 
 fn read(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request) -> Completion {
@@ -277,25 +355,17 @@ fn read(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request)
     if !request.readable.is_empty() || len > MAX_REQUEST_DATA_BYTES {
         return Completion::with_status(status::IOERR);
     }
-    let mut data = vec![0u8; len as usize];
-    let result = disk.read(request.sector, &mut data);
-    if result.is_err() {
-        return completion(&result);
+    match disk.read(memory, request, len) {
+        Ok(()) => Completion::ok(len as u32),
+        Err(error) => Completion::with_status(error.status()),
     }
-    if !scatter(memory, request, &data) {
-        return Completion::with_status(status::IOERR);
-    }
-    Completion::ok(len as u32)
 }
 
 fn write(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request) -> Completion {
     if !request.writable.is_empty() {
         return Completion::with_status(status::IOERR);
     }
-    let Some(data) = gather(memory, request) else {
-        return Completion::with_status(status::IOERR);
-    };
-    completion(&disk.write(request.sector, &data))
+    completion(&disk.write(memory, request))
 }
 
 fn append(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request) -> Completion {
@@ -303,10 +373,7 @@ fn append(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Reques
     if request.writable_len() < APPEND_SECTOR_BYTES as u64 {
         return Completion::with_status(status::IOERR);
     }
-    let Some(data) = gather(memory, request) else {
-        return Completion::with_status(status::IOERR);
-    };
-    match disk.append(request.sector, &data) {
+    match disk.append(memory, request) {
         Ok(sector) if scatter(memory, request, &sector.to_le_bytes()) => {
             Completion::ok(APPEND_SECTOR_BYTES as u32)
         }
@@ -456,13 +523,14 @@ impl<S: ZoneStorage + Send> ZonedHandler<S> {
                 request.readable_len().max(request.writable_len())
             })
             .sum();
+        let disk = Mutex::new(&mut self.disk);
         if lanes.len() < 2 || (!data.is_direct() && bytes < PARALLEL_MIN_BYTES) {
+            let mut access = Lane { disk: &disk, data };
             for &(index, _) in run {
-                out[index] = Some(serve_data(&mut self.disk, memory, &requests[index]));
+                out[index] = Some(serve_data(&mut access, memory, &requests[index]));
             }
             return;
         }
-        let disk = Mutex::new(&mut self.disk);
         let served: Vec<(usize, Completion)> = std::thread::scope(|scope| {
             let disk = &disk;
             let serve_lane = move |lane: &[usize]| -> Vec<(usize, Completion)> {
@@ -568,7 +636,6 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::Segment;
     use crate::zoned::{Zone, ZonedGeometry, ZonedImage};
     use vm_memory::GuestAddress;
 
@@ -1079,5 +1146,71 @@ mod tests {
         let zones: Vec<Zone> = handler.disk().report(0, 4).unwrap().collect();
         assert_eq!(zones[1].wp, ZONE + u64::from(half) / 512);
         assert_eq!(zones[2].wp, 2 * ZONE + u64::from(half) / 512);
+    }
+
+    #[test]
+    fn sub_segments_cut_the_concatenation() {
+        let seg = |addr: u64, len: u32| Segment {
+            addr: GuestAddress(addr),
+            len,
+        };
+        let segments = [seg(0x1000, 700), seg(0x5000, 1348), seg(0x9000, 2048)];
+        assert_eq!(sub_segments(&segments, 0, 4096), segments.to_vec());
+        assert_eq!(
+            sub_segments(&segments, 512, 1536),
+            vec![seg(0x1000 + 512, 188), seg(0x5000, 836)]
+        );
+        assert_eq!(sub_segments(&segments, 2048, 4096), vec![seg(0x9000, 2048)]);
+        assert!(sub_segments(&segments, 4096, 4096).is_empty());
+    }
+
+    /// A read in odd-sized pieces across the write pointer (data, then zeros) and a write from
+    /// odd-sized pieces give the same bytes through a batch as served alone.
+    #[test]
+    fn scattered_buffers_move_the_same_bytes_in_a_batch() {
+        let pieces = [(0x1000u64, 700u32), (0x5000, 1348), (0x9000, 2048)];
+        let into = [(0x20000u64, 700u32), (0x25000, 1348), (0x29000, 2048)];
+        let batch = [
+            request(request_type::OUT, ZONE, &pieces[..2], &[]),
+            request(request_type::IN, ZONE, &[], &into),
+        ];
+        let mut alone = fixture("scatter-alone");
+        let mut together = fixture("scatter-together");
+        for f in [&alone, &together] {
+            for (i, &(addr, len)) in pieces.iter().enumerate() {
+                let bytes: Vec<u8> = (0..len).map(|b| (b as u8) ^ (i as u8 * 17)).collect();
+                f.memory.write_slice(&bytes, GuestAddress(addr)).unwrap();
+            }
+            for &(addr, len) in &into {
+                f.memory
+                    .write_slice(&vec![0xee; len as usize], GuestAddress(addr))
+                    .unwrap();
+            }
+        }
+        let expected: Vec<Completion> = batch.iter().map(|r| alone.run(r)).collect();
+        let got: Vec<Completion> = together
+            .handler
+            .handle_batch(&batch, &together.memory, &mut together.backend)
+            .into_iter()
+            .map(|c| c.expect("served"))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(expected, vec![Completion::ok(0), Completion::ok(4096)]);
+        for &(addr, len) in &into {
+            let mut a = vec![0u8; len as usize];
+            let mut b = vec![0u8; len as usize];
+            alone.memory.read_slice(&mut a, GuestAddress(addr)).unwrap();
+            together
+                .memory
+                .read_slice(&mut b, GuestAddress(addr))
+                .unwrap();
+            assert_eq!(a, b, "read buffer at {addr:#x}");
+        }
+        let mut tail = vec![0u8; 2048];
+        together
+            .memory
+            .read_slice(&mut tail, GuestAddress(0x29000))
+            .unwrap();
+        assert!(tail.iter().all(|&b| b == 0), "above the write pointer");
     }
 }
