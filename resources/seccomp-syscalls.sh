@@ -7,12 +7,14 @@
 #
 #   make guest build && resources/lab/run-in-lab --timeout 900 -- resources/seccomp-syscalls.sh
 #
-# Needs strace on the host (apt-get install strace). Exits 1 if any run trapped.
+# Needs strace on the host (apt-get install strace). Exits 1 if any run trapped. The traces stay in
+# build/seccomp-trace/RUN/t.TID (one file per thread).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VMM=$repo/target/release/vmm KERNEL=$repo/build/guest/bzImage INITRD=$repo/build/guest/initramfs.cpio.gz
 command -v strace > /dev/null || { echo "seccomp-syscalls: strace is missing (apt-get install strace)" >&2; exit 2; }
-out=$(mktemp -d)
+out=$repo/build/seccomp-trace
+rm -rf "$out"; mkdir -p "$out"
 n=0
 
 # traced NAME VMM-ARGS...: runs vmm under strace, one output file per thread under $out/NAME.
@@ -46,7 +48,7 @@ kill -TERM "$(pgrep -P "$pid" | head -1)"
 status=0; wait "$pid" || status=$?
 echo "run sigterm: vmm exit status $status"
 # A host zoned device (null_blk), if this kernel has it.
-if modprobe null_blk nr_devices=0 2> /dev/null && [ -d /sys/kernel/config/nullb ]; then
+if [ -d /sys/kernel/config/nullb ]; then
     d=/sys/kernel/config/nullb/nullb1
     mkdir "$d"
     for kv in size=256 blocksize=512 zoned=1 zone_size=8 zone_nr_conv=1 memory_backed=1; do
@@ -58,20 +60,23 @@ else
     echo "run host-zoned: skipped (no null_blk here)"
 fi
 
-# Per thread: the calls after its seccomp() install. vCPU threads are the ones that call KVM_RUN.
+# Per thread: the calls after its seccomp() install. The main thread is the one that exec'd vmm,
+# vCPU threads are the ones that call KVM_RUN.
 for file in "$out"/*/t.*; do
-    kind=main
-    grep -q "KVM_RUN" "$file" && kind=vcpu
+    if grep -q "^execve(" "$file"; then kind=main
+    elif grep -q "KVM_RUN" "$file"; then kind=vcpu
+    else kind=other
+    fi
     if grep -q "^seccomp(" "$file"; then
         sed -n '/^seccomp(/,$p' "$file" | sed 1d | grep -o '^[a-z_0-9]*(' | tr -d '(' \
             >> "$out/calls.$kind" || true
     fi
-    if grep -q "SIGSYS" "$file"; then
-        echo "TRAPPED in ${file#"$out"/}: $(grep -A0 -B1 SIGSYS "$file" | head -2 | tr '\n' ' ')"
+    if grep -q "^--- SIGSYS" "$file"; then
+        echo "TRAPPED in ${file#"$out"/}: $(grep -B1 "^--- SIGSYS" "$file" | head -2 | tr '\n' ' ')"
         n=$((n + 1))
     fi
 done
-for kind in main vcpu; do
+for kind in main vcpu other; do
     echo "$kind: $(sort -u "$out/calls.$kind" 2> /dev/null | tr '\n' ' ')"
 done
 exit $((n > 0))
