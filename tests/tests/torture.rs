@@ -12,13 +12,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use vmm_tests::{run_script_in_lab_with_progress, values_of, LabRun};
 
-/// Sequential zones the writer fills (zones 1 to 3; zone 0 is conventional).
+/// Sequential zones the writer fills (zones 1 to 3; zone 0 is conventional). Zones are small
+/// (1 MiB) so that an iteration crosses zone boundaries within a few dozen writes.
 const ZONES: u64 = 3;
-/// 64 KiB chunks per 4 MiB zone.
-const CHUNKS_PER_ZONE: u64 = 64;
+/// 64 KiB chunks per 1 MiB zone.
+const CHUNKS_PER_ZONE: u64 = 16;
 const CHUNKS: u64 = ZONES * CHUNKS_PER_ZONE;
 /// Sectors per zone.
-const ZONE_SECTORS: u64 = 8192;
+const ZONE_SECTORS: u64 = 2048;
+/// The image: zone 0 conventional, then the sequential zones.
+const IMAGE_OPTIONS: &str = "size=16M,zone-size=1M,conventional-zones=1";
 const DEFAULT_ITERATIONS: u64 = 3;
 
 /// splitmix64: a small, seedable generator, so that a seed replays the same kill moments.
@@ -53,7 +56,7 @@ fn plan(seed: u64, iterations: u64) -> Vec<Kill> {
     (0..iterations)
         .map(|_| Kill {
             // Leave room so that most kills land before the writer finishes.
-            after_chunk: random.below(CHUNKS - 16),
+            after_chunk: random.below(CHUNKS - 8),
             delay_ms: random.below(300),
             flush_every: 1 + random.below(4),
         })
@@ -69,19 +72,19 @@ fn env_number(name: &str) -> Option<u64> {
     )
 }
 
-/// The guest's writer (`bash /dev/vdb FLUSH_EVERY`): chunk i goes to zone 1 + i/64 at the write
+/// The guest's writer (`bash /dev/vdb FLUSH_EVERY`): chunk i goes to zone 1 + i/16 at the write
 /// pointer; each sector of it is a 512-byte line naming its chunk and sector, so any misplaced
 /// or stale sector shows. "wrote I" after each chunk, "flushed I" once chunks 0..=I are durable.
 const WRITER: &str = r#"
 every=$1
 i=0
-while [ $i -lt CHUNKS ]; do
+while [ $i -lt @CHUNKS@ ]; do
     awk -v c=$i 'BEGIN { for (s = 0; s < 128; s++) printf "%-511s\n", "chunk " c " sector " s }' > /tmp/c
     if [ $(( (i + 1) % every )) -eq 0 ]; then
-        dd if=/tmp/c of=/dev/vda bs=64k seek=$((64 + i)) oflag=direct conv=fsync 2>/dev/null || { echo "write $i failed"; exit 1; }
+        dd if=/tmp/c of=/dev/vda bs=64k seek=$((@CHUNKS_PER_ZONE@ + i)) oflag=direct conv=fsync 2>/dev/null || { echo "write $i failed"; exit 1; }
         echo "wrote $i"; echo "flushed $i"
     else
-        dd if=/tmp/c of=/dev/vda bs=64k seek=$((64 + i)) oflag=direct 2>/dev/null || { echo "write $i failed"; exit 1; }
+        dd if=/tmp/c of=/dev/vda bs=64k seek=$((@CHUNKS_PER_ZONE@ + i)) oflag=direct 2>/dev/null || { echo "write $i failed"; exit 1; }
         echo "wrote $i"
     fi
     i=$((i + 1))
@@ -92,16 +95,16 @@ echo "writer finished"
 /// The guest's checker, on the reopened image: for each written zone, its condition and write
 /// pointer, and whether the data below the write pointer is exactly what the writer wrote.
 const CHECKER: &str = r#"
-for z in $(seq 1 ZONES); do
-    line=$(blkzone report -o $((z * ZONE_SECTORS)) -c 1 /dev/vda)
+for z in $(seq 1 @ZONES@); do
+    line=$(blkzone report -o $((z * @ZONE_SECTORS@)) -c 1 /dev/vda)
     cond=$(echo "$line" | sed -n 's/.*zcond: *\([0-9]*\).*/\1/p')
     wp=$(printf '%d' "$(echo "$line" | sed -n 's/.*wptr \(0x[0-9a-f]*\).*/\1/p')")
-    [ "$cond" = 14 ] && wp=ZONE_SECTORS
+    [ "$cond" = 14 ] && wp=@ZONE_SECTORS@
     intact=yes
     if [ $wp -gt 0 ]; then
-        first=$(( (z - 1) * 64 )); n=$(( (wp + 127) / 128 ))
+        first=$(( (z - 1) * @CHUNKS_PER_ZONE@ )); n=$(( (wp + 127) / 128 ))
         awk -v first=$first -v n=$n 'BEGIN { for (c = first; c < first + n; c++) for (s = 0; s < 128; s++) printf "%-511s\n", "chunk " c " sector " s }' > /tmp/want
-        dd if=/dev/vda of=/tmp/got bs=512 skip=$((z * ZONE_SECTORS)) count=$wp iflag=direct 2>/dev/null
+        dd if=/dev/vda of=/tmp/got bs=512 skip=$((z * @ZONE_SECTORS@)) count=$wp iflag=direct 2>/dev/null
         cmp -n $((wp * 512)) /tmp/want /tmp/got > /dev/null || intact=no
     fi
     echo "zone-$z=$cond:$wp:$intact"
@@ -112,9 +115,10 @@ done
 /// `iteration I ...` line per iteration with `KEY=VALUE` words.
 fn lab_script(kills: &[Kill]) -> String {
     let substitute = |text: &str| {
-        text.replace("ZONE_SECTORS", &ZONE_SECTORS.to_string())
-            .replace("ZONES", &ZONES.to_string())
-            .replace("CHUNKS", &CHUNKS.to_string())
+        text.replace("@ZONE_SECTORS@", &ZONE_SECTORS.to_string())
+            .replace("@ZONES@", &ZONES.to_string())
+            .replace("@CHUNKS@", &CHUNKS.to_string())
+            .replace("@CHUNKS_PER_ZONE@", &CHUNKS_PER_ZONE.to_string())
     };
     let plan: Vec<String> = kills
         .iter()
@@ -135,7 +139,7 @@ for i in "${{!plan[@]}}"; do
     IFS=: read -r after delay every <<< "${{plan[$i]}}"
     rm -f /tmp/z.img
     start=$SECONDS
-    "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img,size=64M,zone-size=4M,conventional-zones=1 \
+    "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img,{IMAGE_OPTIONS} \
         --disk /tmp/writer.sh,ro -- bash /dev/vdb "$every" > /tmp/writer.out 2>&1 &
     pid=$!
     for _ in $(seq 1200); do
@@ -242,7 +246,7 @@ fn sigkill_torture_loses_no_flushed_data_and_no_write_pointer_runs_ahead() {
         "torture: {iterations} iterations, seed {seed} (replay with VMM_TORTURE_SEED={seed})"
     );
     let kills = plan(seed, iterations);
-    // Each iteration is two guest boots and up to a few hundred small writes: ~30 s in the lab.
+    // Each iteration is two guest boots and up to 48 small writes: 10-30 s in the lab.
     let timeout = 120 + 60 * iterations as u32;
     let run: LabRun =
         run_script_in_lab_with_progress(timeout, &lab_script(&kills), Some("iteration "));
@@ -309,21 +313,21 @@ mod tests {
 
     #[test]
     fn iteration_lines_are_judged() {
-        let good = "iteration 1/3: plan=10:5:2 written=20 flushed=19 finished=no failed=no \
-                    checker=0 zone-1=4:2560:yes zone-2=1:0:yes zone-3=1:0:yes seconds=9";
+        let good = "iteration 1/3: plan=10:5:2 written=10 flushed=9 finished=no failed=no \
+                    checker=0 zone-1=4:1280:yes zone-2=1:0:yes zone-3=1:0:yes seconds=9";
         assert_eq!(check_iteration(good), Ok(()));
-        let lost = good.replace("zone-1=4:2560", "zone-1=4:2432");
+        let lost = good.replace("zone-1=4:1280", "zone-1=4:1152");
         assert!(check_iteration(&lost)
             .unwrap_err()
-            .contains("chunk 19 was flushed"));
-        let corrupt = good.replace("2560:yes", "2560:no");
+            .contains("chunk 9 was flushed"));
+        let corrupt = good.replace("1280:yes", "1280:no");
         assert!(check_iteration(&corrupt)
             .unwrap_err()
             .contains("not what was written"));
         let gap = good.replace("zone-2=1:0", "zone-2=4:128");
         assert!(check_iteration(&gap).unwrap_err().contains("earlier zone"));
-        let full = "iteration 2/3: plan=100:5:1 written=100 flushed=80 finished=no failed=no \
-                    checker=0 zone-1=14:8192:yes zone-2=4:2432:yes zone-3=1:0:yes seconds=9";
+        let full = "iteration 2/3: plan=20:5:1 written=21 flushed=20 finished=no failed=no \
+                    checker=0 zone-1=14:2048:yes zone-2=4:640:yes zone-3=1:0:yes seconds=9";
         assert_eq!(check_iteration(full), Ok(()));
         assert!(check_iteration(&full.replace("checker=0", "checker=1")).is_err());
     }
