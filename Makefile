@@ -27,7 +27,8 @@ lab-test: guest build
 test: unit-test lab-test
 
 # The SIGKILL crash-consistency torture (tests/tests/torture.rs) at full length: 50 kills in one
-# lab boot; `make lab-test` runs it 3 times. VMM_TORTURE_SEED=N replays a run.
+# lab boot (about 15-60 minutes, depending on how busy the host is); `make lab-test` runs it 3
+# times. VMM_TORTURE_SEED=N replays a run.
 VMM_TORTURE_ITERATIONS ?= 50
 torture: guest build
 	VMM_TORTURE_ITERATIONS=$(VMM_TORTURE_ITERATIONS) $(CARGO) test -p vmm-tests --test torture -- --ignored --nocapture
