@@ -8,7 +8,11 @@ CARGO ?= cargo
 run: guest build
 	@resources/run-demo.sh
 
+<<<<<<< HEAD
 .PHONY: run build test unit-test lab-test deps guest guest-kernel guest-initramfs bench bench-smoke fuzz
+=======
+.PHONY: run build test unit-test lab-test torture deps guest guest-kernel guest-initramfs
+>>>>>>> seccomp
 
 deps:
 	@resources/install-deps.sh build
@@ -25,6 +29,13 @@ lab-test: guest build
 	$(CARGO) test -p vmm-tests --tests -- --ignored --test-threads=1
 
 test: unit-test lab-test
+
+# The SIGKILL crash-consistency torture (tests/tests/torture.rs) at full length: 50 kills in one
+# lab boot (about 15-60 minutes, depending on how busy the host is); `make lab-test` runs it 3
+# times. VMM_TORTURE_SEED=N replays a run.
+VMM_TORTURE_ITERATIONS ?= 50
+torture: guest build
+	VMM_TORTURE_ITERATIONS=$(VMM_TORTURE_ITERATIONS) $(CARGO) test -p vmm-tests --test torture -- --ignored --nocapture
 
 # The guest: kernel (Debian's 6.12 source, tinyconfig + resources/guest/kernel.config) and
 # initramfs (busybox, bash, fio, util-linux, zbd, btrfs-progs, /init). Cached; see README "Guest lab".

@@ -5,6 +5,7 @@
 //! machine without the guest built; `make lab-test` (part of `make test`) builds the guest and
 //! runs them with `--ignored`.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -88,20 +89,56 @@ impl LabRun {
 /// Runs `command` (program and arguments, relative paths from the repository root) through
 /// resources/lab/run-in-lab, which uses a real KVM here or boots the nested lab.
 pub fn run_in_lab(timeout_secs: u32, command: &[&str]) -> LabRun {
+    run_in_lab_with_progress(timeout_secs, command, None)
+}
+
+/// `run_in_lab`, and each stdout line starting with `progress` is also echoed to stderr as it
+/// arrives (seen with `--nocapture`), for long runs that report as they go.
+pub fn run_in_lab_with_progress(
+    timeout_secs: u32,
+    command: &[&str],
+    progress: Option<&str>,
+) -> LabRun {
     let root = repo_root();
-    let output = Command::new(root.join("resources/lab/run-in-lab"))
+    let mut child = Command::new(root.join("resources/lab/run-in-lab"))
         .arg("--timeout")
         .arg(timeout_secs.to_string())
         .arg("--")
         .args(command)
         .current_dir(&root)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("cannot start resources/lab/run-in-lab: {e}"));
+    let mut stderr_pipe = child.stderr.take().expect("stderr is piped");
+    let stderr_reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stderr_pipe.read_to_end(&mut bytes);
+        bytes
+    });
+    let mut stdout = Vec::new();
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    loop {
+        let start = stdout.len();
+        match lines.read_until(b'\n', &mut stdout) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&stdout[start..]);
+                if progress.is_some_and(|p| line.starts_with(p)) {
+                    eprint!("{line}");
+                }
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .unwrap_or_else(|e| panic!("cannot wait for resources/lab/run-in-lab: {e}"));
+    let stderr = stderr_reader.join().unwrap_or_default();
     LabRun {
-        status: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        status: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
 }
 
@@ -182,6 +219,16 @@ const SCRIPT_DISK: &str = r#"script_disk() {
 /// `$VMLINUX` and `$INITRD` and the function `script_disk` (see `SCRIPT_DISK`), `set -e` is on,
 /// and `/tmp` is a fresh RAM file system.
 pub fn run_script_in_lab(timeout_secs: u32, script: &str) -> LabRun {
+    run_script_in_lab_with_progress(timeout_secs, script, None)
+}
+
+/// `run_script_in_lab`, echoing stdout lines that start with `progress` as they arrive (see
+/// `run_in_lab_with_progress`).
+pub fn run_script_in_lab_with_progress(
+    timeout_secs: u32,
+    script: &str,
+    progress: Option<&str>,
+) -> LabRun {
     assert_guest_built();
     let full = format!(
         "set -euo pipefail\nVMM={}\nKERNEL={}\nVMLINUX={}\nINITRD={}\n{SCRIPT_DISK}\n{script}",
@@ -190,7 +237,7 @@ pub fn run_script_in_lab(timeout_secs: u32, script: &str) -> LabRun {
         guest_vmlinux().display(),
         guest_initramfs().display()
     );
-    run_in_lab(timeout_secs, &["bash", "-c", &full])
+    run_in_lab_with_progress(timeout_secs, &["bash", "-c", &full], progress)
 }
 
 /// Quotes `text` as one bash word, so a guest command can be embedded in a `run_script_in_lab`

@@ -1,7 +1,7 @@
 //! The zoned disk as the real Linux 6.12 driver sees it, booted with our VMM in the lab: sysfs
 //! and `blkzone report` match the options, zone transitions and resource errors, writes split at
 //! zone boundaries, fio in zbd mode with verify, btrfs (which issues ZONE_APPEND), state that
-//! survives a reboot, and a SIGKILL that loses no flushed data. Run by `make lab-test`.
+//! survives a reboot. A SIGKILL that loses no flushed data is torture.rs. Run by `make lab-test`.
 //!
 //! Each test is a lab script: guest scripts travel as a small read-only raw disk (see
 //! `script_disk`) because the kernel command line is too short for them.
@@ -318,79 +318,6 @@ echo "--- second"; grep -E "start:|  -" /tmp/second.out
         "{}",
         run.describe()
     );
-}
-
-#[test]
-#[ignore = "boots the guest in the lab; run by `make lab-test`"]
-fn sigkill_loses_no_flushed_data_and_no_write_pointer_runs_ahead() {
-    // The guest appends 64 KiB chunks to zone 1, each made durable with fsync (a FLUSH) before
-    // it reports "flushed N". The VMM is killed with SIGKILL mid-stream; the next boot checks
-    // that the zone's write pointer covers every chunk reported flushed and that every chunk
-    // below the write pointer holds exactly what was written.
-    let script = r#"
-cat > /tmp/writer.sh <<'EOF'
-i=0
-while [ $i -lt 64 ]; do
-    yes "chunk-$i" | head -c 65536 > /tmp/c
-    dd if=/tmp/c of=/dev/vda bs=64k seek=$((64 + i)) oflag=direct conv=fsync 2>/dev/null || { echo "write $i failed"; exit 1; }
-    echo "flushed $i"
-    i=$((i + 1))
-done
-EOF
-cat > /tmp/checker.sh <<'EOF'
-wp=$(printf '%d' "$(blkzone report -o 8192 -c 1 /dev/vda | sed -n 's/.*wptr \(0x[0-9a-f]*\).*/\1/p')")
-chunks=$((wp / 128))
-echo "chunks below wp: $chunks"
-bad=0
-j=0
-while [ $j -lt $chunks ]; do
-    want=$(yes "chunk-$j" | head -c 65536 | md5sum)
-    got=$(dd if=/dev/vda bs=64k skip=$((64 + j)) count=1 iflag=direct 2>/dev/null | md5sum)
-    [ "$want" = "$got" ] || { echo "chunk $j corrupt"; bad=1; }
-    j=$((j + 1))
-done
-echo "corrupt: $bad"
-EOF
-script_disk /tmp/writer.sh; script_disk /tmp/checker.sh
-"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img,size=64M,zone-size=4M,conventional-zones=1 --disk /tmp/writer.sh,ro -- bash /dev/vdb > /tmp/writer.out 2>&1 &
-pid=$!
-for _ in $(seq 600); do
-    grep -q "flushed 12" /tmp/writer.out && break
-    sleep 0.1
-done
-kill -KILL $pid
-wait $pid || true
-last=$(grep -o "flushed [0-9]*" /tmp/writer.out | tail -1 | cut -d' ' -f2)
-echo "last flushed: $last"
-"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img --disk /tmp/checker.sh,ro -- bash /dev/vdb
-"#;
-    let run = run_script_in_lab(600, script);
-    assert_eq!(run.status, Some(0), "{}", run.describe());
-    let number_after = |prefix: &str| -> i64 {
-        run.stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix:?} line\n{}", run.describe()))
-    };
-    let last_flushed = number_after("last flushed:");
-    let chunks = number_after("chunks below wp:");
-    assert!(
-        last_flushed >= 12,
-        "the writer was killed too early\n{}",
-        run.describe()
-    );
-    assert!(
-        last_flushed < 63,
-        "the writer finished before the kill\n{}",
-        run.describe()
-    );
-    assert!(
-        chunks > last_flushed,
-        "flushed chunk {last_flushed} lost: wp covers {chunks} chunks\n{}",
-        run.describe()
-    );
-    run.assert_lines(&["corrupt: 0"]);
 }
 
 #[test]

@@ -49,6 +49,16 @@ impl Discovery {
     }
 }
 
+/// Whether vmm's threads run under seccomp filters (see `crate::seccomp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Seccomp {
+    /// Each thread may make only the system calls it needs once the VM runs.
+    #[default]
+    On,
+    /// No filter: for debugging, e.g. under strace or with a device that needs a new call.
+    Off,
+}
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub kernel: PathBuf,
@@ -63,6 +73,8 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Print boot-time milestones on exit.
     pub boot_time: bool,
+    /// Seccomp filters on vmm's threads once the VM is set up.
+    pub seccomp: Seccomp,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

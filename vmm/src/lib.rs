@@ -3,7 +3,7 @@
 //! `machine::run` turns a `config::VmConfig` into a running VM: `vm` owns KVM and guest memory,
 //! `loader` puts the kernel in it, `arch` sets up x86 boot state, `vcpu` runs the vCPUs and sends
 //! their exits to the `bus`, where the `legacy` devices live, and `event_loop` serves the host
-//! side (console, signals) until `exit` says the VM is over.
+//! side (console, signals) until `exit` says the VM is over, every thread under a `seccomp` filter.
 
 pub mod arch;
 pub mod bus;
@@ -15,6 +15,7 @@ pub mod legacy;
 pub mod loader;
 pub mod logger;
 pub mod machine;
+pub mod seccomp;
 pub mod terminal;
 pub mod timing;
 pub mod vcpu;

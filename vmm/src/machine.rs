@@ -1,7 +1,7 @@
 //! Assembles a VM from a `VmConfig`, runs it, and reports why it ended.
 
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::thread::{self, JoinHandle};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
@@ -17,6 +17,7 @@ use crate::legacy::{
     SerialInputDrained, SharedConsole, GUEST_EXIT_PORT, I8042_COMMAND_PORT,
 };
 use crate::loader::{self, LoaderError};
+use crate::seccomp::{self, Filters, SeccompError, ThreadKind};
 use crate::terminal;
 use crate::vcpu::Vcpu;
 use crate::vm::{Vm, VmError};
@@ -45,6 +46,10 @@ pub enum VmmError {
     Device(#[from] DeviceError),
     #[error("event loop failed: {0}")]
     EventLoop(String),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error("{0}")]
+    VcpuSeccomp(String),
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -183,28 +188,67 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         );
     }
     terminal::enter_raw_mode();
-    let mut threads = Vec::new();
-    for vcpu in vcpus {
-        let name = format!("vcpu{}", vcpu.index);
-        threads.push(
-            thread::Builder::new()
-                .name(name)
-                .spawn(move || vcpu.run())
-                .map_err(VmmError::Thread)?,
-        );
-    }
-    let result = loop {
-        if let Some(reason) = exit.reason() {
-            break Ok(reason);
-        }
-        if let Err(e) = events.run() {
-            break Err(VmmError::EventLoop(format!("{e:?}")));
-        }
-    };
+    let result = start_vcpus(vcpus, config.seccomp).and_then(|threads| {
+        let result = loop {
+            if let Some(reason) = exit.reason() {
+                break Ok(reason);
+            }
+            if let Err(e) = events.run() {
+                break Err(VmmError::EventLoop(format!("{e:?}")));
+            }
+        };
+        // vCPU threads still inside KVM_RUN end with the process; the VM has no state to save.
+        drop(threads);
+        result
+    });
     devices.shutdown();
     crate::bus::lock(&console).flush_now();
     terminal::restore();
-    // vCPU threads still inside KVM_RUN end with the process; the VM has no state to save.
-    drop(threads);
     result
+}
+
+/// Spawns the vCPU threads. With seccomp on, each vCPU installs its filter, then the main thread
+/// installs its own, and only then does any vCPU enter the guest: the guest never runs while a
+/// thread of vmm is unfiltered. Threads are spawned before the main thread's filter, which
+/// forbids creating them.
+fn start_vcpus(vcpus: Vec<Vcpu>, mode: config::Seccomp) -> Result<Vec<JoinHandle<()>>, VmmError> {
+    let filters = match mode {
+        config::Seccomp::On => {
+            seccomp::install_violation_handler()?;
+            Some(Arc::new(Filters::compile()?))
+        }
+        config::Seccomp::Off => None,
+    };
+    let go = Arc::new(Barrier::new(vcpus.len() + 1));
+    let (installed, reports) = mpsc::channel();
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for vcpu in vcpus {
+        let (filters, go, installed) = (filters.clone(), go.clone(), installed.clone());
+        let thread = thread::Builder::new()
+            .name(format!("vcpu{}", vcpu.index))
+            .spawn(move || {
+                if let Some(filters) = filters {
+                    seccomp::apply_and_report(&filters.vcpu, &installed);
+                }
+                drop(installed);
+                go.wait();
+                vcpu.run()
+            })
+            .map_err(VmmError::Thread)?;
+        threads.push(thread);
+    }
+    drop(installed);
+    if let Some(filters) = filters {
+        // On an error the vCPUs stay parked at `go` and end with the process.
+        for report in reports.iter() {
+            report.map_err(VmmError::VcpuSeccomp)?;
+        }
+        seccomp::apply(&filters.main, ThreadKind::Main)?;
+        log::info!(
+            "seccomp filters installed on the main thread and {} vCPU threads",
+            threads.len()
+        );
+    }
+    go.wait();
+    Ok(threads)
 }

@@ -56,6 +56,11 @@ struct Cli {
     /// Print when the first vCPU started and when the guest reached userspace.
     #[arg(long)]
     boot_time: bool,
+    /// Seccomp filters on vmm's threads: once the VM is set up, each thread may make only the
+    /// system calls it needs; any other stops vmm with a line naming the call (exit status 159).
+    /// `off` is for debugging.
+    #[arg(long, value_enum, value_name = "on|off", default_value_t = config::Seccomp::On)]
+    seccomp: config::Seccomp,
 }
 
 fn parse_zoned_disk(text: &str) -> Result<ZonedDiskOptions, String> {
@@ -133,6 +138,7 @@ fn main() -> ExitCode {
         memory_mib: cli.memory,
         cpus: cli.cpus,
         boot_time: cli.boot_time,
+        seccomp: cli.seccomp,
     };
     match vmm::machine::run(&config) {
         Ok(reason) => {

@@ -3,11 +3,13 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use vmm_sys_util::eventfd::EventFd;
 
 static SAVED_TERMIOS: Mutex<Option<libc::termios>> = Mutex::new(None);
+/// The same settings for a signal handler, which cannot take a lock.
+static TERMIOS_FOR_SIGNAL_HANDLER: OnceLock<libc::termios> = OnceLock::new();
 static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 static DUMP_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
@@ -29,6 +31,7 @@ pub fn enter_raw_mode() {
         return;
     }
     *SAVED_TERMIOS.lock().unwrap_or_else(|p| p.into_inner()) = Some(termios);
+    let _ = TERMIOS_FOR_SIGNAL_HANDLER.set(termios);
     let mut raw = termios;
     // SAFETY: cfmakeraw only edits the struct it is given.
     unsafe { libc::cfmakeraw(&mut raw) };
@@ -47,6 +50,15 @@ pub fn restore() {
     {
         // SAFETY: valid descriptor and the termios saved earlier.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &termios) };
+    }
+}
+
+/// `restore` for a signal handler that is about to end the process: no lock, one tcsetattr
+/// (an ioctl, async-signal-safe).
+pub fn restore_in_signal_handler() {
+    if let Some(termios) = TERMIOS_FOR_SIGNAL_HANDLER.get() {
+        // SAFETY: valid descriptor and the termios saved by `enter_raw_mode`.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, termios) };
     }
 }
 

@@ -164,6 +164,14 @@ fn unknown_discovery_mode() {
 }
 
 #[test]
+fn unknown_seccomp_mode() {
+    assert_one_line_error(
+        &["--kernel", "k", "--seccomp", "maybe"],
+        "invalid value 'maybe' for '--seccomp <on|off>' [possible values: on, off]",
+    );
+}
+
+#[test]
 fn bad_zoned_disk_options_create_or_touch_nothing() {
     let kernel = temp_file("fake-bzimage-zoned", &fake_bzimage());
     let k = kernel.to_str().unwrap();

@@ -28,7 +28,7 @@ use super::geometry::{
 use super::state::{RestoreError, ZoneCondition, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet};
 
 /// Linux ioctls of include/uapi/linux/blkzoned.h.
-mod ioctl {
+pub mod ioctl {
     /// _IOWR(0x12, 130, struct blk_zone_report)
     pub const BLKREPORTZONE: u64 = 0xC010_1282;
     /// _IOW(0x12, 131, struct blk_zone_range)

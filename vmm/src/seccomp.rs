@@ -1,0 +1,618 @@
+//! Seccomp filters for vmm's threads, installed once the VM is set up (files open, KVM VM and
+//! vCPUs created, guest memory mapped, threads spawned), so that the steady state, where the
+//! guest is running and can attack, may make only the system calls listed here.
+//!
+//! Two filters: the main thread (event loop, device I/O, shutdown) and the vCPU threads (KVM_RUN,
+//! and device code reached through register writes). No thread may open a file, create a
+//! process or thread, map executable memory, or use the network. A forbidden call traps (SIGSYS);
+//! the handler installed here prints one line naming the call and the thread and exits with
+//! [`VIOLATION_EXIT_STATUS`]. `--seccomp off` turns the filters off for debugging.
+//!
+//! The lists come from `strace -f` of vmm in the lab over every kind of run the lab suite makes
+//! (boot, plain and zoned disks under fio and btrfs, host zoned devices, SIGTERM, guest panic, run
+//! mode exit, --boot-time); see docs/seccomp.md.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+#[cfg(target_arch = "x86_64")]
+#[path = "seccomp/x86_64_names.rs"]
+mod names;
+
+/// vmm's exit status after a seccomp violation: 128 + SIGSYS, as a shell shows a process killed
+/// by that signal.
+pub const VIOLATION_EXIT_STATUS: i32 = 128 + libc::SIGSYS;
+
+/// `_IO(KVMIO, 0x80)`: the one KVM ioctl a running vCPU makes.
+const KVM_RUN: u64 = 0xae80;
+/// `siginfo_t::si_code` of a SIGSYS raised by a seccomp filter.
+const SYS_SECCOMP: libc::c_int = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("cannot build the seccomp filter: {0}")]
+    Build(seccompiler::BackendError),
+    #[error(
+        "cannot install the seccomp filter of the {0} thread: {1} (--seccomp off runs without it)"
+    )]
+    Install(&'static str, seccompiler::Error),
+    #[error("cannot install the SIGSYS handler: {0}")]
+    Handler(std::io::Error),
+    #[error("seccomp filters are not available on {0}: run with --seccomp off")]
+    UnsupportedArch(&'static str),
+}
+
+/// Which filter a thread gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    Main,
+    Vcpu,
+}
+
+impl ThreadKind {
+    fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Main => "main",
+            ThreadKind::Vcpu => "vCPU",
+        }
+    }
+}
+
+/// A condition on the low 32 bits of one argument (every argument checked here is an int, an
+/// ioctl request or a flag word).
+fn dword(index: u8, op: SeccompCmpOp, value: u64) -> Result<SeccompCondition, SeccompError> {
+    SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value).map_err(SeccompError::Build)
+}
+
+fn rule(conditions: Vec<SeccompCondition>) -> Result<SeccompRule, SeccompError> {
+    SeccompRule::new(conditions).map_err(SeccompError::Build)
+}
+
+/// ioctl(ANY, request) for each request.
+fn ioctl_rules(requests: &[u64]) -> Result<Vec<SeccompRule>, SeccompError> {
+    requests
+        .iter()
+        .map(|&request| rule(vec![dword(1, SeccompCmpOp::Eq, request)?]))
+        .collect()
+}
+
+/// Memory may be mapped or re-protected, never executable: allocation (malloc's arenas grow with
+/// mprotect) needs the calls, and no thread of vmm ever needs new code.
+fn not_executable(prot_arg: u8) -> Result<Vec<SeccompRule>, SeccompError> {
+    Ok(vec![rule(vec![dword(
+        prot_arg,
+        SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+        0,
+    )?])?])
+}
+
+/// What both kinds of thread need: the Rust runtime and libc (allocation, locks, time, thread
+/// exit, an abort that still aborts), console output, and the disk I/O of the device models,
+/// which run on the main thread and, through register writes, on a vCPU thread.
+fn common_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = [
+        // Eventfds, console output, stdin, timerfd expirations; the disk backends.
+        libc::SYS_read,
+        libc::SYS_write,
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_fdatasync,
+        libc::SYS_fsync,
+        libc::SYS_close,
+        // Memory and locks.
+        libc::SYS_brk,
+        libc::SYS_munmap,
+        libc::SYS_mremap,
+        libc::SYS_madvise,
+        libc::SYS_futex,
+        libc::SYS_sched_yield,
+        // Time, where the vDSO falls back to the system call (the lab's clock source does).
+        libc::SYS_clock_gettime,
+        // Signals: the SIGINT/SIGTERM/SIGHUP handlers return, thread exit tears down the
+        // alternate signal stack, and abort() blocks signals and raises SIGABRT.
+        libc::SYS_rt_sigreturn,
+        libc::SYS_rt_sigprocmask,
+        libc::SYS_sigaltstack,
+        libc::SYS_getpid,
+        libc::SYS_gettid,
+        libc::SYS_exit,
+        libc::SYS_exit_group,
+        // Zoned requests: lanes move data straight between guest memory and the image or
+        // device (pwritev/preadv); plain disks do the same with lseek + write/read.
+        libc::SYS_pwritev,
+        libc::SYS_preadv,
+        libc::SYS_lseek,
+        // Lane threads of a zoned batch (ZonedHandler::handle_batch) start and end: robust
+        // futex list and restartable sequences (glibc), the thread's alternate signal stack.
+        // clone3 is allowed here only so that `clone3_unavailable` below decides: ENOSYS.
+        libc::SYS_set_robust_list,
+        libc::SYS_rseq,
+        libc::SYS_sched_getaffinity,
+        libc::SYS_clone3,
+    ]
+    .into_iter()
+    .map(|call| (call, Vec::new()))
+    .collect();
+    rules.insert(libc::SYS_mmap, not_executable(2)?);
+    rules.insert(libc::SYS_mprotect, not_executable(2)?);
+    // abort(): SIGABRT to this process only.
+    rules.insert(
+        libc::SYS_tgkill,
+        vec![rule(vec![dword(
+            2,
+            SeccompCmpOp::Eq,
+            libc::SIGABRT as u64,
+        )?])?],
+    );
+    // Closing a descriptor in a debug build first checks that it is open (F_GETFD).
+    rules.insert(
+        libc::SYS_fcntl,
+        vec![rule(vec![dword(
+            1,
+            SeccompCmpOp::Eq,
+            libc::F_GETFD as u64,
+        )?])?],
+    );
+    // Threads only (CLONE_THREAD), never a new process.
+    rules.insert(
+        libc::SYS_clone,
+        vec![rule(vec![dword(
+            0,
+            SeccompCmpOp::MaskedEq(libc::CLONE_THREAD as u64),
+            libc::CLONE_THREAD as u64,
+        )?])?],
+    );
+    // A new thread names itself ("zoned-lane").
+    rules.insert(
+        libc::SYS_prctl,
+        vec![rule(vec![dword(
+            0,
+            SeccompCmpOp::Eq,
+            libc::PR_SET_NAME as u64,
+        )?])?],
+    );
+    // Zone resets punch holes in an image file; no other fallocate mode is used.
+    rules.insert(
+        libc::SYS_fallocate,
+        vec![rule(vec![dword(
+            1,
+            SeccompCmpOp::Eq,
+            (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64,
+        )?])?],
+    );
+    use devices::zoned::host::ioctl as zone;
+    let mut ioctls = ioctl_rules(&[
+        zone::BLKREPORTZONE,
+        zone::BLKRESETZONE,
+        zone::BLKOPENZONE,
+        zone::BLKCLOSEZONE,
+        zone::BLKFINISHZONE,
+    ])?;
+    // The terminal on stdin: is it one (the console escape), and restoring it on exit, which the
+    // violation handler also does, on whichever thread trapped.
+    for request in [libc::TCGETS, libc::TCSETS] {
+        ioctls.push(rule(vec![
+            dword(0, SeccompCmpOp::Eq, libc::STDIN_FILENO as u64)?,
+            dword(1, SeccompCmpOp::Eq, request)?,
+        ])?);
+    }
+    rules.insert(libc::SYS_ioctl, ioctls);
+    Ok(rules)
+}
+
+/// The allow-list of one kind of thread, as seccompiler rules.
+fn thread_rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
+    let mut rules = common_rules()?;
+    match kind {
+        ThreadKind::Main => {
+            // The event loop: epoll, the console flush timer.
+            for call in [
+                libc::SYS_epoll_wait,
+                libc::SYS_epoll_pwait,
+                libc::SYS_epoll_ctl,
+                libc::SYS_timerfd_settime,
+            ] {
+                rules.insert(call, Vec::new());
+            }
+        }
+        ThreadKind::Vcpu => {
+            rules
+                .entry(libc::SYS_ioctl)
+                .or_default()
+                .extend(ioctl_rules(&[KVM_RUN])?);
+        }
+    }
+    Ok(rules)
+}
+
+fn target_arch() -> Result<TargetArch, SeccompError> {
+    let arch = std::env::consts::ARCH;
+    arch.try_into()
+        .map_err(|_| SeccompError::UnsupportedArch(arch))
+}
+
+/// Compiles the filter of one kind of thread: allow what is listed, trap everything else.
+pub fn compile(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let filter = SeccompFilter::new(
+        thread_rules(kind)?,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        target_arch()?,
+    )
+    .map_err(SeccompError::Build)?;
+    filter.try_into().map_err(SeccompError::Build)
+}
+
+/// Both compiled filters, built before any is installed (compiling allocates freely).
+pub struct Filters {
+    pub main: BpfProgram,
+    pub vcpu: BpfProgram,
+}
+
+impl Filters {
+    pub fn compile() -> Result<Self, SeccompError> {
+        Ok(Self {
+            main: compile(ThreadKind::Main)?,
+            vcpu: compile(ThreadKind::Vcpu)?,
+        })
+    }
+}
+
+thread_local! {
+    /// The filter this thread runs under, for the violation message. Const-initialized, so the
+    /// signal handler reads it without any lazy initialization.
+    static THREAD_FILTER: Cell<&'static str> = const { Cell::new("") };
+}
+
+/// glibc starts a thread with clone3 and falls back to clone when clone3 fails with ENOSYS.
+/// clone's flags are an argument the filter can check (threads only); clone3's are in memory,
+/// where it cannot. This filter, stacked under each thread's own, makes clone3 fail with
+/// ENOSYS (an errno result takes precedence over the other filter's allow).
+fn clone3_unavailable() -> Result<BpfProgram, SeccompError> {
+    let filter = SeccompFilter::new(
+        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        target_arch()?,
+    )
+    .map_err(SeccompError::Build)?;
+    filter.try_into().map_err(SeccompError::Build)
+}
+
+/// Installs `program` on the calling thread (and every thread it creates later).
+pub fn apply(program: &BpfProgram, kind: ThreadKind) -> Result<(), SeccompError> {
+    THREAD_FILTER.with(|name| name.set(kind.name()));
+    let install = |program: &BpfProgram| {
+        seccompiler::apply_filter(program).map_err(|e| SeccompError::Install(kind.name(), e))
+    };
+    install(&clone3_unavailable()?)?;
+    install(program)
+}
+
+/// Installs `program` on the calling vCPU thread and tells the main thread how that went on
+/// `installed`: the main thread lets the vCPUs run only once every filter is in place.
+pub fn apply_and_report(program: &BpfProgram, installed: &mpsc::Sender<Result<(), String>>) {
+    let result = apply(program, ThreadKind::Vcpu).map_err(|e| e.to_string());
+    // The main thread waits for one report per vCPU; if it is gone, so is the VM.
+    let _ = installed.send(result);
+}
+
+/// The name of system call `number`, or "" when unknown.
+pub fn syscall_name(number: i64) -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        usize::try_from(number)
+            .ok()
+            .and_then(|n| names::NAMES.get(n))
+            .copied()
+            .unwrap_or("")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = number;
+        ""
+    }
+}
+
+/// A fixed buffer that the signal handler formats its message in: no allocation there.
+struct MessageBuffer {
+    bytes: [u8; 256],
+    len: usize,
+}
+
+impl MessageBuffer {
+    fn push(&mut self, text: &[u8]) {
+        let room = self.bytes.len() - self.len;
+        let n = text.len().min(room);
+        self.bytes[self.len..self.len + n].copy_from_slice(&text[..n]);
+        self.len += n;
+    }
+
+    fn push_number(&mut self, value: i64) {
+        if value < 0 {
+            self.push(b"-");
+        }
+        let mut digits = [0u8; 20];
+        let mut rest = value.unsigned_abs();
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        self.push(&digits[start..]);
+    }
+}
+
+/// The violation message for system call `number` on a thread under `filter`.
+fn violation_message(number: i64, filter: &str, out: &mut MessageBuffer) {
+    out.push(b"vmm: seccomp: the ");
+    // A thread vmm started after installing filters (a zoned lane) inherits its creator's.
+    out.push(if filter.is_empty() {
+        b"zoned-lane"
+    } else {
+        filter.as_bytes()
+    });
+    out.push(b" thread made the forbidden system call ");
+    let name = syscall_name(number);
+    if !name.is_empty() {
+        out.push(name.as_bytes());
+        out.push(b" ");
+    }
+    out.push(b"(");
+    out.push_number(number);
+    out.push(b"); stopping (--seccomp off runs without the filter)\n");
+}
+
+/// The fields of `siginfo_t` that a SIGSYS carries (Linux, 64-bit): after signo, errno and code
+/// (and padding to 8 bytes) come the faulting address, the system call number and the arch.
+#[repr(C)]
+struct SigsysInfo {
+    signo: libc::c_int,
+    errno: libc::c_int,
+    code: libc::c_int,
+    _pad: libc::c_int,
+    call_addr: *mut libc::c_void,
+    syscall: libc::c_int,
+    arch: libc::c_uint,
+}
+
+extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let mut message = MessageBuffer {
+        bytes: [0; 256],
+        len: 0,
+    };
+    // SAFETY: the kernel hands a SA_SIGINFO handler a valid siginfo_t, and SigsysInfo is the
+    // prefix of its layout for SIGSYS on 64-bit Linux.
+    let info = unsafe { &*info.cast::<SigsysInfo>() };
+    if info.code == SYS_SECCOMP {
+        violation_message(i64::from(info.syscall), THREAD_FILTER.get(), &mut message);
+    } else {
+        message.push(b"vmm: stopped by SIGSYS\n");
+    }
+    crate::terminal::restore_in_signal_handler();
+    // SAFETY: write(2) and _exit(2) are async-signal-safe and allowed by every filter; the
+    // buffer is valid for `len` bytes.
+    unsafe {
+        libc::write(
+            libc::STDERR_FILENO,
+            message.bytes.as_ptr().cast(),
+            message.len,
+        );
+        libc::_exit(VIOLATION_EXIT_STATUS);
+    }
+}
+
+/// Routes SIGSYS (a seccomp violation) to the handler that reports it and exits.
+pub fn install_violation_handler() -> Result<(), SeccompError> {
+    // SAFETY: sigaction is plain data; the handler only formats on the stack and makes
+    // async-signal-safe calls.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigsys as *const () as usize;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGSYS, &action, std::ptr::null_mut()) != 0 {
+            return Err(SeccompError::Handler(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_filters_compile_for_this_arch() {
+        let filters = Filters::compile().unwrap();
+        assert!(!filters.main.is_empty());
+        assert!(!filters.vcpu.is_empty());
+        assert_ne!(filters.main, filters.vcpu);
+    }
+
+    #[test]
+    fn syscall_names_follow_the_kernel_numbers() {
+        assert_eq!(syscall_name(libc::SYS_read), "read");
+        assert_eq!(syscall_name(libc::SYS_openat), "openat");
+        assert_eq!(syscall_name(libc::SYS_socket), "socket");
+        assert_eq!(syscall_name(libc::SYS_clone3), "clone3");
+        assert_eq!(syscall_name(-1), "");
+        assert_eq!(syscall_name(100_000), "");
+    }
+
+    #[test]
+    fn violation_message_names_the_call_and_the_thread() {
+        let mut out = MessageBuffer {
+            bytes: [0; 256],
+            len: 0,
+        };
+        violation_message(libc::SYS_socket, "vCPU", &mut out);
+        assert_eq!(
+            std::str::from_utf8(&out.bytes[..out.len]).unwrap(),
+            "vmm: seccomp: the vCPU thread made the forbidden system call socket (41); \
+             stopping (--seccomp off runs without the filter)\n"
+        );
+        let mut out = MessageBuffer {
+            bytes: [0; 256],
+            len: 0,
+        };
+        violation_message(9999, "main", &mut out);
+        assert!(std::str::from_utf8(&out.bytes[..out.len])
+            .unwrap()
+            .contains("system call (9999)"));
+    }
+
+    /// Forks a child that installs the `kind` filter, then runs `body`; returns the child's exit
+    /// status (or 1000 + signal) and what it wrote to stderr.
+    fn in_filtered_child(kind: ThreadKind, body: impl FnOnce()) -> (i32, String) {
+        let program = compile(kind).unwrap();
+        let mut pipe = [0; 2];
+        // SAFETY: pipe fills the two descriptors.
+        assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+        // SAFETY: the child makes only raw system calls and the filter install (no allocation),
+        // then `body`, and leaves with _exit; the parent waits for it.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: plain descriptor calls on the pipe made above.
+            unsafe {
+                libc::dup2(pipe[1], libc::STDERR_FILENO);
+                libc::close(pipe[0]);
+            }
+            if install_violation_handler().is_err() || apply(&program, kind).is_err() {
+                // SAFETY: _exit ends the child.
+                unsafe { libc::_exit(99) };
+            }
+            // A panic must not unwind into the test harness's copy in the child.
+            let status = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+                Ok(()) => 0,
+                Err(_) => 98,
+            };
+            // SAFETY: _exit ends the child.
+            unsafe { libc::_exit(status) };
+        }
+        // SAFETY: the parent's copy of the write end is closed so that reading sees EOF.
+        unsafe { libc::close(pipe[1]) };
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        let mut output = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            // SAFETY: reads into a local buffer of its length.
+            let n = unsafe { libc::read(pipe[0], buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            output.extend_from_slice(&buf[..n as usize]);
+        }
+        // SAFETY: closes the read end.
+        unsafe { libc::close(pipe[0]) };
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            1000 + libc::WTERMSIG(status)
+        };
+        (code, String::from_utf8_lossy(&output).into_owned())
+    }
+
+    #[test]
+    fn a_forbidden_call_is_reported_by_name_and_exits_with_the_violation_status() {
+        fn open_socket() {
+            // SAFETY: socket(2) with constant arguments; the filter forbids it.
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        }
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu] {
+            let (status, stderr) = in_filtered_child(kind, open_socket);
+            assert_eq!(status, VIOLATION_EXIT_STATUS, "{kind:?}: {stderr}");
+            assert_eq!(
+                stderr.trim_end(),
+                format!(
+                    "vmm: seccomp: the {} thread made the forbidden system call socket (41); \
+                     stopping (--seccomp off runs without the filter)",
+                    kind.name()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn opening_files_creating_threads_and_executable_memory_are_forbidden() {
+        fn open_file() {
+            // SAFETY: openat with a constant, NUL-terminated path.
+            unsafe { libc::openat(libc::AT_FDCWD, c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        }
+        fn map_executable() {
+            // SAFETY: an anonymous mapping; the filter refuses PROT_EXEC before it is made.
+            unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+        }
+        fn fork_again() {
+            // SAFETY: the filter refuses the clone before a process exists.
+            unsafe { libc::fork() };
+        }
+        for (body, call) in [
+            (open_file as fn(), "openat"),
+            (map_executable, "mmap"),
+            (fork_again, "clone"),
+        ] {
+            let (status, stderr) = in_filtered_child(ThreadKind::Main, body);
+            assert_eq!(status, VIOLATION_EXIT_STATUS, "{call}: {stderr}");
+            assert!(
+                stderr.contains(&format!("system call {call} (")),
+                "{stderr}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_the_threads_do_is_allowed() {
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu] {
+            // Made before the filter, like every descriptor of vmm.
+            let event = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            let steady_state_work = move || {
+                // Allocation of all sizes (brk, mmap, mremap), an eventfd round trip, a lock,
+                // the clock, a close.
+                let mut small: Vec<u8> = vec![1; 100];
+                let mut large: Vec<u8> = vec![2; 64 << 20];
+                large.resize(128 << 20, 3);
+                small.extend_from_slice(&large[..1 << 20]);
+                event.write(1).unwrap();
+                assert_eq!(event.read().unwrap(), 1);
+                let lock = std::sync::Mutex::new(small.len() + large.len());
+                drop(lock.lock().unwrap());
+                let _ = std::time::Instant::now();
+                drop(event);
+                // A lane thread of a zoned batch: named, scoped, joined.
+                std::thread::scope(|scope| {
+                    std::thread::Builder::new()
+                        .name("zoned-lane".into())
+                        .spawn_scoped(scope, || lock.lock().map(|n| *n).unwrap_or(0))
+                        .unwrap()
+                        .join()
+                        .unwrap();
+                });
+            };
+            let (status, stderr) = in_filtered_child(kind, steady_state_work);
+            assert_eq!(status, 0, "{kind:?}: {stderr}");
+        }
+    }
+}
