@@ -9,9 +9,8 @@ run: guest build
 	@resources/run-demo.sh
 
 <<<<<<< HEAD
-.PHONY: run build test unit-test lab-test deps guest guest-kernel guest-initramfs bench bench-smoke fuzz
+.PHONY: run build test unit-test lab-test torture deps guest guest-kernel guest-initramfs bench bench-smoke fuzz
 =======
-.PHONY: run build test unit-test lab-test torture deps guest guest-kernel guest-initramfs
 >>>>>>> seccomp
 
 deps:
