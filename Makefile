@@ -8,10 +8,7 @@ CARGO ?= cargo
 run: guest build
 	@resources/run-demo.sh
 
-<<<<<<< HEAD
 .PHONY: run build test unit-test lab-test torture deps guest guest-kernel guest-initramfs bench bench-smoke fuzz
-=======
->>>>>>> seccomp
 
 deps:
 	@resources/install-deps.sh build
