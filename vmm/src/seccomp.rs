@@ -123,11 +123,9 @@ fn common_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         libc::SYS_gettid,
         libc::SYS_exit,
         libc::SYS_exit_group,
-        // Zoned requests: lanes move data straight between guest memory and the image or
-        // device (pwritev/preadv); plain disks do the same with lseek + write/read.
+        // Disks move data straight between guest memory and the file (pwritev/preadv).
         libc::SYS_pwritev,
         libc::SYS_preadv,
-        libc::SYS_lseek,
         // Lane threads of a zoned batch (ZonedHandler::handle_batch) start and end: robust
         // futex list and restartable sequences (glibc), the thread's alternate signal stack.
         // clone3 is allowed here only so that `clone3_unavailable` below decides: ENOSYS.

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
-use super::data::DataError;
+use super::data::{DataError, GuestBuffers};
+use super::request::Segment;
 use crate::virtio::GuestMemoryMmap;
 
 /// Byte-addressed storage. Offsets and lengths passed in are already checked against `size`.
@@ -58,13 +59,19 @@ pub trait BlockBackend: Send {
     }
 }
 
-/// A failed guest-memory transfer: an I/O error of the file is the backend's, anything else
-/// (an address outside guest memory) the guest's.
-fn transfer_error(error: GuestMemoryError) -> DataError {
-    match error {
-        GuestMemoryError::IOError(error) => DataError::Backend(error),
-        other => DataError::Guest(other),
-    }
+/// `len` bytes of guest memory at `address`, resolved for vectored I/O; an address outside
+/// guest memory is the guest's fault.
+fn guest_buffers(
+    memory: &GuestMemoryMmap,
+    address: GuestAddress,
+    len: usize,
+) -> Result<GuestBuffers<'_>, DataError> {
+    let segment = Segment {
+        addr: address,
+        len: u32::try_from(len).map_err(|_| DataError::OffsetOverflow)?,
+    };
+    GuestBuffers::new(memory, &[segment])
+        .map_err(|_| DataError::Guest(GuestMemoryError::InvalidGuestAddress(address)))
 }
 
 /// Errors opening a backend.
@@ -175,14 +182,10 @@ impl BlockBackend for RawFile {
                 "the backend is read-only",
             )));
         }
-        // One copy, guest memory to the file, as a raw pwrite would do; the file position is
-        // this backend's alone (every other access is positioned).
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .map_err(DataError::Backend)?;
-        memory
-            .write_all_volatile_to(address, &mut self.file, len)
-            .map_err(transfer_error)
+        // One copy, guest memory to the file, in one pwritev as a raw pwrite would do.
+        guest_buffers(memory, address, len)?
+            .write_to(&self.file, offset)
+            .map_err(DataError::Backend)
     }
 
     fn read_into_guest(
@@ -192,12 +195,9 @@ impl BlockBackend for RawFile {
         len: usize,
         offset: u64,
     ) -> Result<(), DataError> {
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .map_err(DataError::Backend)?;
-        memory
-            .read_exact_volatile_from(address, &mut self.file, len)
-            .map_err(transfer_error)
+        guest_buffers(memory, address, len)?
+            .read_from(&self.file, offset)
+            .map_err(DataError::Backend)
     }
 }
 

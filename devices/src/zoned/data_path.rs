@@ -5,16 +5,12 @@
 use std::alloc::Layout;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestMemory, Permissions};
-
 use super::geometry::SECTOR_SIZE;
-use crate::block::Segment;
-use crate::virtio::GuestMemoryMmap;
+use crate::block::data::{invalid_input, GuestBuffers};
 
 /// Alignment of O_DIRECT buffers: a page, which satisfies every logical block size up to 4096.
 const BUFFER_ALIGNMENT: usize = 4096;
@@ -42,10 +38,6 @@ impl std::fmt::Debug for WriteHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("WriteHook")
     }
-}
-
-fn invalid_input() -> io::Error {
-    io::Error::from_raw_os_error(libc::EINVAL)
 }
 
 impl DataPath {
@@ -164,135 +156,6 @@ impl DataPath {
     }
 }
 
-/// Guest buffers resolved to host memory: the iovecs of a request's data segments, checked
-/// against guest memory before any I/O starts.
-pub struct GuestBuffers<'m> {
-    iovecs: Vec<libc::iovec>,
-    len: usize,
-    memory: &'m GuestMemoryMmap,
-    segments: Vec<Segment>,
-}
-
-impl<'m> GuestBuffers<'m> {
-    /// Resolves `segments`; an address outside guest memory is an error.
-    pub fn new(memory: &'m GuestMemoryMmap, segments: &[Segment]) -> io::Result<Self> {
-        let mut iovecs = Vec::with_capacity(segments.len());
-        let mut len = 0usize;
-        for segment in segments {
-            let slices = memory
-                .get_slices(segment.addr, segment.len as usize, Permissions::ReadWrite)
-                .map_err(|_| invalid_input())?;
-            for slice in slices {
-                let slice = slice.map_err(|_| invalid_input())?;
-                // GuestMemoryMmap regions are plain mappings that live as long as the memory
-                // (borrowed for 'm), so the pointer stays valid after the guard is gone.
-                let base = slice.ptr_guard_mut().as_ptr();
-                iovecs.push(libc::iovec {
-                    iov_base: base.cast(),
-                    iov_len: slice.len(),
-                });
-                len += slice.len();
-            }
-        }
-        Ok(GuestBuffers {
-            iovecs,
-            len,
-            memory,
-            segments: segments.to_vec(),
-        })
-    }
-
-    /// Total bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether there are no bytes at all.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Copies the buffers out, in order (for O_DIRECT, which needs aligned memory).
-    fn copy_out(&self, into: &mut [u8]) -> io::Result<()> {
-        let mut at = 0;
-        for segment in &self.segments {
-            let end = at + segment.len as usize;
-            let part = into.get_mut(at..end).ok_or_else(invalid_input)?;
-            self.memory
-                .read_slice(part, segment.addr)
-                .map_err(|_| invalid_input())?;
-            at = end;
-        }
-        Ok(())
-    }
-
-    /// Copies `bytes` in, in order.
-    fn copy_in(&self, bytes: &[u8]) -> io::Result<()> {
-        crate::block::data::bytes_to_guest(self.memory, &self.segments, bytes)
-            .map(|_| ())
-            .map_err(|_| invalid_input())
-    }
-}
-
-/// Most iovecs one preadv/pwritev call takes (Linux's IOV_MAX).
-const IOV_MAX: usize = 1024;
-
-/// pwritev/preadv of all of `iovecs` at `offset`, resuming after short transfers.
-fn vectored_at(
-    file: &File,
-    iovecs: &[libc::iovec],
-    mut offset: u64,
-    write: bool,
-) -> io::Result<()> {
-    let mut iovecs = iovecs.to_vec();
-    let mut first = 0;
-    while first < iovecs.len() {
-        let batch = &iovecs[first..(first + IOV_MAX).min(iovecs.len())];
-        let at = libc::off_t::try_from(offset).map_err(|_| invalid_input())?;
-        // SAFETY: every iovec points into guest memory borrowed by the caller's GuestBuffers
-        // for the whole call, with its length; the count is at most IOV_MAX.
-        let done = unsafe {
-            if write {
-                libc::pwritev(file.as_raw_fd(), batch.as_ptr(), batch.len() as i32, at)
-            } else {
-                libc::preadv(file.as_raw_fd(), batch.as_ptr(), batch.len() as i32, at)
-            }
-        };
-        if done < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
-        }
-        if done == 0 {
-            return Err(if write {
-                io::ErrorKind::WriteZero.into()
-            } else {
-                io::ErrorKind::UnexpectedEof.into()
-            });
-        }
-        let mut done = done as usize;
-        offset += done as u64;
-        while done > 0 {
-            let iovec = &mut iovecs[first];
-            if done >= iovec.iov_len {
-                done -= iovec.iov_len;
-                first += 1;
-            } else {
-                // SAFETY: stays inside the same iovec's memory.
-                iovec.iov_base = unsafe { iovec.iov_base.cast::<u8>().add(done) }.cast();
-                iovec.iov_len -= done;
-                done = 0;
-            }
-        }
-        while first < iovecs.len() && iovecs[first].iov_len == 0 {
-            first += 1;
-        }
-    }
-    Ok(())
-}
-
 impl DataPath {
     /// Writes `buffers` at `sector`: straight from guest memory, or through an aligned buffer
     /// for O_DIRECT.
@@ -306,7 +169,7 @@ impl DataPath {
         if let Some(hook) = &self.write_hook {
             (hook.0)(sector);
         }
-        vectored_at(&self.file, &buffers.iovecs, self.offset(sector)?, true)
+        buffers.write_to(&self.file, self.offset(sector)?)
     }
 
     /// Reads `buffers.len()` bytes at `sector` into `buffers`.
@@ -316,7 +179,7 @@ impl DataPath {
             self.read(sector, &mut data)?;
             return buffers.copy_in(&data);
         }
-        vectored_at(&self.file, &buffers.iovecs, self.offset(sector)?, false)
+        buffers.read_from(&self.file, self.offset(sector)?)
     }
 }
 

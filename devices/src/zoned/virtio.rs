@@ -8,12 +8,13 @@ use std::sync::{Mutex, MutexGuard};
 use log::warn;
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
-use super::data_path::{DataPath, GuestBuffers};
+use super::data_path::DataPath;
 use super::disk::{Reservation, ZoneStorage, ZonedDisk};
 use super::geometry::SECTOR_SIZE;
 use super::geometry::{FailWrite, FaultInjection};
 use super::state::{ZoneCondition, ZoneError};
 use super::wire::{self, request as zone_request, status};
+use crate::block::data::GuestBuffers;
 use crate::block::device::CONFIG_SIZE;
 use crate::block::{
     request_type, BlockBackend, Completion, Request, RequestHandler, Segment,
