@@ -36,6 +36,8 @@ CMDLINE = "console=ttyS0 quiet reboot=t panic=-1 lpj=1000000 tsc=reliable no_tim
 MARKER = b"vmm-init: userspace reached"
 DISK = "/tmp/bench-disk.img"
 ZONED = "/tmp/bench-zoned.img"
+# Zone size of the zoned disk (the sequential write must cover at least one zone).
+ZONE_MIB = 64
 DISK_MIB = 256
 
 
@@ -144,6 +146,9 @@ def parse_fio(text):
 
 
 def run_io(args):
+    # fio --zonemode=zbd writes at least one whole zone.
+    if args.write_mib < ZONE_MIB:
+        sys.exit(f"lab.py: --write-mib {args.write_mib} is below the zoned disk's {ZONE_MIB} MiB zone")
     with open(DISK, "wb") as disk:
         chunk = bytes(range(256)) * 4096
         for _ in range(DISK_MIB):
@@ -157,7 +162,7 @@ def run_io(args):
                 if os.path.exists(ZONED):
                     os.unlink(ZONED)
                 command = vmm_command(guest, [("disk", DISK),
-                                              ("zoned-disk", f"{ZONED},size={DISK_MIB}M,zone-size=64M")])
+                                              ("zoned-disk", f"{ZONED},size={DISK_MIB}M,zone-size={ZONE_MIB}M")])
             else:
                 command = qemu_command(guest, DISK)
             _, _, text = boot(vmm, command)
