@@ -139,6 +139,19 @@ impl RawFile {
     }
 }
 
+impl RawFile {
+    /// Refuses writes to a read-only backend.
+    fn writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the backend is read-only",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl BlockBackend for RawFile {
     fn size(&self) -> u64 {
         self.size
@@ -153,12 +166,7 @@ impl BlockBackend for RawFile {
     }
 
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        if self.read_only {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "the backend is read-only",
-            ));
-        }
+        self.writable()?;
         self.file.write_all_at(buf, offset)
     }
 
@@ -176,12 +184,7 @@ impl BlockBackend for RawFile {
         len: usize,
         offset: u64,
     ) -> Result<(), DataError> {
-        if self.read_only {
-            return Err(DataError::Backend(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "the backend is read-only",
-            )));
-        }
+        self.writable().map_err(DataError::Backend)?;
         // One copy, guest memory to the file, in one pwritev as a raw pwrite would do.
         guest_buffers(memory, address, len)?
             .write_to(&self.file, offset)
@@ -261,14 +264,6 @@ mod tests {
         let error = RawFile::open(Path::new("/nonexistent/disk.img"), false).unwrap_err();
         assert!(matches!(error, BackendError::Open { .. }));
     }
-}
-
-#[cfg(test)]
-mod guest_transfer_tests {
-    use vm_memory::Bytes;
-    use vmm_sys_util::tempfile::TempFile;
-
-    use super::*;
 
     #[test]
     fn a_file_moves_data_straight_between_guest_memory_and_disk() {

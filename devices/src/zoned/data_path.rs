@@ -88,26 +88,20 @@ impl DataPath {
 
     /// Reads `buf.len()` bytes at `sector`.
     pub fn read(&self, sector: u64, buf: &mut [u8]) -> io::Result<()> {
-        match self.direct_block {
-            None => self.file.read_exact_at(buf, self.offset(sector)?),
-            Some(_) => self.read_with(sector, buf, &mut AlignedBuffer::new(buf.len())?),
-        }
+        let mut bounce = self.bounce_for(buf.len())?;
+        self.read_with(sector, buf, &mut bounce)
     }
 
     /// Writes `data` at `sector`.
     pub fn write(&self, sector: u64, data: &[u8]) -> io::Result<()> {
-        match self.direct_block {
-            None => self.write_buffered(sector, data),
-            Some(_) => self.write_with(sector, data, &mut AlignedBuffer::new(data.len())?),
-        }
+        let mut bounce = self.bounce_for(data.len())?;
+        self.write_with(sector, data, &mut bounce)
     }
 
-    fn write_buffered(&self, sector: u64, data: &[u8]) -> io::Result<()> {
-        #[cfg(test)]
-        if let Some(hook) = &self.write_hook {
-            (hook.0)(sector);
-        }
-        self.file.write_all_at(data, self.offset(sector)?)
+    /// A bounce buffer for `len` bytes of O_DIRECT I/O; a page only for buffered I/O, which
+    /// does not use it.
+    fn bounce_for(&self, len: usize) -> io::Result<AlignedBuffer> {
+        AlignedBuffer::new(if self.direct_block.is_some() { len } else { 0 })
     }
 
     /// `read`, reusing `bounce` for O_DIRECT (a caller on one thread keeps one buffer).
@@ -117,19 +111,13 @@ impl DataPath {
         buf: &mut [u8],
         bounce: &mut AlignedBuffer,
     ) -> io::Result<()> {
-        let offset = self.offset(sector)?;
         let Some(block) = self.direct_block else {
-            return self.file.read_exact_at(buf, offset);
+            return self.file.read_exact_at(buf, self.offset(sector)?);
         };
-        // O_DIRECT needs whole logical blocks: read the enclosing ones and copy the middle.
-        let start = offset / block * block;
-        let end = (offset + buf.len() as u64).div_ceil(block) * block;
-        let skip = (offset - start) as usize;
-        let len = usize::try_from(end - start).map_err(|_| invalid_input())?;
-        let bounce = bounce.prefix(len)?;
-        self.file.read_exact_at(bounce, start)?;
-        buf.copy_from_slice(&bounce[skip..skip + buf.len()]);
-        Ok(())
+        self.read_direct(block, sector, buf.len(), bounce, |data| {
+            buf.copy_from_slice(data);
+            Ok(())
+        })
     }
 
     /// `write`, reusing `bounce` for O_DIRECT.
@@ -140,46 +128,88 @@ impl DataPath {
         bounce: &mut AlignedBuffer,
     ) -> io::Result<()> {
         let Some(block) = self.direct_block else {
-            return self.write_buffered(sector, data);
+            self.before_write(sector);
+            return self.file.write_all_at(data, self.offset(sector)?);
         };
+        self.write_direct(block, sector, data.len(), bounce, |into| {
+            into.copy_from_slice(data);
+            Ok(())
+        })
+    }
+
+    /// Writes `buffers` at `sector`: straight from guest memory, or for O_DIRECT copied once
+    /// into an aligned buffer.
+    pub fn write_from_guest(&self, sector: u64, buffers: &GuestBuffers<'_>) -> io::Result<()> {
+        let len = buffers.len();
+        let Some(block) = self.direct_block else {
+            self.before_write(sector);
+            return buffers.write_to(&self.file, self.offset(sector)?);
+        };
+        let mut bounce = AlignedBuffer::new(len)?;
+        self.write_direct(block, sector, len, &mut bounce, |into| {
+            buffers.copy_out(into)
+        })
+    }
+
+    /// Reads `buffers.len()` bytes at `sector` into `buffers`: straight into guest memory, or
+    /// for O_DIRECT copied once out of an aligned buffer.
+    pub fn read_into_guest(&self, sector: u64, buffers: &GuestBuffers<'_>) -> io::Result<()> {
+        let len = buffers.len();
+        let Some(block) = self.direct_block else {
+            return buffers.read_from(&self.file, self.offset(sector)?);
+        };
+        let mut bounce = AlignedBuffer::new(len)?;
+        self.read_direct(block, sector, len, &mut bounce, |data| {
+            buffers.copy_in(data)
+        })
+    }
+
+    /// O_DIRECT read of `len` bytes at `sector`: the enclosing logical blocks go into
+    /// `bounce`, and `consume` gets the `len` bytes asked for.
+    fn read_direct(
+        &self,
+        block: u64,
+        sector: u64,
+        len: usize,
+        bounce: &mut AlignedBuffer,
+        consume: impl FnOnce(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
         let offset = self.offset(sector)?;
-        #[cfg(test)]
-        if let Some(hook) = &self.write_hook {
-            (hook.0)(sector);
-        }
-        if offset % block != 0 || data.len() as u64 % block != 0 {
+        let start = offset / block * block;
+        let end = (offset + len as u64).div_ceil(block) * block;
+        let skip = (offset - start) as usize;
+        let whole = usize::try_from(end - start).map_err(|_| invalid_input())?;
+        let bounce = bounce.prefix(whole)?;
+        self.file.read_exact_at(bounce, start)?;
+        consume(&bounce[skip..skip + len])
+    }
+
+    /// O_DIRECT write of `len` bytes (whole logical blocks) at `sector`, from `bounce` after
+    /// `fill` has filled it.
+    fn write_direct(
+        &self,
+        block: u64,
+        sector: u64,
+        len: usize,
+        bounce: &mut AlignedBuffer,
+        fill: impl FnOnce(&mut [u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let offset = self.offset(sector)?;
+        self.before_write(sector);
+        if offset % block != 0 || len as u64 % block != 0 {
             return Err(invalid_input());
         }
-        let bounce = bounce.prefix(data.len())?;
-        bounce.copy_from_slice(data);
+        let bounce = bounce.prefix(len)?;
+        fill(bounce)?;
         self.file.write_all_at(bounce, offset)
     }
-}
 
-impl DataPath {
-    /// Writes `buffers` at `sector`: straight from guest memory, or through an aligned buffer
-    /// for O_DIRECT.
-    pub fn write_from_guest(&self, sector: u64, buffers: &GuestBuffers<'_>) -> io::Result<()> {
-        if self.direct_block.is_some() {
-            let mut data = vec![0u8; buffers.len()];
-            buffers.copy_out(&mut data)?;
-            return self.write(sector, &data);
-        }
+    /// Tells the test hook, if any, that a write to `sector` starts.
+    fn before_write(&self, _sector: u64) {
         #[cfg(test)]
         if let Some(hook) = &self.write_hook {
-            (hook.0)(sector);
+            (hook.0)(_sector);
         }
-        buffers.write_to(&self.file, self.offset(sector)?)
-    }
-
-    /// Reads `buffers.len()` bytes at `sector` into `buffers`.
-    pub fn read_into_guest(&self, sector: u64, buffers: &GuestBuffers<'_>) -> io::Result<()> {
-        if self.direct_block.is_some() {
-            let mut data = vec![0u8; buffers.len()];
-            self.read(sector, &mut data)?;
-            return buffers.copy_in(&data);
-        }
-        buffers.read_from(&self.file, self.offset(sector)?)
     }
 }
 
@@ -277,6 +307,51 @@ mod tests {
         );
         assert_eq!(
             path.write(8, &block[..512]).unwrap_err().raw_os_error(),
+            Some(libc::EINVAL)
+        );
+    }
+
+    #[test]
+    fn guest_buffers_go_through_the_aligned_buffer_for_direct_io() {
+        use crate::block::Segment;
+        use vm_memory::{Bytes, GuestAddress};
+        let memory =
+            crate::virtio::GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let temp = TempFile::new().unwrap();
+        let file = Arc::new(temp.into_file());
+        file.set_len(16384).unwrap();
+        let path = DataPath::direct(file.clone(), 4096);
+        let block: Vec<u8> = (0..4096u32).map(|i| (i % 249) as u8).collect();
+        memory
+            .write_slice(&block[..1000], GuestAddress(0x1000))
+            .unwrap();
+        memory
+            .write_slice(&block[1000..], GuestAddress(0x5000))
+            .unwrap();
+        let seg = |addr: u64, len: u32| Segment {
+            addr: GuestAddress(addr),
+            len,
+        };
+        let from = GuestBuffers::new(&memory, &[seg(0x1000, 1000), seg(0x5000, 3096)]).unwrap();
+        path.write_from_guest(8, &from).unwrap();
+        let mut on_disk = vec![0u8; 4096];
+        file.read_exact_at(&mut on_disk, 8 * 512).unwrap();
+        assert_eq!(on_disk, block);
+        // A read inside the block is widened to it and lands in the guest's pieces.
+        let into = GuestBuffers::new(&memory, &[seg(0x9000, 100), seg(0xa000, 412)]).unwrap();
+        path.read_into_guest(9, &into).unwrap();
+        let mut first = vec![0u8; 100];
+        let mut second = vec![0u8; 412];
+        memory.read_slice(&mut first, GuestAddress(0x9000)).unwrap();
+        memory
+            .read_slice(&mut second, GuestAddress(0xa000))
+            .unwrap();
+        assert_eq!(first, &block[512..612]);
+        assert_eq!(second, &block[612..1024]);
+        // Not whole blocks: refused before anything is written.
+        let short = GuestBuffers::new(&memory, &[seg(0x1000, 512)]).unwrap();
+        assert_eq!(
+            path.write_from_guest(8, &short).unwrap_err().raw_os_error(),
             Some(libc::EINVAL)
         );
     }
