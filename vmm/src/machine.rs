@@ -209,8 +209,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
 
 /// Spawns the vCPU threads. With seccomp on, each vCPU installs its filter, then the main thread
 /// installs its own, and only then does any vCPU enter the guest: the guest never runs while a
-/// thread of vmm is unfiltered. Threads are spawned before the main thread's filter, which
-/// forbids creating them.
+/// thread of vmm is unfiltered. The vCPUs are spawned before the main thread's filter goes on,
+/// so that each gets the vCPU filter rather than inheriting the main thread's (threads started
+/// later, the zoned lanes, inherit it).
 fn start_vcpus(vcpus: Vec<Vcpu>, mode: config::Seccomp) -> Result<Vec<JoinHandle<()>>, VmmError> {
     let filters = match mode {
         config::Seccomp::On => {
