@@ -288,6 +288,13 @@ impl MutEventSubscriber for LostEventWatcher {
             if recovered.interrupt {
                 self.report(index + 1, &name, "raised a pending interrupt again");
             }
+            if recovered.completions {
+                self.report(
+                    index + 1,
+                    &name,
+                    "signalled completions the guest had not seen",
+                );
+            }
             if recovered.requests {
                 self.report(
                     index + 1,

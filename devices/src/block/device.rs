@@ -410,6 +410,16 @@ impl VirtioDevice for Block {
         (avail.0 != next_avail).then_some((0, next_avail))
     }
 
+    fn unseen_completions(&self) -> Option<(u16, u16, u16)> {
+        let active = self.active.as_ref()?;
+        if !active.queue.event_idx_enabled() {
+            return None;
+        }
+        let next_used = active.queue.next_used();
+        let used_event = used_event(&active.queue, &active.memory)?;
+        (used_event != next_used).then_some((0, next_used, used_event))
+    }
+
     fn debug_state(&self) -> String {
         let Some(active) = self.active.as_ref() else {
             return "not activated".into();
@@ -424,8 +434,26 @@ impl VirtioDevice for Block {
             .memory
             .read_obj(GuestAddress(queue.avail_ring()))
             .ok();
+        // With EVENT_IDX: how far the driver consumed completions (used_event) and where the
+        // device asked to be notified next (avail_event, at the end of the used ring).
+        let event_idx = if queue.event_idx_enabled() {
+            let avail_event: Option<u16> = active
+                .memory
+                .read_obj(GuestAddress(
+                    queue.used_ring() + 4 + 8 * u64::from(queue.size()),
+                ))
+                .ok();
+            let shown = |value: Option<u16>| value.map_or("unreadable".into(), |v| v.to_string());
+            format!(
+                " used_event {} avail_event {}",
+                shown(used_event(queue, &active.memory)),
+                shown(avail_event),
+            )
+        } else {
+            " (no EVENT_IDX)".into()
+        };
         format!(
-            "queue: next_avail {} next_used {} avail.idx {} used.idx {} avail.flags {}",
+            "queue: next_avail {} next_used {} avail.idx {} used.idx {} avail.flags {}{event_idx}",
             queue.next_avail(),
             queue.next_used(),
             in_memory(queue.avail_idx(&active.memory, Ordering::Acquire)),
@@ -547,6 +575,15 @@ impl VirtioDevice for Block {
     fn shutdown(&mut self) -> std::io::Result<()> {
         self.flush()
     }
+}
+
+/// The driver's used_event (EVENT_IDX): the u16 after the avail ring's entries.
+fn used_event(queue: &Queue, memory: &GuestMemoryMmap) -> Option<u16> {
+    let address = queue.avail_ring() + 4 + 2 * u64::from(queue.size());
+    memory
+        .load::<u16>(GuestAddress(address), Ordering::Acquire)
+        .ok()
+        .map(u16::from_le)
 }
 
 #[cfg(test)]
@@ -982,6 +1019,13 @@ mod tests {
         assert_eq!(disk.used_count(), 3);
         assert_eq!(memory.read_obj::<u16>(avail_event).unwrap(), 3);
         assert_eq!(disk.interrupt.used.load(Ordering::SeqCst), 1);
+        // The driver has consumed up to used_event = 2 of 3 completions: one is unseen until it
+        // moves used_event to next_used.
+        assert_eq!(disk.block.unseen_completions(), Some((0, 3, 2)));
+        memory.write_obj(3u16, used_event).unwrap();
+        assert_eq!(disk.block.unseen_completions(), None);
+        let state = disk.block.debug_state();
+        assert!(state.contains("used_event 3 avail_event 3"), "{state}");
     }
 
     #[test]

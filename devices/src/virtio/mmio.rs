@@ -137,6 +137,8 @@ struct LostEventWatch {
     pending_at_acks: Option<u64>,
     /// A queue with requests the device had not taken, and its next_avail then.
     unserved: Option<(u16, u16)>,
+    /// A queue with completions the driver had not consumed (queue, next_used, used_event).
+    unseen: Option<(u16, u16, u16)>,
 }
 
 /// What `MmioTransport::check_lost_events` had to do.
@@ -146,6 +148,8 @@ pub struct Recovered {
     pub interrupt: bool,
     /// Requests queued without a notification reaching the device were served.
     pub requests: bool,
+    /// Completions the driver waited for without an interrupt were signalled.
+    pub completions: bool,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -254,8 +258,9 @@ impl MmioTransport {
     /// edges (KVM irqfds) and notifications reach the device as ioeventfd writes; neither side
     /// retries, so one lost on the way would stall the guest for good. An interrupt still
     /// pending and unacknowledged since the last call is raised again (as a level-triggered
-    /// line would still be asserted), and a queue whose requests the device has not taken since
-    /// the last call is served.
+    /// line would still be asserted), a queue whose requests the device has not taken since
+    /// the last call is served, and completions the driver has not consumed since the last
+    /// call (with no interrupt pending) are signalled again.
     pub fn check_lost_events(&mut self) -> Recovered {
         let mut recovered = Recovered::default();
         let acks = self.interrupt.acks.load(Ordering::SeqCst);
@@ -275,6 +280,21 @@ impl MmioTransport {
             self.watch.unserved = None;
         } else {
             self.watch.unserved = unserved;
+        }
+        // Completions the driver has not consumed, unchanged since the last call, with no
+        // interrupt pending: the driver waits for an interrupt it did not get.
+        let unseen = if active {
+            self.device.unseen_completions()
+        } else {
+            None
+        };
+        if let Some((queue, ..)) = unseen.filter(|&now| {
+            self.watch.unseen == Some(now) && !pending && self.interrupt.status() == 0
+        }) {
+            recovered.completions = self.interrupt.signal_used_queue(queue).is_ok();
+            self.watch.unseen = None;
+        } else {
+            self.watch.unseen = unseen;
         }
         recovered
     }
@@ -587,6 +607,7 @@ mod tests {
         queue_sizes: Vec<u16>,
         fail_processing: bool,
         unserved: Option<(u16, u16)>,
+        unseen: Option<(u16, u16, u16)>,
     }
 
     struct FakeDevice {
@@ -635,6 +656,9 @@ mod tests {
         }
         fn unserved(&self) -> Option<(u16, u16)> {
             self.observed.lock().unwrap().unserved
+        }
+        fn unseen_completions(&self) -> Option<(u16, u16, u16)> {
+            self.observed.lock().unwrap().unseen
         }
         fn process_queue(&mut self, queue_index: u16) -> Result<(), QueueError> {
             let mut observed = self.observed.lock().unwrap();
@@ -820,7 +844,7 @@ mod tests {
         let none = Recovered::default();
         let raised = Recovered {
             interrupt: true,
-            requests: false,
+            ..Recovered::default()
         };
         let irq_count = || irqs.load(Ordering::SeqCst);
         assert_eq!(t.check_lost_events(), none);
@@ -860,11 +884,34 @@ mod tests {
         assert_eq!(
             t.check_lost_events(),
             Recovered {
-                interrupt: false,
-                requests: true
+                requests: true,
+                ..Recovered::default()
             }
         );
         assert_eq!(observed.lock().unwrap().processed, vec![0]);
+        observed.lock().unwrap().unserved = None;
+
+        // Completions the driver has not consumed: signalled once they stay unconsumed for a
+        // whole period; consumption in between, or a pending interrupt, is not a loss.
+        let signalled = Recovered {
+            completions: true,
+            ..Recovered::default()
+        };
+        observed.lock().unwrap().unseen = Some((0, 9, 7));
+        assert_eq!(t.check_lost_events(), none);
+        observed.lock().unwrap().unseen = Some((0, 9, 8));
+        assert_eq!(t.check_lost_events(), none);
+        assert_eq!(irq_count(), 6);
+        assert_eq!(t.check_lost_events(), signalled);
+        assert_eq!(irq_count(), 7);
+        assert_eq!(t.interrupt.status(), regs::VIRTIO_MMIO_INT_VRING);
+        // Now pending: the pending-interrupt rule takes over, not this one.
+        assert_eq!(t.check_lost_events(), none);
+        write32(t, regs::VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        observed.lock().unwrap().unseen = None;
+        assert_eq!(t.check_lost_events(), none);
+        assert_eq!(t.check_lost_events(), none);
+        assert_eq!(irq_count(), 7);
 
         // A device that needs a reset is left alone.
         write32(t, regs::VIRTIO_MMIO_STATUS, 0);

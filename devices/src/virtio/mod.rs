@@ -87,6 +87,13 @@ pub trait VirtioDevice: Send {
     fn unserved(&self) -> Option<(u16, u16)> {
         None
     }
+    /// A queue with completions the driver has not consumed, as far as the device can tell
+    /// (with EVENT_IDX: the driver's used_event lags next_used), as (queue index, next_used,
+    /// used_event). The driver waits for an interrupt for these; `None` if nothing lags or the
+    /// device cannot tell.
+    fn unseen_completions(&self) -> Option<(u16, u16, u16)> {
+        None
+    }
     /// Maximum size of each queue; the slice length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
     /// Feature bits the device offers.
