@@ -5,7 +5,10 @@
 //! nothing about whether the request type makes sense (that is the device's business).
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions};
+use vm_memory::{Address, GuestAddress, GuestMemoryError, Permissions};
+
+use super::guest;
+use crate::virtio::GuestMemoryMmap;
 
 use super::{MAX_REQUEST_DATA_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 
@@ -77,8 +80,8 @@ impl Request {
     /// One pass over the chain: the checks of each descriptor, the header bytes and the data
     /// segments are taken as the descriptors go by, and the first problem found is reported
     /// once the whole chain has been seen (the status byte, wherever it is, is needed first).
-    pub fn parse<M: GuestMemory + ?Sized>(
-        memory: &M,
+    pub fn parse(
+        memory: &GuestMemoryMmap,
         descriptors: impl IntoIterator<Item = Descriptor>,
     ) -> Result<Request, Malformed> {
         let mut parts = Parts::default();
@@ -101,7 +104,7 @@ impl Request {
 
         let status = last_writable
             .and_then(|d| d.addr().checked_add(u64::from(d.len()) - 1))
-            .filter(|&addr| memory.check_range(addr, 1, Permissions::Write))
+            .filter(|&addr| guest::in_memory(memory, addr, 1, Permissions::Write))
             .ok_or(Malformed {
                 error: ParseError::NoStatus,
                 status: None,
@@ -167,7 +170,7 @@ struct Parts {
 
 impl Parts {
     /// Checks one descriptor and files its bytes: header, readable or writable data.
-    fn take<M: GuestMemory + ?Sized>(&mut self, memory: &M, descriptor: &Descriptor) {
+    fn take(&mut self, memory: &GuestMemoryMmap, descriptor: &Descriptor) {
         if self.error.is_some() {
             return;
         }
@@ -189,7 +192,7 @@ impl Parts {
         if len == 0 {
             return;
         }
-        if !memory.check_range(descriptor.addr(), len, access) {
+        if !guest::in_memory(memory, descriptor.addr(), len, access) {
             self.error = Some(ParseError::OutsideMemory);
             return;
         }
@@ -205,7 +208,7 @@ impl Parts {
         let take = (HEADER_SIZE - self.filled).min(len);
         if take > 0 {
             let into = &mut self.header[self.filled..self.filled + take];
-            match memory.read_slice(into, segment.addr) {
+            match guest::read(memory, segment.addr, into) {
                 Ok(()) => self.filled += take,
                 Err(error) => {
                     self.header_error.get_or_insert(error);
@@ -275,8 +278,9 @@ impl Parts {
 mod tests {
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 
+    use vm_memory::{Bytes, GuestMemory};
+
     use super::*;
-    use crate::virtio::GuestMemoryMmap;
 
     const MEMORY_SIZE: u64 = 0x10_0000;
 
