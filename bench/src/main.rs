@@ -319,14 +319,17 @@ fn read_cases(settings: &Settings, size: u64, total: u64) -> Result<Vec<Case>, S
             .map_err(|e| format!("pwrite: {e}"))?;
     }
     let mut plain_rig = Rig::new(plain_block(&plain_path, true)?, QUEUE_DEPTH, size as u32)?;
+    // Slots of 1 MiB: the fill below writes 1 MiB at a time.
     let mut zoned_rig = Rig::new(
         zoned_block(&zoned_path, zoned_geometry(total, DATA_ZONE_BYTES))?,
         QUEUE_DEPTH,
-        size as u32,
+        MIB as u32,
     )?;
-    // The zoned disk reads as zeros above the write pointers: fill it first.
-    zoned_rig.run(total / size, QUEUE_DEPTH, |i| {
-        Op::write(i * size / SECTOR, size as u32)
+    // The zoned disk reads as zeros above the write pointers: fill it first, in 1 MiB writes
+    // as the raw file was, so that both files sit in the page cache alike (the size of the
+    // writes decides the size of the cached folios, which reads then pay for).
+    zoned_rig.run(total / MIB, QUEUE_DEPTH, |i| {
+        Op::write(i * MIB / SECTOR, MIB as u32)
     })?;
     // Warm both page caches once before measuring.
     raw_read(&file, size, total)?;

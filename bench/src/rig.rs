@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use devices::block::{request_status, request_type, Block, SIZE_MAX};
-use devices::test_support::{Buffer, SplitQueueDriver};
+use devices::block::{guest, request_status, request_type, Block, SIZE_MAX};
+use devices::test_support::{Buffer, SplitQueueDriver, Used};
 use devices::virtio::{GuestMemoryMmap, InterruptSignal, VirtioDevice};
 use devices::zoned::wire::request as zone_request;
 use vm_memory::{Address, Bytes, GuestAddress};
@@ -99,6 +99,9 @@ pub struct Rig {
     block: Block,
     slots: usize,
     data_stride: u64,
+    /// Room for one chain's buffers and for the completions of one poll, kept between requests.
+    buffers: Vec<Buffer>,
+    used: Vec<Used>,
 }
 
 impl Rig {
@@ -129,6 +132,8 @@ impl Rig {
             block,
             slots,
             data_stride,
+            buffers: Vec::new(),
+            used: Vec::new(),
         })
     }
 
@@ -140,24 +145,22 @@ impl Rig {
         STATUSES.unchecked_add(slot as u64)
     }
 
+    /// Writes the request's header and chain as a guest driver would: with plain stores into
+    /// its own memory (`guest::write`), not through `vm-memory`'s general accessors, so that
+    /// the driver's side weighs as little as it does in a guest.
     fn submit(&mut self, slot: usize, op: &Op) -> Result<u16, String> {
         let header = HEADERS.unchecked_add(slot as u64 * u64::from(HEADER_BYTES));
         let memory_error = |e: vm_memory::GuestMemoryError| format!("guest memory: {e}");
-        self.memory
-            .write_obj(op.request_type, header)
-            .map_err(memory_error)?;
-        self.memory
-            .write_obj(0u32, header.unchecked_add(4))
-            .map_err(memory_error)?;
-        self.memory
-            .write_obj(op.sector, header.unchecked_add(8))
-            .map_err(memory_error)?;
+        let mut bytes = [0u8; HEADER_BYTES as usize];
+        bytes[..4].copy_from_slice(&op.request_type.to_le_bytes());
+        bytes[8..].copy_from_slice(&op.sector.to_le_bytes());
+        guest::write(&self.memory, header, &bytes).map_err(memory_error)?;
         // A value no request completes with, so an unanswered request shows.
-        self.memory
-            .write_obj(0xffu8, Self::status_of(slot))
-            .map_err(memory_error)?;
-        let mut buffers = vec![Buffer::readable(header, HEADER_BYTES)];
-        let data = self.data_of(slot);
+        guest::write(&self.memory, Self::status_of(slot), &[0xff]).map_err(memory_error)?;
+        let buffers = &mut self.buffers;
+        buffers.clear();
+        buffers.push(Buffer::readable(header, HEADER_BYTES));
+        let data = DATA.unchecked_add(slot as u64 * self.data_stride);
         let mut done = 0u32;
         while done < op.data_bytes {
             let len = (op.data_bytes - done).min(SIZE_MAX);
@@ -177,7 +180,7 @@ impl Rig {
         }
         buffers.push(Buffer::writable(Self::status_of(slot), 1));
         self.driver
-            .add_chain(&buffers)
+            .add_chain(buffers)
             .map_err(|e| format!("cannot queue a request: {e}"))
     }
 
@@ -207,13 +210,14 @@ impl Rig {
                 .process_queue(0)
                 .map_err(|e| format!("the device failed the queue: {e}"))?;
             let waiting_since = Instant::now();
-            let used = loop {
-                let used = self
-                    .driver
-                    .take_used()
+            let mut used = std::mem::take(&mut self.used);
+            loop {
+                used.clear();
+                self.driver
+                    .take_used_into(&mut used)
                     .map_err(|e| format!("the used ring: {e}"))?;
                 if !used.is_empty() {
-                    break used;
+                    break;
                 }
                 if waiting_since.elapsed() > STALL {
                     return Err(format!(
@@ -222,21 +226,21 @@ impl Rig {
                     ));
                 }
                 std::thread::yield_now();
-            };
-            for used in used {
+            }
+            for used in &used {
                 let Some((slot, op)) = in_flight[usize::from(used.head)].take() else {
                     return Err(format!("the device completed unknown chain {}", used.head));
                 };
-                let status: u8 = self
-                    .memory
-                    .read_obj(Self::status_of(slot))
+                let mut status = [0u8];
+                guest::read(&self.memory, Self::status_of(slot), &mut status)
                     .map_err(|e| format!("guest memory: {e}"))?;
-                if status != request_status::OK {
-                    return Err(format!("{op:?} completed with status {status}"));
+                if status[0] != request_status::OK {
+                    return Err(format!("{op:?} completed with status {}", status[0]));
                 }
                 free_slots.push(slot);
                 done += 1;
             }
+            self.used = used;
         }
         Ok(start.elapsed())
     }

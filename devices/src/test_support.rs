@@ -13,6 +13,7 @@ use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryError};
 
+use crate::block::guest;
 use crate::virtio::GuestMemoryMmap;
 
 /// Bytes of one split-ring descriptor (addr, len, flags, next).
@@ -147,9 +148,14 @@ impl SplitQueueDriver {
                 free: self.free.len(),
             });
         }
-        let indices: Vec<u16> = (0..buffers.len()).filter_map(|_| self.free.pop()).collect();
-        for (position, (buffer, &index)) in buffers.iter().zip(&indices).enumerate() {
-            let next = indices.get(position + 1).copied();
+        // A driver writes its rings with plain stores: the accesses go straight to the region.
+        // Descriptors are taken from the free list in order; each points at the next one taken.
+        let count = buffers.len();
+        let taken = self.free.len() - count;
+        let indices = &self.free[taken..];
+        for (position, buffer) in buffers.iter().enumerate() {
+            let index = indices[count - 1 - position];
+            let next = (position + 1 < count).then(|| indices[count - 2 - position]);
             let mut flags = if buffer.device_writable {
                 VRING_DESC_F_WRITE
             } else {
@@ -166,18 +172,25 @@ impl SplitQueueDriver {
             let at = self
                 .desc_table
                 .unchecked_add(u64::from(index) * DESCRIPTOR_BYTES);
-            self.memory.write_slice(&bytes, at)?;
+            guest::write(&self.memory, at, &bytes)?;
         }
-        let head = indices[0];
-        self.chain_lengths[usize::from(head)] = buffers.len() as u16;
+        let head = indices[count - 1];
+        self.free.truncate(taken);
+        self.chain_lengths[usize::from(head)] = count as u16;
         let slot = u64::from(self.next_avail % self.size);
-        self.memory
-            .write_obj(head, self.avail_ring.unchecked_add(4 + 2 * slot))?;
+        guest::write(
+            &self.memory,
+            self.avail_ring.unchecked_add(4 + 2 * slot),
+            &head.to_le_bytes(),
+        )?;
         self.next_avail = self.next_avail.wrapping_add(1);
         // The ring entry must be visible before the index that publishes it.
         fence(Ordering::Release);
-        self.memory
-            .write_obj(self.next_avail, self.avail_ring.unchecked_add(2))?;
+        guest::write(
+            &self.memory,
+            self.avail_ring.unchecked_add(2),
+            &self.next_avail.to_le_bytes(),
+        )?;
         Ok(head)
     }
 
@@ -189,14 +202,21 @@ impl SplitQueueDriver {
     /// Collects every chain the device has completed since the last call and frees its
     /// descriptors.
     pub fn take_used(&mut self) -> Result<Vec<Used>, DriverError> {
-        let used_idx: u16 = self.memory.read_obj(self.used_ring.unchecked_add(2))?;
+        let mut done = Vec::new();
+        self.take_used_into(&mut done)?;
+        Ok(done)
+    }
+
+    /// `take_used`, appending to `done` (a caller polling in a loop keeps one vector).
+    pub fn take_used_into(&mut self, done: &mut Vec<Used>) -> Result<(), DriverError> {
+        let used_idx = u16::from_le_bytes(self.read(self.used_ring.unchecked_add(2))?);
         fence(Ordering::Acquire);
-        let mut done = Vec::with_capacity(usize::from(used_idx.wrapping_sub(self.next_used)));
         while self.next_used != used_idx {
             let slot = u64::from(self.next_used % self.size);
-            let element = self.used_ring.unchecked_add(4 + 8 * slot);
-            let id: u32 = self.memory.read_obj(element)?;
-            let len: u32 = self.memory.read_obj(element.unchecked_add(4))?;
+            let element: [u8; 8] = self.read(self.used_ring.unchecked_add(4 + 8 * slot))?;
+            let [i0, i1, i2, i3, l0, l1, l2, l3] = element;
+            let id = u32::from_le_bytes([i0, i1, i2, i3]);
+            let len = u32::from_le_bytes([l0, l1, l2, l3]);
             let head = u16::try_from(id)
                 .ok()
                 .filter(|&head| head < self.size)
@@ -211,12 +231,19 @@ impl SplitQueueDriver {
                 let at = self
                     .desc_table
                     .unchecked_add(u64::from(index) * DESCRIPTOR_BYTES + 14);
-                index = self.memory.read_obj(at)?;
+                index = u16::from_le_bytes(self.read(at)?);
             }
             done.push(Used { head, len });
             self.next_used = self.next_used.wrapping_add(1);
         }
-        Ok(done)
+        Ok(())
+    }
+
+    /// `N` bytes of guest memory at `at`, read as a driver would: straight from the region.
+    fn read<const N: usize>(&self, at: GuestAddress) -> Result<[u8; N], DriverError> {
+        let mut bytes = [0u8; N];
+        guest::read(&self.memory, at, &mut bytes)?;
+        Ok(bytes)
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
-use super::data::{DataError, GuestBuffers};
+use super::data::{backend_to_guest, guest_to_backend, DataError, GuestBuffers};
 use super::request::Segment;
 use crate::virtio::GuestMemoryMmap;
 
@@ -57,21 +57,48 @@ pub trait BlockBackend: Send {
             .write_slice(&buffer, address)
             .map_err(DataError::Guest)
     }
+
+    /// Writes the guest bytes of `segments`, in order, from `offset` on. The default goes a
+    /// chunk at a time through `write_from_guest`; a file writes them all with one call.
+    fn write_segments(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        segments: &[Segment],
+        offset: u64,
+    ) -> Result<(), DataError> {
+        guest_to_backend(memory, segments, self, offset)
+    }
+
+    /// Fills the guest bytes of `segments`, in order, from `offset` on. The default goes a
+    /// chunk at a time through `read_into_guest`; a file reads them all with one call.
+    fn read_segments(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        segments: &[Segment],
+        offset: u64,
+    ) -> Result<(), DataError> {
+        backend_to_guest(memory, segments, self, offset)
+    }
 }
 
-/// `len` bytes of guest memory at `address`, resolved for vectored I/O; an address outside
-/// guest memory is the guest's fault.
-fn guest_buffers(
-    memory: &GuestMemoryMmap,
-    address: GuestAddress,
-    len: usize,
-) -> Result<GuestBuffers<'_>, DataError> {
-    let segment = Segment {
+/// `segments` of guest memory resolved for vectored I/O; an address outside guest memory is
+/// the guest's fault.
+fn guest_buffers<'m>(
+    memory: &'m GuestMemoryMmap,
+    segments: &'m [Segment],
+) -> Result<GuestBuffers<'m>, DataError> {
+    GuestBuffers::new(memory, segments).map_err(|_| {
+        let address = segments.first().map_or(GuestAddress(0), |s| s.addr);
+        DataError::Guest(GuestMemoryError::InvalidGuestAddress(address))
+    })
+}
+
+/// One segment of `len` bytes at `address`.
+fn one_segment(address: GuestAddress, len: usize) -> Result<[Segment; 1], DataError> {
+    Ok([Segment {
         addr: address,
         len: u32::try_from(len).map_err(|_| DataError::OffsetOverflow)?,
-    };
-    GuestBuffers::new(memory, &[segment])
-        .map_err(|_| DataError::Guest(GuestMemoryError::InvalidGuestAddress(address)))
+    }])
 }
 
 /// Errors opening a backend.
@@ -184,11 +211,7 @@ impl BlockBackend for RawFile {
         len: usize,
         offset: u64,
     ) -> Result<(), DataError> {
-        self.writable().map_err(DataError::Backend)?;
-        // One copy, guest memory to the file, in one pwritev as a raw pwrite would do.
-        guest_buffers(memory, address, len)?
-            .write_to(&self.file, offset)
-            .map_err(DataError::Backend)
+        self.write_segments(memory, &one_segment(address, len)?, offset)
     }
 
     fn read_into_guest(
@@ -198,7 +221,29 @@ impl BlockBackend for RawFile {
         len: usize,
         offset: u64,
     ) -> Result<(), DataError> {
-        guest_buffers(memory, address, len)?
+        self.read_segments(memory, &one_segment(address, len)?, offset)
+    }
+
+    fn write_segments(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        segments: &[Segment],
+        offset: u64,
+    ) -> Result<(), DataError> {
+        self.writable().map_err(DataError::Backend)?;
+        // One copy, guest memory to the file, in one pwritev as a raw pwrite would do.
+        guest_buffers(memory, segments)?
+            .write_to(&self.file, offset)
+            .map_err(DataError::Backend)
+    }
+
+    fn read_segments(
+        &mut self,
+        memory: &GuestMemoryMmap,
+        segments: &[Segment],
+        offset: u64,
+    ) -> Result<(), DataError> {
+        guest_buffers(memory, segments)?
             .read_from(&self.file, offset)
             .map_err(DataError::Backend)
     }
@@ -302,6 +347,61 @@ mod tests {
                 .unwrap()
                 .write_from_guest(&memory, GuestAddress(0x1000), 512, 0),
             Err(DataError::Backend(_))
+        ));
+    }
+
+    #[test]
+    fn a_file_moves_many_segments_in_order() {
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x20000)]).unwrap();
+        let temp = TempFile::new().unwrap();
+        temp.as_file().set_len(0x8000).unwrap();
+        let mut file = RawFile::open(temp.as_path(), false).unwrap();
+        // More segments than GuestBuffers keeps inline, out of address order, odd lengths.
+        let segment = |addr: u64, len: u32| Segment {
+            addr: GuestAddress(addr),
+            len,
+        };
+        let source = [
+            segment(0x9000, 700),
+            segment(0x1000, 512),
+            segment(0x5000, 300),
+            segment(0x3000, 1024),
+            segment(0x7000, 1),
+            segment(0x2000, 511),
+        ];
+        let total: u32 = source.iter().map(|s| s.len).sum();
+        let pattern: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        let mut at = 0;
+        for s in &source {
+            let end = at + s.len as usize;
+            memory.write_slice(&pattern[at..end], s.addr).unwrap();
+            at = end;
+        }
+        file.write_segments(&memory, &source, 0x1000).unwrap();
+        let mut on_disk = vec![0u8; pattern.len()];
+        temp.as_file().read_exact_at(&mut on_disk, 0x1000).unwrap();
+        assert_eq!(on_disk, pattern);
+
+        let target = [
+            segment(0x10000, 1000),
+            segment(0x11000, 1),
+            segment(0x12000, 1047),
+            segment(0x13000, 500),
+            segment(0x14000, 500),
+        ];
+        file.read_segments(&memory, &target, 0x1000).unwrap();
+        let mut back = Vec::new();
+        for s in &target {
+            let mut part = vec![0u8; s.len as usize];
+            memory.read_slice(&mut part, s.addr).unwrap();
+            back.extend(part);
+        }
+        assert_eq!(back, pattern);
+        // A segment outside guest memory fails the whole transfer before any I/O.
+        let outside = [segment(0x1000, 512), segment(0x1f000, 0x2000)];
+        assert!(matches!(
+            file.write_segments(&memory, &outside, 0),
+            Err(DataError::Guest(_))
         ));
     }
 }

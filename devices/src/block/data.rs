@@ -9,6 +9,7 @@ use std::os::fd::AsRawFd;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions};
 
 use super::backend::BlockBackend;
+use super::guest;
 use super::request::Segment;
 use crate::virtio::GuestMemoryMmap;
 
@@ -57,11 +58,12 @@ fn for_each_chunk(
     Ok(())
 }
 
-/// Writes the guest bytes of `segments` to `backend` from byte `offset` on.
-pub fn guest_to_backend(
+/// Writes the guest bytes of `segments` to `backend` from byte `offset` on, a chunk at a time
+/// through `write_from_guest` (what `BlockBackend::write_segments` does unless overridden).
+pub fn guest_to_backend<B: BlockBackend + ?Sized>(
     memory: &GuestMemoryMmap,
     segments: &[Segment],
-    backend: &mut dyn BlockBackend,
+    backend: &mut B,
     offset: u64,
 ) -> Result<(), DataError> {
     for_each_chunk(segments, offset, |address, disk_offset, len| {
@@ -69,11 +71,12 @@ pub fn guest_to_backend(
     })
 }
 
-/// Fills the guest bytes of `segments` from `backend`, from byte `offset` on.
-pub fn backend_to_guest(
+/// Fills the guest bytes of `segments` from `backend`, from byte `offset` on, a chunk at a time
+/// through `read_into_guest` (what `BlockBackend::read_segments` does unless overridden).
+pub fn backend_to_guest<B: BlockBackend + ?Sized>(
     memory: &GuestMemoryMmap,
     segments: &[Segment],
-    backend: &mut dyn BlockBackend,
+    backend: &mut B,
     offset: u64,
 ) -> Result<(), DataError> {
     for_each_chunk(segments, offset, |address, disk_offset, len| {
@@ -106,31 +109,89 @@ pub(crate) fn invalid_input() -> io::Error {
     io::Error::from_raw_os_error(libc::EINVAL)
 }
 
+/// Iovecs kept inline: a request's data is almost always a few segments in one region.
+const INLINE_IOVECS: usize = 4;
+
+/// The iovecs of a request, inline up to `INLINE_IOVECS`.
+enum Iovecs {
+    Inline {
+        count: usize,
+        items: [libc::iovec; INLINE_IOVECS],
+    },
+    Heap(Vec<libc::iovec>),
+}
+
+impl Iovecs {
+    fn new() -> Self {
+        Iovecs::Inline {
+            count: 0,
+            items: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; INLINE_IOVECS],
+        }
+    }
+
+    fn push(&mut self, iovec: libc::iovec) {
+        match self {
+            Iovecs::Inline { count, items } if *count < INLINE_IOVECS => {
+                items[*count] = iovec;
+                *count += 1;
+            }
+            Iovecs::Inline { items, .. } => {
+                let mut all = items.to_vec();
+                all.push(iovec);
+                *self = Iovecs::Heap(all);
+            }
+            Iovecs::Heap(all) => all.push(iovec),
+        }
+    }
+
+    fn as_slice(&self) -> &[libc::iovec] {
+        match self {
+            Iovecs::Inline { count, items } => &items[..*count],
+            Iovecs::Heap(all) => all,
+        }
+    }
+}
+
 /// Guest buffers resolved to host memory: the iovecs of a request's data segments, checked
 /// against guest memory before any I/O starts.
 pub struct GuestBuffers<'m> {
-    iovecs: Vec<libc::iovec>,
+    iovecs: Iovecs,
     len: usize,
     memory: &'m GuestMemoryMmap,
-    segments: Vec<Segment>,
+    segments: &'m [Segment],
 }
 
 impl<'m> GuestBuffers<'m> {
     /// Writes the buffers, in order, to `file` at byte `offset` (pwritev).
     pub fn write_to(&self, file: &File, offset: u64) -> io::Result<()> {
-        vectored_at(file, &self.iovecs, offset, true)
+        vectored_at(file, self.iovecs.as_slice(), offset, true)
     }
 
     /// Fills the buffers, in order, from `file` at byte `offset` (preadv).
     pub fn read_from(&self, file: &File, offset: u64) -> io::Result<()> {
-        vectored_at(file, &self.iovecs, offset, false)
+        vectored_at(file, self.iovecs.as_slice(), offset, false)
     }
 
     /// Resolves `segments`; an address outside guest memory is an error.
-    pub fn new(memory: &'m GuestMemoryMmap, segments: &[Segment]) -> io::Result<Self> {
-        let mut iovecs = Vec::with_capacity(segments.len());
+    pub fn new(memory: &'m GuestMemoryMmap, segments: &'m [Segment]) -> io::Result<Self> {
+        let mut iovecs = Iovecs::new();
         let mut len = 0usize;
         for segment in segments {
+            if segment.len == 0 {
+                continue;
+            }
+            // Usually the segment lies in one region.
+            if let Some(slice) = guest::region_slice(memory, segment.addr, segment.len as usize) {
+                iovecs.push(libc::iovec {
+                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: slice.len(),
+                });
+                len += slice.len();
+                continue;
+            }
             let slices = memory
                 .get_slices(segment.addr, segment.len as usize, Permissions::ReadWrite)
                 .map_err(|_| invalid_input())?;
@@ -150,7 +211,7 @@ impl<'m> GuestBuffers<'m> {
             iovecs,
             len,
             memory,
-            segments: segments.to_vec(),
+            segments,
         })
     }
 
@@ -167,7 +228,7 @@ impl<'m> GuestBuffers<'m> {
     /// Copies the buffers out, in order (for O_DIRECT, which needs aligned memory).
     pub fn copy_out(&self, into: &mut [u8]) -> io::Result<()> {
         let mut at = 0;
-        for segment in &self.segments {
+        for segment in self.segments {
             let end = at + segment.len as usize;
             let part = into.get_mut(at..end).ok_or_else(invalid_input)?;
             self.memory
@@ -180,7 +241,7 @@ impl<'m> GuestBuffers<'m> {
 
     /// Copies `bytes` in, in order.
     pub fn copy_in(&self, bytes: &[u8]) -> io::Result<()> {
-        bytes_to_guest(self.memory, &self.segments, bytes)
+        bytes_to_guest(self.memory, self.segments, bytes)
             .map(|_| ())
             .map_err(|_| invalid_input())
     }
@@ -196,7 +257,8 @@ fn vectored_at(
     mut offset: u64,
     write: bool,
 ) -> io::Result<()> {
-    let mut iovecs = iovecs.to_vec();
+    // Borrowed: only a transfer that stops inside an iovec needs a copy to adjust.
+    let mut iovecs = std::borrow::Cow::Borrowed(iovecs);
     let mut first = 0;
     while first < iovecs.len() {
         let batch = &iovecs[first..(first + IOV_MAX).min(iovecs.len())];
@@ -227,11 +289,11 @@ fn vectored_at(
         let mut done = done as usize;
         offset += done as u64;
         while done > 0 {
-            let iovec = &mut iovecs[first];
-            if done >= iovec.iov_len {
-                done -= iovec.iov_len;
+            if done >= iovecs[first].iov_len {
+                done -= iovecs[first].iov_len;
                 first += 1;
             } else {
+                let iovec = &mut iovecs.to_mut()[first];
                 // SAFETY: stays inside the same iovec's memory.
                 iovec.iov_base = unsafe { iovec.iov_base.cast::<u8>().add(done) }.cast();
                 iovec.iov_len -= done;

@@ -14,7 +14,8 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::backend::BlockBackend;
-use super::data::{backend_to_guest, bytes_to_guest, guest_to_backend};
+use super::data::bytes_to_guest;
+use super::guest;
 use super::request::{Malformed, Request};
 use super::{
     feature, request_status, request_type, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_BYTES, SIZE_MAX,
@@ -117,38 +118,48 @@ struct RequestServer {
     serial: [u8; SERIAL_BYTES],
     /// Usable size: whole sectors only.
     capacity_bytes: u64,
+    /// The batch being served (kept to reuse its room).
+    batch: Batch,
+}
+
+/// The requests of one batch, with room kept from batch to batch.
+#[derive(Default)]
+struct Batch {
+    /// Well-formed requests, in the order they were made available.
+    requests: Vec<Request>,
+    /// Each chain: its head, and its request's index in `requests` or why it has none.
+    parsed: Vec<(u16, Result<usize, Malformed>)>,
+    /// For each chain: its head and the used length to report.
+    used: Vec<(u16, u32)>,
 }
 
 impl RequestServer {
-    /// Serves the chains the guest made available together and returns, for each head, the
-    /// used length to report: data bytes written plus the status byte, or 0 for a chain with no
-    /// status byte to answer in.
-    fn serve_batch<'m>(
-        &mut self,
-        memory: &'m GuestMemoryMmap,
-        chains: Vec<DescriptorChain<&'m GuestMemoryMmap>>,
-    ) -> Vec<(u16, u32)> {
-        // Each chain: its head, and its request's index in `requests` or why it has none.
-        let mut requests = Vec::with_capacity(chains.len());
-        let mut parsed = Vec::with_capacity(chains.len());
-        for chain in chains {
-            let head = chain.head_index();
-            let outcome = Request::parse(memory, chain).map(|request| {
-                requests.push(request);
-                requests.len() - 1
-            });
-            parsed.push((head, outcome));
-        }
+    /// Parses one available chain into the batch.
+    fn add_chain(&mut self, memory: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) {
+        let batch = &mut self.batch;
+        let head = chain.head_index();
+        let outcome = Request::parse(memory, chain).map(|request| {
+            batch.requests.push(request);
+            batch.requests.len() - 1
+        });
+        batch.parsed.push((head, outcome));
+    }
+
+    /// Serves the chains added since the last call (made available together) and returns,
+    /// for each head, the used length to report: data bytes written plus the status byte, or
+    /// 0 for a chain with no status byte to answer in.
+    fn serve_batch(&mut self, memory: &GuestMemoryMmap) -> &[(u16, u32)] {
+        let mut batch = std::mem::take(&mut self.batch);
         let mut handled = match self.handler.as_mut() {
-            Some(handler) => handler.handle_batch(&requests, memory, self.backend.as_mut()),
+            Some(handler) => handler.handle_batch(&batch.requests, memory, self.backend.as_mut()),
             None => Vec::new(),
         };
-        handled.resize(requests.len(), None);
-        let mut used = Vec::with_capacity(parsed.len());
-        for (head, outcome) in parsed {
+        handled.resize(batch.requests.len(), None);
+        batch.used.clear();
+        for (head, outcome) in batch.parsed.drain(..) {
             let (status_address, completion) = match outcome {
                 Ok(index) => {
-                    let request = &requests[index];
+                    let request = &batch.requests[index];
                     let mut completion = match handled[index] {
                         Some(completion) => completion,
                         None => self.execute_plain(memory, request),
@@ -170,20 +181,22 @@ impl RequestServer {
                     status: None,
                 }) => {
                     debug!("virtio-blk: dropping request: {error}");
-                    used.push((head, 0));
+                    batch.used.push((head, 0));
                     continue;
                 }
             };
-            let len = match memory.write_obj(completion.status, status_address) {
+            let len = match guest::write(memory, status_address, &[completion.status]) {
                 Ok(()) => completion.data_bytes_written.saturating_add(1),
                 Err(error) => {
                     debug!("virtio-blk: cannot write the request status: {error}");
                     0
                 }
             };
-            used.push((head, len));
+            batch.used.push((head, len));
         }
-        used
+        batch.requests.clear();
+        self.batch = batch;
+        &self.batch.used
     }
 
     /// The plain block device's own requests.
@@ -206,7 +219,10 @@ impl RequestServer {
         if !request.readable.is_empty() {
             return Completion::with_status(request_status::IOERR);
         }
-        match backend_to_guest(memory, &request.writable, self.backend.as_mut(), offset) {
+        match self
+            .backend
+            .read_segments(memory, &request.writable, offset)
+        {
             // `len` <= MAX_REQUEST_DATA_BYTES, which fits in u32.
             Ok(()) => Completion::ok(u32::try_from(len).unwrap_or(u32::MAX)),
             Err(error) => {
@@ -225,7 +241,10 @@ impl RequestServer {
         if !request.writable.is_empty() || self.backend.read_only() {
             return Completion::with_status(request_status::IOERR);
         }
-        match guest_to_backend(memory, &request.readable, self.backend.as_mut(), offset) {
+        match self
+            .backend
+            .write_segments(memory, &request.readable, offset)
+        {
             Ok(()) => Completion::ok(0),
             Err(error) => {
                 warn!("virtio-blk: write of {len} bytes at {offset} failed: {error}");
@@ -357,6 +376,7 @@ impl Block {
                 handler,
                 serial: serial_bytes,
                 capacity_bytes: capacity_sectors * SECTOR_SIZE,
+                batch: Batch::default(),
             },
             avail_features,
             acked_features: 0,
@@ -378,14 +398,6 @@ impl Block {
         }
         self.server.backend.flush()
     }
-}
-
-/// The next available chain; the iterator (and its borrow of the queue) ends here.
-fn next_chain<'m>(
-    queue: &mut Queue,
-    memory: &'m GuestMemoryMmap,
-) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, QueueError> {
-    Ok(queue.iter(memory).map_err(QueueError::Queue)?.next())
 }
 
 /// Copies `bytes` into `config` at `offset`; offsets are constants inside `CONFIG_SIZE`.
@@ -537,12 +549,14 @@ impl VirtioDevice for Block {
                 .map_err(queue_error)?;
             // Everything available now is served as one batch (a handler may run parts of it
             // in parallel); at most the queue size, since each chain holds a distinct head.
-            let mut chains = Vec::new();
-            while let Some(chain) = next_chain(&mut active.queue, &active.memory)? {
-                chains.push(chain);
+            let mut available = active.queue.iter(&active.memory).map_err(queue_error)?;
+            let mut any = false;
+            for chain in &mut available {
+                self.server.add_chain(&active.memory, chain);
+                any = true;
             }
-            if !chains.is_empty() {
-                for (head, used_len) in self.server.serve_batch(&active.memory, chains) {
+            if any {
+                for &(head, used_len) in self.server.serve_batch(&active.memory) {
                     active
                         .queue
                         .add_used(&active.memory, head, used_len)

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod data;
 pub mod device;
+pub mod guest;
 
 pub mod request;
 

@@ -332,13 +332,15 @@ mod tests {
             addr: GuestAddress(addr),
             len,
         };
-        let from = GuestBuffers::new(&memory, &[seg(0x1000, 1000), seg(0x5000, 3096)]).unwrap();
+        let source = [seg(0x1000, 1000), seg(0x5000, 3096)];
+        let from = GuestBuffers::new(&memory, &source).unwrap();
         path.write_from_guest(8, &from).unwrap();
         let mut on_disk = vec![0u8; 4096];
         file.read_exact_at(&mut on_disk, 8 * 512).unwrap();
         assert_eq!(on_disk, block);
         // A read inside the block is widened to it and lands in the guest's pieces.
-        let into = GuestBuffers::new(&memory, &[seg(0x9000, 100), seg(0xa000, 412)]).unwrap();
+        let target = [seg(0x9000, 100), seg(0xa000, 412)];
+        let into = GuestBuffers::new(&memory, &target).unwrap();
         path.read_into_guest(9, &into).unwrap();
         let mut first = vec![0u8; 100];
         let mut second = vec![0u8; 412];
@@ -349,7 +351,8 @@ mod tests {
         assert_eq!(first, &block[512..612]);
         assert_eq!(second, &block[612..1024]);
         // Not whole blocks: refused before anything is written.
-        let short = GuestBuffers::new(&memory, &[seg(0x1000, 512)]).unwrap();
+        let one = [seg(0x1000, 512)];
+        let short = GuestBuffers::new(&memory, &one).unwrap();
         assert_eq!(
             path.write_from_guest(8, &short).unwrap_err().raw_os_error(),
             Some(libc::EINVAL)

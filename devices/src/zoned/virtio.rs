@@ -2,6 +2,7 @@
 //! (host-managed), fills the zoned config fields, and serves IN/OUT/FLUSH and every ZONE_* request
 //! through a `ZonedDisk`, so that every access obeys the zone state machine.
 
+use std::borrow::Cow;
 use std::io;
 use std::sync::{Mutex, MutexGuard};
 
@@ -290,7 +291,12 @@ impl<S: ZoneStorage> DiskAccess for Lane<'_, S> {
         for part in parts {
             let from = (part.sector - sector) * SECTOR_SIZE;
             let to = from + part.nr_sectors * SECTOR_SIZE;
-            let target = sub_segments(&request.writable, from, to);
+            // Usually one part with data covers the whole request.
+            let target = if from == 0 && to == len {
+                Cow::Borrowed(request.writable.as_slice())
+            } else {
+                Cow::Owned(sub_segments(&request.writable, from, to))
+            };
             if part.has_data {
                 let buffers = GuestBuffers::new(memory, &target).map_err(|_| ZoneError::Io)?;
                 self.data
@@ -328,7 +334,7 @@ impl<S> Lane<'_, S> {
     fn buffers<'m>(
         &self,
         memory: &'m GuestMemoryMmap,
-        request: &Request,
+        request: &'m Request,
     ) -> Result<GuestBuffers<'m>, ZoneError> {
         if request.readable_len() > MAX_REQUEST_DATA_BYTES {
             return Err(ZoneError::Io);
