@@ -250,7 +250,9 @@ impl<'m> GuestBuffers<'m> {
 /// Most iovecs one preadv/pwritev call takes (Linux's IOV_MAX).
 const IOV_MAX: usize = 1024;
 
-/// pwritev/preadv of all of `iovecs` at `offset`, resuming after short transfers.
+/// pwritev/preadv of all of `iovecs` at `offset`, resuming after short transfers. A single
+/// buffer (the usual small request) goes through pwrite/pread, which spare the kernel copying
+/// in and checking an iovec array.
 fn vectored_at(
     file: &File,
     iovecs: &[libc::iovec],
@@ -263,13 +265,15 @@ fn vectored_at(
     while first < iovecs.len() {
         let batch = &iovecs[first..(first + IOV_MAX).min(iovecs.len())];
         let at = libc::off_t::try_from(offset).map_err(|_| invalid_input())?;
+        let fd = file.as_raw_fd();
         // SAFETY: every iovec points into guest memory borrowed by the caller's GuestBuffers
         // for the whole call, with its length; the count is at most IOV_MAX.
         let done = unsafe {
-            if write {
-                libc::pwritev(file.as_raw_fd(), batch.as_ptr(), batch.len() as i32, at)
-            } else {
-                libc::preadv(file.as_raw_fd(), batch.as_ptr(), batch.len() as i32, at)
+            match (batch, write) {
+                ([one], true) => libc::pwrite(fd, one.iov_base, one.iov_len, at),
+                ([one], false) => libc::pread(fd, one.iov_base, one.iov_len, at),
+                (_, true) => libc::pwritev(fd, batch.as_ptr(), batch.len() as i32, at),
+                (_, false) => libc::preadv(fd, batch.as_ptr(), batch.len() as i32, at),
             }
         };
         if done < 0 {

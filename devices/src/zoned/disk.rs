@@ -86,6 +86,15 @@ pub struct Reservation {
     before: Option<(usize, (ZoneCondition, u64))>,
 }
 
+impl Reservation {
+    /// Settles a reservation whose data storage took: returns where the data landed. Success
+    /// changes no zone state (the reservation committed it), so this needs no access to the
+    /// disk; a failed store goes to [`ZonedDisk::complete`].
+    pub fn landed(self) -> u64 {
+        self.sector
+    }
+}
+
 /// A storage failure as a request status: a host zoned device reports its resource limits as
 /// ETOOMANYREFS (open) and EOVERFLOW (active), which keep their meaning for the guest; anything
 /// else is an I/O error.
@@ -190,14 +199,12 @@ impl<S: ZoneStorage> ZonedDisk<S> {
     }
 
     fn reserve(&mut self, plan: WritePlan) -> Result<Reservation, ZoneError> {
-        let geometry = *self.zones.geometry();
-        let sequential_zone = geometry
-            .zone_index(plan.sector)
-            .filter(|&index| !geometry.is_conventional(index));
         let reservation = Reservation {
             sector: plan.sector,
             nr_sectors: plan.nr_sectors,
-            before: sequential_zone.map(|index| (index, self.zones.saved_state(index))),
+            before: plan
+                .sequential_zone()
+                .map(|index| (index, self.zones.saved_state(index))),
         };
         if plan.nr_sectors == 0 {
             return Ok(reservation);
@@ -222,7 +229,7 @@ impl<S: ZoneStorage> ZonedDisk<S> {
         stored: io::Result<()>,
     ) -> Result<u64, ZoneError> {
         let error = match stored {
-            Ok(()) => return Ok(reservation.sector),
+            Ok(()) => return Ok(reservation.landed()),
             Err(error) => error,
         };
         if let Some((index, (cond, wp))) = reservation.before {

@@ -196,8 +196,18 @@ pub struct WritePlan {
     pub implicitly_closes: Option<u64>,
     zone: usize,
     victim: Option<usize>,
-    sequential: bool,
+    /// The sequential zone's state once the write is committed; `None` when no zone state
+    /// changes (a conventional zone, zero length).
+    after: Option<ZoneEntry>,
     generation: u64,
+}
+
+impl WritePlan {
+    /// The sequential zone whose write pointer the plan moves; `None` for a conventional zone
+    /// or a zero-length write, which change no zone state.
+    pub fn sequential_zone(&self) -> Option<usize> {
+        self.after.map(|_| self.zone)
+    }
 }
 
 /// A validated zone management operation, to be committed after the backend applied it.
@@ -609,7 +619,7 @@ impl ZoneSet {
             implicitly_closes: None,
             zone: 0,
             victim: None,
-            sequential: false,
+            after: None,
             generation: self.generation,
         };
         if nr_sectors == 0 {
@@ -659,6 +669,16 @@ impl ZoneSet {
         }
         let (needs_active, needs_open) = Self::needs_for_open(e.cond);
         let victim = self.check_resources(needs_active, needs_open)?;
+        // Computed now, against the state the plan is valid for: the implicit close at commit
+        // touches another zone (an implicitly-open one, while this one is EMPTY or CLOSED).
+        let wp = e.wp + nr_sectors;
+        let cond = if wp >= cap_end {
+            ZoneCondition::Full
+        } else if needs_open {
+            ZoneCondition::ImplicitOpen
+        } else {
+            e.cond
+        };
         Ok(WritePlan {
             sector,
             nr_sectors,
@@ -666,7 +686,7 @@ impl ZoneSet {
             implicitly_closes: victim.map(|v| self.geometry.zone_start(v)),
             zone: index,
             victim,
-            sequential: true,
+            after: Some(ZoneEntry { cond, wp }),
             generation: self.generation,
         })
     }
@@ -696,7 +716,7 @@ impl ZoneSet {
                 implicitly_closes: None,
                 zone: index,
                 victim: None,
-                sequential: false,
+                after: None,
                 generation: self.generation,
             });
         }
@@ -708,25 +728,14 @@ impl ZoneSet {
         if plan.generation != self.generation {
             return Err(ZoneError::Io);
         }
-        if !plan.sequential || plan.nr_sectors == 0 {
+        let Some(after) = plan.after else {
             return Ok(());
-        }
+        };
         self.generation += 1;
         if let Some(victim) = plan.victim {
             self.implicit_close(victim);
         }
-        let index = plan.zone;
-        let e = self.entries[index];
-        let wp = e.wp + plan.nr_sectors;
-        let cap_end = self.geometry.zone_start(index) + self.geometry.zone_capacity_of(index);
-        let cond = if wp >= cap_end {
-            ZoneCondition::Full
-        } else if plan.implicitly_opens {
-            ZoneCondition::ImplicitOpen
-        } else {
-            e.cond
-        };
-        self.set_state(index, cond, wp);
+        self.set_state(plan.zone, after.cond, after.wp);
         Ok(())
     }
 

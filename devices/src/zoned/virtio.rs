@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::io;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use log::warn;
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
@@ -79,6 +79,9 @@ pub struct ZonedHandler<S: ZoneStorage> {
     /// An injected write failure, and how many writes to its zone were seen so far.
     fail_write: Option<FailWrite>,
     writes_to_failing_zone: u64,
+    /// The run of lane requests (request index, zone) `handle_batch` is collecting, kept
+    /// between batches so that collecting it allocates nothing.
+    run: Vec<(usize, usize)>,
 }
 
 impl<S: ZoneStorage> ZonedHandler<S> {
@@ -88,6 +91,7 @@ impl<S: ZoneStorage> ZonedHandler<S> {
             counts: RequestCounts::default(),
             fail_write: None,
             writes_to_failing_zone: 0,
+            run: Vec::new(),
         }
     }
 
@@ -226,21 +230,33 @@ impl<S: ZoneStorage> DiskAccess for ZonedDisk<S> {
     }
 }
 
-/// A lane of a batch: the zone state is shared behind a lock, taken only to check and commit;
-/// data moves through the storage's `DataPath`, straight between guest memory and storage,
-/// without the lock and beside the other lanes.
+/// A lane of a batch: it takes the zone state only to check and commit; data moves through the
+/// storage's `DataPath`, straight between guest memory and storage, without the zone state and
+/// (for a parallel run) beside the other lanes.
 struct Lane<'a, S> {
-    disk: &'a Mutex<&'a mut ZonedDisk<S>>,
+    disk: LaneDisk<'a, S>,
     data: &'a DataPath,
 }
 
-impl<'a, S> Lane<'a, S> {
-    fn disk(&self) -> MutexGuard<'a, &'a mut ZonedDisk<S>> {
-        // A panicking lane leaves no half-made state change (the lock is held only around
-        // whole state-machine calls), so a poisoned lock is still consistent.
-        self.disk
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// How a lane reaches the zone state.
+enum LaneDisk<'a, S> {
+    /// The only lane of its run, on the serving thread: no lock needed.
+    Alone(&'a mut ZonedDisk<S>),
+    /// One of the lanes of a parallel run, which share the zone state behind a lock.
+    Shared(&'a Mutex<&'a mut ZonedDisk<S>>),
+}
+
+impl<S> Lane<'_, S> {
+    /// Runs `f` on the zone state, holding the lock for its duration if the state is shared.
+    fn with_disk<R>(&mut self, f: impl FnOnce(&mut ZonedDisk<S>) -> R) -> R {
+        match &mut self.disk {
+            LaneDisk::Alone(disk) => f(disk),
+            // A panicking lane leaves no half-made state change (the lock is held only around
+            // whole state-machine calls), so a poisoned lock is still consistent.
+            LaneDisk::Shared(shared) => f(&mut shared
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())),
+        }
     }
 }
 
@@ -287,7 +303,7 @@ impl<S: ZoneStorage> DiskAccess for Lane<'_, S> {
     ) -> Result<(), ZoneError> {
         let sector = request.sector;
         let nr_sectors = sectors_of(len)?;
-        let parts = self.disk().check_read(sector, nr_sectors)?;
+        let parts = self.with_disk(|disk| disk.check_read(sector, nr_sectors))?;
         for part in parts {
             let from = (part.sector - sector) * SECTOR_SIZE;
             let to = from + part.nr_sectors * SECTOR_SIZE;
@@ -311,24 +327,20 @@ impl<S: ZoneStorage> DiskAccess for Lane<'_, S> {
 
     fn write(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<(), ZoneError> {
         let buffers = self.buffers(memory, request)?;
-        let reservation = self
-            .disk()
-            .reserve_write(request.sector, sectors_of(buffers.len() as u64)?)?;
-        let stored = self.store(&reservation, &buffers);
-        self.disk().complete(reservation, stored).map(|_| ())
+        let nr_sectors = sectors_of(buffers.len() as u64)?;
+        let reservation = self.with_disk(|disk| disk.reserve_write(request.sector, nr_sectors))?;
+        self.store(reservation, &buffers).map(|_| ())
     }
 
     fn append(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<u64, ZoneError> {
         let buffers = self.buffers(memory, request)?;
-        let reservation = self
-            .disk()
-            .reserve_append(request.sector, sectors_of(buffers.len() as u64)?)?;
-        let stored = self.store(&reservation, &buffers);
-        self.disk().complete(reservation, stored)
+        let nr_sectors = sectors_of(buffers.len() as u64)?;
+        let reservation = self.with_disk(|disk| disk.reserve_append(request.sector, nr_sectors))?;
+        self.store(reservation, &buffers)
     }
 }
 
-impl<S> Lane<'_, S> {
+impl<S: ZoneStorage> Lane<'_, S> {
     /// The request's data, resolved in guest memory before the zone state is touched, so a
     /// bad address fails the request whole.
     fn buffers<'m>(
@@ -342,11 +354,20 @@ impl<S> Lane<'_, S> {
         GuestBuffers::new(memory, &request.readable).map_err(|_| ZoneError::Io)
     }
 
-    fn store(&self, reservation: &Reservation, buffers: &GuestBuffers<'_>) -> io::Result<()> {
+    /// Moves the reserved write's data and settles the reservation: returns where the data
+    /// landed. Only a failure needs the zone state again.
+    fn store(
+        &mut self,
+        reservation: Reservation,
+        buffers: &GuestBuffers<'_>,
+    ) -> Result<u64, ZoneError> {
         if reservation.nr_sectors == 0 {
-            return Ok(());
+            return Ok(reservation.landed());
         }
-        self.data.write_from_guest(reservation.sector, buffers)
+        match self.data.write_from_guest(reservation.sector, buffers) {
+            Ok(()) => Ok(reservation.landed()),
+            Err(error) => self.with_disk(|disk| disk.complete(reservation, Err(error))),
+        }
     }
 }
 
@@ -400,6 +421,16 @@ fn serve_data(
         request_type::OUT => write(disk, memory, request),
         _ => append(disk, memory, request),
     }
+}
+
+/// The data bytes of the requests (index, zone) of `run`.
+fn run_bytes(run: &[(usize, usize)], requests: &[Request]) -> u64 {
+    run.iter()
+        .map(|&(index, _)| {
+            let request = &requests[index];
+            request.readable_len().max(request.writable_len())
+        })
+        .sum()
 }
 
 /// At most this many threads serve one batch, each taking whole zones.
@@ -518,30 +549,36 @@ impl<S: ZoneStorage + Send> ZonedHandler<S> {
         data: &DataPath,
         out: &mut [Option<Completion>],
     ) {
-        let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); MAX_LANES];
-        for &(index, zone) in run {
-            lanes[zone % MAX_LANES].push(index);
-        }
-        lanes.retain(|lane| !lane.is_empty());
-        let bytes: u64 = run
+        // Which lanes the run's zones fall into, one bit each: most runs (a sequential stream,
+        // small requests) stay on this thread, and need neither lane lists nor the lock.
+        let lanes_used = run
             .iter()
-            .map(|&(index, _)| {
-                let request = &requests[index];
-                request.readable_len().max(request.writable_len())
-            })
-            .sum();
-        let disk = Mutex::new(&mut self.disk);
-        if lanes.len() < 2 || (!data.is_direct() && bytes < PARALLEL_MIN_BYTES) {
-            let mut access = Lane { disk: &disk, data };
+            .fold(0u32, |used, &(_, zone)| used | 1 << (zone % MAX_LANES));
+        let parallel = lanes_used.count_ones() >= 2
+            && (data.is_direct() || run_bytes(run, requests) >= PARALLEL_MIN_BYTES);
+        if !parallel {
+            let mut access = Lane {
+                disk: LaneDisk::Alone(&mut self.disk),
+                data,
+            };
             for &(index, _) in run {
                 out[index] = Some(serve_data(&mut access, memory, &requests[index]));
             }
             return;
         }
+        let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); MAX_LANES];
+        for &(index, zone) in run {
+            lanes[zone % MAX_LANES].push(index);
+        }
+        lanes.retain(|lane| !lane.is_empty());
+        let disk = Mutex::new(&mut self.disk);
         let served: Vec<(usize, Completion)> = std::thread::scope(|scope| {
             let disk = &disk;
             let serve_lane = move |lane: &[usize]| -> Vec<(usize, Completion)> {
-                let mut access = Lane { disk, data };
+                let mut access = Lane {
+                    disk: LaneDisk::Shared(disk),
+                    data,
+                };
                 lane.iter()
                     .map(|&index| (index, serve_data(&mut access, memory, &requests[index])))
                     .collect()
@@ -604,7 +641,8 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
     ) -> Vec<Option<Completion>> {
         let mut out = vec![None; requests.len()];
         let data = self.disk.storage().data_path();
-        let mut run: Vec<(usize, usize)> = Vec::new();
+        let mut run = std::mem::take(&mut self.run);
+        run.clear();
         for (index, request) in requests.iter().enumerate() {
             if let Some(failed) = self.admit(request) {
                 out[index] = Some(failed);
@@ -624,6 +662,7 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
         if let Some(data) = &data {
             self.serve_lanes(&run, requests, memory, data, &mut out);
         }
+        self.run = run;
         out
     }
 
@@ -1153,6 +1192,59 @@ mod tests {
         let zones: Vec<Zone> = handler.disk().report(0, 4).unwrap().collect();
         assert_eq!(zones[1].wp, ZONE + u64::from(half) / 512);
         assert_eq!(zones[2].wp, 2 * ZONE + u64::from(half) / 512);
+    }
+
+    /// A lane whose data does not reach storage fails its request and puts the zone's write
+    /// pointer back, on the serving thread and in a parallel run alike.
+    #[test]
+    fn a_failed_lane_write_leaves_the_write_pointer_where_it_was() {
+        let geometry = ZonedGeometry::new(ZonedGeometry {
+            capacity: 4 * ZONE,
+            zone_size: ZONE,
+            zone_capacity: ZONE,
+            conventional_zones: 0,
+            max_open: 0,
+            max_active: 0,
+            max_append_sectors: 256,
+            write_granularity: 512,
+        })
+        .unwrap();
+        let temp = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        temp.as_file().set_len(4 * ZONE * SECTOR_SIZE).unwrap();
+        // Opened read-only: every write fails.
+        let file = std::fs::File::open(temp.as_path()).unwrap();
+        let storage = HookedStorage {
+            data: DataPath::buffered(std::sync::Arc::new(file), 0),
+        };
+        let mut handler = ZonedHandler::new(ZonedDisk::new(
+            crate::zoned::ZoneSet::new(geometry),
+            storage,
+        ));
+        let mut backend = handler.capacity_backend();
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let failed = Some(Completion::with_status(status::IOERR));
+        let small = [
+            request(request_type::OUT, ZONE, &[(0x1000, 4096)], &[]),
+            request(request_type::OUT, 2 * ZONE, &[(0x1000, 4096)], &[]),
+        ];
+        assert_eq!(
+            handler.handle_batch(&small, &memory, &mut backend),
+            vec![failed; 2]
+        );
+        let half = (PARALLEL_MIN_BYTES / 2) as u32;
+        let large = [
+            request(request_type::OUT, ZONE, &[(0x1000, half)], &[]),
+            request(request_type::OUT, 2 * ZONE, &[(0x1000, half)], &[]),
+        ];
+        assert_eq!(
+            handler.handle_batch(&large, &memory, &mut backend),
+            vec![failed; 2]
+        );
+        let zones: Vec<Zone> = handler.disk().report(0, 4).unwrap().collect();
+        assert_eq!(zones[1].wp, ZONE);
+        assert_eq!(zones[1].cond, ZoneCondition::Empty);
+        assert_eq!(zones[2].wp, 2 * ZONE);
+        assert_eq!(zones[2].cond, ZoneCondition::Empty);
     }
 
     #[test]
