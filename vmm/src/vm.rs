@@ -94,11 +94,17 @@ impl Vm {
         Ok(Self { kvm, fd, memory })
     }
 
-    /// KVM's supported CPUID, the base of every vCPU's table.
+    /// KVM's supported CPUID plus the TSC-deadline timer when KVM emulates it: the base of
+    /// every vCPU's table.
     pub fn supported_cpuid(&self) -> Result<CpuId> {
-        self.kvm
+        let mut supported = self
+            .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| VmError::Kvm("GET_SUPPORTED_CPUID", e))
+            .map_err(|e| VmError::Kvm("GET_SUPPORTED_CPUID", e))?;
+        if self.kvm.check_extension(Cap::TscDeadlineTimer) {
+            cpuid::add_tsc_deadline_timer(&mut supported);
+        }
+        Ok(supported)
     }
 
     /// Creates vCPU `index` of `count` with its CPUID, MSRs, FPU and LAPIC set up.

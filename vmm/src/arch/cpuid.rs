@@ -1,6 +1,6 @@
 //! The CPUID each vCPU sees: KVM's supported set (which includes the KVM hypervisor leaves), with
-//! the hypervisor bit set and a topology of `count` single-threaded cores in one package, where
-//! vCPU `index` has APIC ID `index`.
+//! the hypervisor bit set, the TSC-deadline timer when KVM emulates it, and a topology of `count`
+//! single-threaded cores in one package, where vCPU `index` has APIC ID `index`.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -12,6 +12,7 @@ const LEAF_AMD_SIZE_IDS: u32 = 0x8000_0008;
 const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 const TOPOLOGY_LEVEL_SMT: u32 = 1;
 const TOPOLOGY_LEVEL_CORE: u32 = 2;
@@ -69,6 +70,19 @@ fn patch_entry(entry: &mut kvm_cpuid_entry2, index: u32, count: u32) {
     }
 }
 
+/// Sets the TSC-deadline timer bit (leaf 1, ECX bit 24), which KVM_GET_SUPPORTED_CPUID leaves out
+/// even when KVM emulates the timer (KVM_CAP_TSC_DEADLINE_TIMER); VMMs add it themselves. Without
+/// it Linux calibrates the LAPIC timer against the PIT for about 100 ms of guest time and then
+/// verifies it for as long again; in the nested lab the verification fails, the LAPIC timer is
+/// disabled and the PIT drives the tick.
+pub fn add_tsc_deadline_timer(cpuid: &mut CpuId) {
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == LEAF_FEATURES {
+            entry.ecx |= ECX_TSC_DEADLINE;
+        }
+    }
+}
+
 /// The CPUID table for vCPU `index` of `count`.
 pub fn vcpu_cpuid(supported: &CpuId, index: u32, count: u32) -> CpuId {
     let mut cpuid = supported.clone();
@@ -98,6 +112,17 @@ mod tests {
         assert_eq!(e.ebx, 0x0304_0800);
         assert_ne!(e.ecx & ECX_HYPERVISOR, 0);
         assert_ne!(e.edx & EDX_HTT, 0);
+    }
+
+    #[test]
+    fn tsc_deadline_bit_goes_into_leaf_1_only() {
+        let mut cpuid =
+            CpuId::from_entries(&[entry(LEAF_FEATURES, 0), entry(LEAF_CACHE_PARAMS, 0)])
+                .expect("two entries fit");
+        add_tsc_deadline_timer(&mut cpuid);
+        let entries = cpuid.as_slice();
+        assert_eq!(entries[0].ecx, ECX_TSC_DEADLINE);
+        assert_eq!(entries[1].ecx, 0);
     }
 
     #[test]
