@@ -12,7 +12,7 @@ initramfs, command line, memory and vCPUs, in interleaved repetitions within thi
       fio in the guest on a virtio-blk disk backed by the same file under both VMMs (QEMU:
       virtio-blk on virtio-mmio, its -M microvm transport): 4 KiB random reads QD32 for S
       seconds, 128 KiB sequential writes QD16 of M MiB. Our VMM also gets a zoned disk, written
-      the same way with fio --zonemode=zbd.
+      the same way with fio --zonemode=zbd, and both its disks are then written at QD1 too.
 
 Absolute times in the lab mean nothing (the outer VM is TCG); the ratios are the result.
 """
@@ -130,6 +130,11 @@ if [ -b /dev/vdb ]; then
     echo mq-deadline > /sys/block/vdb/queue/scheduler
     blkzone reset /dev/vdb
     run zoned-seqwrite vdb --rw=write --bs=128k --iodepth=16 --size=%(write)dM --zonemode=zbd
+    # The same at queue depth 1 on both disks: Linux keeps one write in flight per sequential
+    # zone, so this compares the disks at the queue depth the zoned one really gets.
+    run seqwrite-qd1 vda --rw=write --bs=128k --iodepth=1 --size=%(write)dM --offset=%(write)dM
+    blkzone reset /dev/vdb
+    run zoned-seqwrite-qd1 vdb --rw=write --bs=128k --iodepth=1 --size=%(write)dM --zonemode=zbd
 fi
 """
 
@@ -167,7 +172,9 @@ def run_io(args):
                 command = qemu_command(guest, DISK)
             _, _, text = boot(vmm, command)
             jobs = parse_fio(text)
-            expected = {"randread", "seqwrite"} | ({"zoned-seqwrite"} if vmm == "vmm" else set())
+            expected = {"randread", "seqwrite"}
+            if vmm == "vmm":
+                expected |= {"zoned-seqwrite", "seqwrite-qd1", "zoned-seqwrite-qd1"}
             if set(jobs) != expected:
                 sys.exit(f"lab.py: {vmm}: fio reported {sorted(jobs)}, expected {sorted(expected)}:\n{text[-3000:]}")
             runs[vmm].append(jobs)
