@@ -8,7 +8,8 @@ Figures per run:
   exec_to_main_ms     wall time of `vmm --version` (exec, dynamic loading, argument parsing,
                       exit): an upper bound of what happens before main
   overhead_*_kib      resident memory outside the guest RAM mapping (Rss, Pss, private)
-  guest_rss_kib       guest RAM pages touched so far (kernel, initrd, boot tables)
+  guest_rss_kib       guest RAM pages touched so far (kernel, initrd, boot tables); the initrd is
+                      mapped from its file, so its pages count once the guest touches them
 
   startup.py --vmm BIN --kernel K --initrd I --reps N --out FILE.json
 """
@@ -24,26 +25,61 @@ import time
 GUEST_MIB = 256
 
 
-def smaps_split(pid, guest_kib):
-    """Sums smaps fields over the guest RAM mapping and over everything else."""
-    guest = {"Rss": 0, "Pss": 0}
-    other = {"Rss": 0, "Pss": 0, "Private": 0, "Anonymous": 0}
-    current = None
+def read_smaps(pid):
+    """The mappings of PID as dicts: start, end, path ('' if anonymous) and the kB fields."""
+    vmas = []
     with open(f"/proc/{pid}/smaps") as smaps:
         for line in smaps:
             fields = line.split()
             if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-                current = None
-                continue
-            key = fields[0].rstrip(":")
-            if key == "Size":
-                current = guest if int(fields[1]) == guest_kib else other
-            elif current is not None and key in ("Rss", "Pss"):
-                current[key] += int(fields[1])
-            elif current is other and key in ("Private_Clean", "Private_Dirty"):
-                other["Private"] += int(fields[1])
-            elif current is other and key == "Anonymous":
-                other["Anonymous"] += int(fields[1])
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                vmas.append({"start": start, "end": end,
+                             "path": fields[5] if len(fields) > 5 else ""})
+            elif len(fields) == 3 and fields[2] == "kB":
+                vmas[-1][fields[0].rstrip(":")] = int(fields[1])
+    return vmas
+
+
+def guest_ram(vmas, guest_kib, initrd):
+    """Indices of the mappings that make up guest RAM: one anonymous mapping of the guest's
+    size, or, when vmm maps the initrd file over part of it, the address-contiguous run of
+    anonymous mappings and that file mapping which adds up to the guest's size."""
+    initrd = os.path.realpath(initrd)
+    for i, vma in enumerate(vmas):
+        if vma["Size"] == guest_kib and not vma["path"]:
+            return {i}
+    for i, vma in enumerate(vmas):
+        if vma["path"] != initrd:
+            continue
+        for first in range(i, -1, -1):
+            if first < i and (vmas[first]["end"] != vmas[first + 1]["start"] or vmas[first]["path"]):
+                break
+            total = sum(v["Size"] for v in vmas[first:i + 1])
+            for last in range(i, len(vmas)):
+                if last > i and (vmas[last]["start"] != vmas[last - 1]["end"] or vmas[last]["path"]):
+                    break
+                if last > i:
+                    total += vmas[last]["Size"]
+                if total == guest_kib:
+                    return set(range(first, last + 1))
+    sys.exit("startup: cannot find the guest RAM mapping in smaps")
+
+
+def smaps_split(pid, guest_kib, initrd):
+    """Sums smaps fields over the guest RAM mappings and over everything else."""
+    vmas = read_smaps(pid)
+    ram = guest_ram(vmas, guest_kib, initrd)
+    guest = {"Rss": 0, "Pss": 0}
+    other = {"Rss": 0, "Pss": 0, "Private": 0, "Anonymous": 0}
+    for i, vma in enumerate(vmas):
+        if i in ram:
+            guest["Rss"] += vma["Rss"]
+            guest["Pss"] += vma["Pss"]
+        else:
+            other["Rss"] += vma["Rss"]
+            other["Pss"] += vma["Pss"]
+            other["Private"] += vma["Private_Clean"] + vma["Private_Dirty"]
+            other["Anonymous"] += vma["Anonymous"]
     return guest, other
 
 
@@ -74,7 +110,7 @@ def one_run(args):
         time.sleep(0.001)
     # Let setup finish on the main thread (it starts the vCPU threads last) before sampling.
     time.sleep(0.2)
-    guest, other = smaps_split(proc.pid, GUEST_MIB * 1024)
+    guest, other = smaps_split(proc.pid, GUEST_MIB * 1024, args.initrd)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=10)
     match = re.search(r"first KVM_RUN ([0-9.]+) ms", err)
