@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::thread::{self, JoinHandle};
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
@@ -63,6 +64,8 @@ pub enum LoaderError {
     GuestMemoryLost(std::io::Error),
     #[error("cannot read initrd {0}: {1}")]
     ReadInitrd(PathBuf, String),
+    #[error("the kernel loader thread panicked")]
+    LoaderPanicked,
     #[error("kernel command line is too long ({0} bytes, at most {1})")]
     CmdlineTooLong(usize, usize),
     #[error("kernel command line is invalid: {0}")]
@@ -165,17 +168,24 @@ pub fn check_kernel(path: &Path) -> Result<()> {
     probe_kernel(path, &head).map(|_| ())
 }
 
-/// Loads the kernel, initrd and command line and writes the boot structures. `rsdp` is the ACPI
-/// RSDP's address, if the VMM wrote ACPI tables: handed over in boot_params.acpi_rsdp_addr
-/// (boot protocol 2.14+; older kernels ignore it and find the RSDP by scanning 0xe0000..1 MiB)
-/// or hvm_start_info.rsdp_paddr.
-pub fn load_kernel(
+/// A kernel and initrd placed in guest memory, before their boot structures are written.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadedImages {
+    entry: BootEntry,
+    /// The bzImage's setup header, handed to the kernel in boot_params.
+    setup_header: Option<setup_header>,
+    /// Where the initrd is, and its size.
+    initrd: Option<(u64, u64)>,
+}
+
+/// Loads the kernel and the initrd into guest memory: the kernel at 1 MiB (or where its ELF
+/// headers say), the initrd as high in low memory as the kernel allows. Writes nothing else, so
+/// it may run while the rest of the VM is set up (`ImageLoader`).
+pub fn load_images(
     mem: &GuestMemoryMmap,
     kernel_path: &Path,
     initrd_path: Option<&Path>,
-    cmdline: &str,
-    rsdp: Option<u64>,
-) -> Result<BootSetup> {
+) -> Result<LoadedImages> {
     let mut kernel =
         File::open(kernel_path).map_err(|e| LoaderError::OpenKernel(kernel_path.into(), e))?;
     let mut head = vec![0u8; 1024];
@@ -202,6 +212,69 @@ pub fn load_kernel(
         e => LoaderError::Load(kernel_path.into(), e),
     })?;
 
+    let initrd_max = match &loaded.setup_header {
+        Some(hdr) if hdr.initrd_addr_max != 0 => u64::from(hdr.initrd_addr_max) + 1,
+        _ => u64::from(u32::MAX) + 1,
+    };
+    let initrd = match initrd_path {
+        Some(path) => Some(load_initrd(mem, path, loaded.kernel_end, initrd_max)?),
+        None => None,
+    };
+
+    let entry = match (format, loaded.pvh_boot_cap) {
+        (KernelFormat::Elf, PvhBootCapability::PvhEntryPresent(addr)) => BootEntry::Pvh {
+            entry: addr.raw_value(),
+        },
+        // The 64-bit entry point of a bzImage is 0x200 past the start of its protected-mode
+        // code; an ELF vmlinux without a PVH note is entered at its ELF entry, startup_64.
+        (KernelFormat::BzImage, _) => BootEntry::Linux64 {
+            entry: loaded.kernel_load.raw_value() + 0x200,
+        },
+        (KernelFormat::Elf, _) => BootEntry::Linux64 {
+            entry: loaded.kernel_load.raw_value(),
+        },
+    };
+    Ok(LoadedImages {
+        entry,
+        setup_header: loaded.setup_header,
+        initrd,
+    })
+}
+
+/// `load_images` on a thread of its own: loading needs only guest memory, so it runs while the
+/// main thread sets up the VM in KVM, whose ioctls mostly wait (for SRCU grace periods, for the
+/// PIT's kernel thread) rather than compute.
+pub struct ImageLoader(JoinHandle<Result<LoadedImages>>);
+
+impl ImageLoader {
+    /// Starts loading `kernel` and `initrd` into `mem` (a handle sharing the same memory).
+    pub fn spawn(
+        mem: GuestMemoryMmap,
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+    ) -> std::io::Result<Self> {
+        thread::Builder::new()
+            .name("loader".into())
+            .spawn(move || load_images(&mem, &kernel, initrd.as_deref()))
+            .map(Self)
+    }
+
+    /// Waits for the images to be in guest memory.
+    pub fn join(self) -> Result<LoadedImages> {
+        self.0.join().map_err(|_| LoaderError::LoaderPanicked)?
+    }
+}
+
+/// Writes the command line and the boot structures the kernel's entry protocol needs (boot_params
+/// or PVH start_info). `rsdp` is the ACPI RSDP's address, if the VMM wrote ACPI tables: handed
+/// over in boot_params.acpi_rsdp_addr (boot protocol 2.14+; older kernels ignore it and find the
+/// RSDP by scanning 0xe0000..1 MiB) or hvm_start_info.rsdp_paddr.
+pub fn write_boot_info(
+    mem: &GuestMemoryMmap,
+    images: &LoadedImages,
+    cmdline: &str,
+    rsdp: Option<u64>,
+) -> Result<BootSetup> {
     if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
         return Err(LoaderError::CmdlineTooLong(
             cmdline.len(),
@@ -215,39 +288,19 @@ pub fn load_kernel(
     load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmd)
         .map_err(|_| LoaderError::BootStructures)?;
 
-    let initrd_max = match &loaded.setup_header {
-        Some(hdr) if hdr.initrd_addr_max != 0 => u64::from(hdr.initrd_addr_max) + 1,
-        _ => u64::from(u32::MAX) + 1,
-    };
-    let initrd = match initrd_path {
-        Some(path) => Some(load_initrd(mem, path, loaded.kernel_end, initrd_max)?),
-        None => None,
-    };
-
-    let pvh_entry = match loaded.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(addr) if format == KernelFormat::Elf => {
-            Some(addr.raw_value())
+    let boot_info = match images.entry {
+        BootEntry::Pvh { .. } => {
+            write_pvh_start_info(mem, images.initrd, rsdp)?;
+            layout::PVH_INFO_START
         }
-        _ => None,
+        BootEntry::Linux64 { .. } => {
+            write_boot_params(mem, images.setup_header, cmdline.len(), images.initrd, rsdp)?;
+            layout::ZERO_PAGE_START
+        }
     };
-    if let Some(entry) = pvh_entry {
-        write_pvh_start_info(mem, initrd, rsdp)?;
-        return Ok(BootSetup {
-            entry: BootEntry::Pvh { entry },
-            boot_info: layout::PVH_INFO_START,
-        });
-    }
-
-    // The 64-bit entry point of a bzImage is 0x200 past the start of its protected-mode code; an
-    // ELF vmlinux without a PVH note is entered at its ELF entry, which is startup_64.
-    let entry = match format {
-        KernelFormat::BzImage => loaded.kernel_load.raw_value() + 0x200,
-        KernelFormat::Elf => loaded.kernel_load.raw_value(),
-    };
-    write_boot_params(mem, loaded.setup_header, cmdline.len(), initrd, rsdp)?;
     Ok(BootSetup {
-        entry: BootEntry::Linux64 { entry },
-        boot_info: layout::ZERO_PAGE_START,
+        entry: images.entry,
+        boot_info,
     })
 }
 
@@ -603,5 +656,50 @@ mod tests {
         let info: hvm_start_info = mem.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
         assert_eq!(info.magic, PVH_START_INFO_MAGIC);
         assert_eq!(info.rsdp_paddr, layout::ACPI_RSDP_START);
+    }
+
+    #[test]
+    fn the_loader_thread_reports_a_file_that_is_no_kernel() {
+        let mem = memory();
+        let file = patterned_file(4096);
+        let loading = ImageLoader::spawn(mem, file.as_path().to_path_buf(), None).unwrap();
+        assert!(matches!(loading.join(), Err(LoaderError::NotAKernel(_))));
+    }
+
+    #[test]
+    fn boot_info_follows_the_entry_protocol_and_carries_the_command_line() {
+        let mem = memory();
+        let linux = LoadedImages {
+            entry: BootEntry::Linux64 { entry: 0x100200 },
+            setup_header: None,
+            initrd: Some((8 << 20, 1234)),
+        };
+        let boot = write_boot_info(&mem, &linux, "console=ttyS0", None).unwrap();
+        assert_eq!(boot.entry, linux.entry);
+        assert_eq!(boot.boot_info, layout::ZERO_PAGE_START);
+        let params: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
+        let (image, size) = (params.hdr.ramdisk_image, params.hdr.ramdisk_size);
+        assert_eq!((image, size), (8 << 20, 1234));
+        assert_eq!(
+            guest_bytes(&mem, layout::CMDLINE_START, 14),
+            b"console=ttyS0\0"
+        );
+
+        let pvh = LoadedImages {
+            entry: BootEntry::Pvh { entry: 0x1000000 },
+            ..linux
+        };
+        let boot = write_boot_info(&mem, &pvh, "quiet", None).unwrap();
+        assert_eq!(boot.boot_info, layout::PVH_INFO_START);
+        let info: hvm_start_info = mem.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
+        assert_eq!(info.nr_modules, 1);
+        let module: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
+        assert_eq!((module.paddr, module.size), (8 << 20, 1234));
+
+        let too_long = "x".repeat(layout::CMDLINE_MAX_SIZE);
+        assert!(matches!(
+            write_boot_info(&mem, &linux, &too_long, None),
+            Err(LoaderError::CmdlineTooLong(..))
+        ));
     }
 }
