@@ -8,8 +8,8 @@ Figures per run:
   exec_to_main_ms     wall time of `vmm --version` (exec, dynamic loading, argument parsing,
                       exit): an upper bound of what happens before main
   overhead_*_kib      resident memory outside the guest RAM mapping (Rss, Pss, private)
-  guest_rss_kib       guest RAM pages touched so far (kernel, initrd, boot tables); the initrd is
-                      mapped from its file, so its pages count once the guest touches them
+  guest_rss_kib       guest RAM pages touched so far (kernel, initrd, boot tables); vmm maps the
+                      kernel and initrd from their files, so their pages count once touched
 
   startup.py --vmm BIN --kernel K --initrd I --reps N --out FILE.json
 """
@@ -40,35 +40,35 @@ def read_smaps(pid):
     return vmas
 
 
-def guest_ram(vmas, guest_kib, initrd):
+def guest_ram(vmas, guest_kib, files):
     """Indices of the mappings that make up guest RAM: one anonymous mapping of the guest's
-    size, or, when vmm maps the initrd file over part of it, the address-contiguous run of
-    anonymous mappings and that file mapping which adds up to the guest's size."""
-    initrd = os.path.realpath(initrd)
+    size, or, when vmm maps the kernel and initrd files over parts of it, the address-contiguous
+    run of anonymous mappings and those file mappings that adds up to the guest's size."""
+    files = {os.path.realpath(f) for f in files}
     for i, vma in enumerate(vmas):
         if vma["Size"] == guest_kib and not vma["path"]:
-            return {i}
-    for i, vma in enumerate(vmas):
-        if vma["path"] != initrd:
-            continue
-        for first in range(i, -1, -1):
-            if first < i and (vmas[first]["end"] != vmas[first + 1]["start"] or vmas[first]["path"]):
+            return set(range(i, i + 1))
+    for first in range(len(vmas)):
+        total, has_file = 0, False
+        for last in range(first, len(vmas)):
+            vma = vmas[last]
+            if vma["path"] and vma["path"] not in files:
                 break
-            total = sum(v["Size"] for v in vmas[first:i + 1])
-            for last in range(i, len(vmas)):
-                if last > i and (vmas[last]["start"] != vmas[last - 1]["end"] or vmas[last]["path"]):
-                    break
-                if last > i:
-                    total += vmas[last]["Size"]
-                if total == guest_kib:
-                    return set(range(first, last + 1))
+            if last > first and vma["start"] != vmas[last - 1]["end"]:
+                break
+            total += vma["Size"]
+            has_file = has_file or bool(vma["path"])
+            if total == guest_kib and has_file:
+                return set(range(first, last + 1))
+            if total > guest_kib:
+                break
     sys.exit("startup: cannot find the guest RAM mapping in smaps")
 
 
-def smaps_split(pid, guest_kib, initrd):
+def smaps_split(pid, guest_kib, files):
     """Sums smaps fields over the guest RAM mappings and over everything else."""
     vmas = read_smaps(pid)
-    ram = guest_ram(vmas, guest_kib, initrd)
+    ram = guest_ram(vmas, guest_kib, files)
     guest = {"Rss": 0, "Pss": 0}
     other = {"Rss": 0, "Pss": 0, "Private": 0, "Anonymous": 0}
     for i, vma in enumerate(vmas):
@@ -110,7 +110,7 @@ def one_run(args):
         time.sleep(0.001)
     # Let setup finish on the main thread (it starts the vCPU threads last) before sampling.
     time.sleep(0.2)
-    guest, other = smaps_split(proc.pid, GUEST_MIB * 1024, args.initrd)
+    guest, other = smaps_split(proc.pid, GUEST_MIB * 1024, [args.kernel, args.initrd])
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=10)
     match = re.search(r"first KVM_RUN ([0-9.]+) ms", err)

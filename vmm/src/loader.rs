@@ -5,22 +5,26 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::thread::{self, JoinHandle};
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader, PvhBootCapability};
+use linux_loader::loader::{
+    load_cmdline, Elf, KernelLoader, KernelLoaderResult, PvhBootCapability,
+};
 use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion,
 };
 
 use crate::arch::layout;
 
 /// "HdrS": the boot protocol header signature at offset 0x202 of a bzImage.
 const BZIMAGE_MAGIC: u32 = 0x5372_6448;
+/// Where the setup header starts in a bzImage.
+const SETUP_HEADER_OFFSET: usize = 0x1f1;
 /// Oldest boot protocol this VMM boots: 2.12 added the 64-bit entry flags in xloadflags.
 const MIN_BOOT_PROTOCOL: u16 = 0x020c;
 /// xloadflags bit: the kernel has a 64-bit entry point at load address + 0x200.
@@ -64,8 +68,6 @@ pub enum LoaderError {
     GuestMemoryLost(std::io::Error),
     #[error("cannot read initrd {0}: {1}")]
     ReadInitrd(PathBuf, String),
-    #[error("the kernel loader thread panicked")]
-    LoaderPanicked,
     #[error("kernel command line is too long ({0} bytes, at most {1})")]
     CmdlineTooLong(usize, usize),
     #[error("kernel command line is invalid: {0}")]
@@ -179,8 +181,8 @@ pub struct LoadedImages {
 }
 
 /// Loads the kernel and the initrd into guest memory: the kernel at 1 MiB (or where its ELF
-/// headers say), the initrd as high in low memory as the kernel allows. Writes nothing else, so
-/// it may run while the rest of the VM is set up (`ImageLoader`).
+/// headers say), the initrd as high in low memory as the kernel allows; the boot structures
+/// come later (`write_boot_info`), once the devices they describe exist.
 pub fn load_images(
     mem: &GuestMemoryMmap,
     kernel_path: &Path,
@@ -197,20 +199,21 @@ pub fn load_images(
         .seek(SeekFrom::Start(0))
         .map_err(|e| LoaderError::ReadKernel(kernel_path.into(), e))?;
 
-    let highmem = Some(GuestAddress(layout::HIMEM_START));
     let loaded = match format {
-        KernelFormat::BzImage => BzImage::load(mem, None, &mut kernel, highmem),
-        KernelFormat::Elf => Elf::load(mem, None, &mut kernel, highmem),
-    }
-    .map_err(|e| match e {
-        linux_loader::loader::Error::Bzimage(
-            linux_loader::loader::bzimage::Error::ReadBzImageCompressedKernel,
+        KernelFormat::BzImage => load_bzimage(mem, kernel_path, &kernel, &head)?,
+        KernelFormat::Elf => Elf::load(
+            mem,
+            None,
+            &mut kernel,
+            Some(GuestAddress(layout::HIMEM_START)),
         )
-        | linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage) => {
-            LoaderError::KernelTooLarge(kernel_path.into())
-        }
-        e => LoaderError::Load(kernel_path.into(), e),
-    })?;
+        .map_err(|e| match e {
+            linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage) => {
+                LoaderError::KernelTooLarge(kernel_path.into())
+            }
+            e => LoaderError::Load(kernel_path.into(), e),
+        })?,
+    };
 
     let initrd_max = match &loaded.setup_header {
         Some(hdr) if hdr.initrd_addr_max != 0 => u64::from(hdr.initrd_addr_max) + 1,
@@ -241,28 +244,62 @@ pub fn load_images(
     })
 }
 
-/// `load_images` on a thread of its own: loading needs only guest memory, so it runs while the
-/// main thread sets up the VM in KVM, whose ioctls mostly wait (for SRCU grace periods, for the
-/// PIT's kernel thread) rather than compute.
-pub struct ImageLoader(JoinHandle<Result<LoadedImages>>);
-
-impl ImageLoader {
-    /// Starts loading `kernel` and `initrd` into `mem` (a handle sharing the same memory).
-    pub fn spawn(
-        mem: GuestMemoryMmap,
-        kernel: PathBuf,
-        initrd: Option<PathBuf>,
-    ) -> std::io::Result<Self> {
-        thread::Builder::new()
-            .name("loader".into())
-            .spawn(move || load_images(&mem, &kernel, initrd.as_deref()))
-            .map(Self)
+/// Loads a bzImage's protected-mode part (the decompressor and the compressed kernel) at its
+/// `code32_start`, as the boot protocol asks: mapped from the file when it starts on a page
+/// boundary there (`map_file_into_guest`: the decompressor normally only reads it, copying itself
+/// above and decompressing the kernel elsewhere), read otherwise. `head` is the file's first 1 KiB,
+/// already checked by `probe_kernel`.
+fn load_bzimage(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    file: &File,
+    head: &[u8],
+) -> Result<KernelLoaderResult> {
+    let mut header = setup_header::default();
+    let header_bytes = header.as_mut_slice();
+    let header_len = header_bytes.len();
+    let in_file = head
+        .get(SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + header_len)
+        .ok_or_else(|| LoaderError::NotAKernel(path.into()))?;
+    header_bytes.copy_from_slice(in_file);
+    let setup_len = match header.setup_sects {
+        // The boot protocol's "0 means 4", from before the field was filled in.
+        0 => 5 * 512,
+        sectors => (u64::from(sectors) + 1) * 512,
+    };
+    let file_len = file
+        .metadata()
+        .map_err(|e| LoaderError::ReadKernel(path.into(), e))?
+        .len();
+    let size = file_len
+        .checked_sub(setup_len)
+        .filter(|&size| size > 0)
+        .ok_or_else(|| LoaderError::NotAKernel(path.into()))?;
+    let load = u64::from(header.code32_start);
+    if load < layout::HIMEM_START {
+        return Err(LoaderError::Load(
+            path.into(),
+            linux_loader::loader::Error::InvalidKernelStartAddress,
+        ));
     }
-
-    /// Waits for the images to be in guest memory.
-    pub fn join(self) -> Result<LoadedImages> {
-        self.0.join().map_err(|_| LoaderError::LoaderPanicked)?
+    match map_file_into_guest(mem, GuestAddress(load), file, setup_len, size) {
+        Ok(()) => {}
+        Err(MapError::NotMapped(e)) => {
+            log::debug!("kernel {} is read, not mapped: {e}", path.display());
+            let mut file = file;
+            file.seek(SeekFrom::Start(setup_len))
+                .map_err(|e| LoaderError::ReadKernel(path.into(), e))?;
+            mem.read_exact_volatile_from(GuestAddress(load), &mut file, size as usize)
+                .map_err(|_| LoaderError::KernelTooLarge(path.into()))?;
+        }
+        Err(MapError::MemoryLost(e)) => return Err(LoaderError::GuestMemoryLost(e)),
     }
+    Ok(KernelLoaderResult {
+        kernel_load: GuestAddress(load),
+        kernel_end: load + size,
+        setup_header: Some(header),
+        ..Default::default()
+    })
 }
 
 /// Writes the command line and the boot structures the kernel's entry protocol needs (boot_params
@@ -333,7 +370,7 @@ fn load_initrd(
     if start < kernel_end {
         return Err(too_large());
     }
-    match map_file_into_guest(mem, GuestAddress(start), &file, size) {
+    match map_file_into_guest(mem, GuestAddress(start), &file, 0, size) {
         Ok(()) => {}
         Err(MapError::NotMapped(e)) => {
             // Files that cannot be mapped (pipes, devices, some filesystems) are read instead.
@@ -359,21 +396,23 @@ enum MapError {
     MemoryLost(std::io::Error),
 }
 
-/// Makes the `len` bytes of guest memory at `addr` show `file` from its start, copy-on-write, by
-/// mapping the file privately over that part of the guest RAM mapping. Nothing is copied now:
+/// Makes the `len` bytes of guest memory at `addr` show `file` from `file_offset`, copy-on-write,
+/// by mapping the file privately over that part of the guest RAM mapping. Nothing is copied now:
 /// the guest faults in each page it touches straight from the page cache, instead of vmm
-/// allocating, zeroing and filling every page up front. An initrd is read once by the guest's
-/// unpacker and then freed, so most of it never needs private pages; guest writes get private
-/// copies and never reach the file. Guest RAM stays one host mapping (and one KVM slot), so
+/// allocating, zeroing and filling every page up front. The guest only reads what vmm maps this
+/// way (an initrd is unpacked and freed; a bzImage's decompressor copies itself away and
+/// decompresses the kernel elsewhere), so most of it never needs private pages; guest writes,
+/// such as to memory the guest reuses later, get private copies and never reach the file. Guest RAM stays one host mapping (and one KVM slot), so
 /// devices still see it contiguous. Pages the guest has not written show the file as it is when
 /// touched, so the file must not be rewritten in place while the guest boots (the guest builders
-/// write a new file and rename it). `addr` must be page aligned and the range, rounded up to
-/// whole pages, inside one RAM region that nothing else has been written to; the bytes past the
-/// end of the file in its last page read as zero.
+/// write a new file and rename it). `addr` and `file_offset` must be page aligned and the range,
+/// rounded up to whole pages, inside one RAM region that nothing else has been written to; the
+/// bytes past the end of the file in its last page read as zero.
 fn map_file_into_guest(
     mem: &GuestMemoryMmap,
     addr: GuestAddress,
     file: &File,
+    file_offset: u64,
     len: u64,
 ) -> std::result::Result<(), MapError> {
     use std::io::{Error, ErrorKind};
@@ -388,9 +427,13 @@ fn map_file_into_guest(
     if !is_file {
         return Err(refuse("not a regular file"));
     }
-    if len == 0 || !addr.raw_value().is_multiple_of(PAGE_SIZE) {
+    if len == 0
+        || !addr.raw_value().is_multiple_of(PAGE_SIZE)
+        || !file_offset.is_multiple_of(PAGE_SIZE)
+    {
         return Err(refuse("not a page-aligned, non-empty range"));
     }
+    let file_offset = libc::off_t::try_from(file_offset).map_err(|_| refuse("offset too large"))?;
     let map_len = len.next_multiple_of(PAGE_SIZE);
     let region = mem
         .find_region(addr)
@@ -408,7 +451,7 @@ fn map_file_into_guest(
     if !(host as u64).is_multiple_of(PAGE_SIZE) {
         return Err(refuse("guest RAM is not page aligned"));
     }
-    let map_fixed = |flags: libc::c_int, fd: libc::c_int| {
+    let map_fixed = |flags: libc::c_int, fd: libc::c_int, offset: libc::off_t| {
         // SAFETY: [host, host + map_len) lies inside the mapping of one guest RAM region (checked
         // above), which `mem` owns and unmaps as a whole when dropped, so MAP_FIXED replaces
         // pages of that mapping only, and the range stays readable and writable as before.
@@ -421,7 +464,7 @@ fn map_file_into_guest(
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_FIXED | flags,
                 fd,
-                0,
+                offset,
             )
         };
         if mapped == libc::MAP_FAILED {
@@ -430,10 +473,10 @@ fn map_file_into_guest(
             Ok(())
         }
     };
-    map_fixed(0, file.as_raw_fd()).map_err(|e| {
+    map_fixed(0, file.as_raw_fd(), file_offset).map_err(|e| {
         // A MAP_FIXED that fails late may already have unmapped the old pages: put fresh
         // anonymous memory back, as vm-memory maps guest RAM, so the caller can read instead.
-        match map_fixed(libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1) {
+        match map_fixed(libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0) {
             Ok(()) => MapError::NotMapped(e),
             Err(lost) => MapError::MemoryLost(lost),
         }
@@ -559,7 +602,7 @@ mod tests {
         mem.write_slice(&[0xbb; 16], GuestAddress(at + 4 * PAGE_SIZE))
             .unwrap();
         let file = patterned_file(len);
-        map_file_into_guest(&mem, GuestAddress(at), file.as_file(), len as u64).unwrap();
+        map_file_into_guest(&mem, GuestAddress(at), file.as_file(), 0, len as u64).unwrap();
 
         let mut expected = vec![0u8; len];
         file.as_file().read_exact_at(&mut expected, 0).unwrap();
@@ -575,7 +618,7 @@ mod tests {
         let mem = memory();
         let at = 4 << 20;
         let file = patterned_file(PAGE_SIZE as usize);
-        map_file_into_guest(&mem, GuestAddress(at), file.as_file(), PAGE_SIZE).unwrap();
+        map_file_into_guest(&mem, GuestAddress(at), file.as_file(), 0, PAGE_SIZE).unwrap();
         mem.write_slice(&[0; 64], GuestAddress(at)).unwrap();
 
         assert_eq!(guest_bytes(&mem, at, 64), vec![0; 64]);
@@ -593,7 +636,7 @@ mod tests {
             ((16 << 20) - PAGE_SIZE, PAGE_SIZE + 1),
             (16 << 20, 100),
         ] {
-            let result = map_file_into_guest(&mem, GuestAddress(at), file.as_file(), len);
+            let result = map_file_into_guest(&mem, GuestAddress(at), file.as_file(), 0, len);
             assert!(
                 matches!(result, Err(MapError::NotMapped(_))),
                 "{at:#x}+{len}"
@@ -617,7 +660,7 @@ mod tests {
         };
         let reader = File::open(&fifo).unwrap();
         writer.join().unwrap();
-        let result = map_file_into_guest(&mem, GuestAddress(1 << 20), &reader, 10);
+        let result = map_file_into_guest(&mem, GuestAddress(1 << 20), &reader, 0, 10);
         assert!(matches!(result, Err(MapError::NotMapped(_))));
         std::fs::remove_file(&fifo).unwrap();
     }
@@ -659,14 +702,6 @@ mod tests {
     }
 
     #[test]
-    fn the_loader_thread_reports_a_file_that_is_no_kernel() {
-        let mem = memory();
-        let file = patterned_file(4096);
-        let loading = ImageLoader::spawn(mem, file.as_path().to_path_buf(), None).unwrap();
-        assert!(matches!(loading.join(), Err(LoaderError::NotAKernel(_))));
-    }
-
-    #[test]
     fn boot_info_follows_the_entry_protocol_and_carries_the_command_line() {
         let mem = memory();
         let linux = LoadedImages {
@@ -700,6 +735,72 @@ mod tests {
         assert!(matches!(
             write_boot_info(&mem, &linux, &too_long, None),
             Err(LoaderError::CmdlineTooLong(..))
+        ));
+    }
+
+    /// A file that passes for a 64-bit bzImage: `setup_sects` sectors of real-mode setup after
+    /// the boot sector, loaded at `code32_start`, then `payload`.
+    fn fake_bzimage(setup_sects: u8, code32_start: u32, payload: &[u8]) -> TempFile {
+        let mut image = vec![0u8; (usize::from(setup_sects) + 1) * 512];
+        image[0x1f1] = setup_sects;
+        image[0x202..0x206].copy_from_slice(&BZIMAGE_MAGIC.to_le_bytes());
+        image[0x206..0x208].copy_from_slice(&MIN_BOOT_PROTOCOL.to_le_bytes());
+        image[0x211] = LOADED_HIGH;
+        image[0x214..0x218].copy_from_slice(&code32_start.to_le_bytes());
+        image[0x236..0x238].copy_from_slice(&XLF_KERNEL_64.to_le_bytes());
+        image.extend_from_slice(payload);
+        let file = TempFile::new().unwrap();
+        file.as_file().write_all(&image).unwrap();
+        file
+    }
+
+    #[test]
+    fn a_bzimage_lands_at_code32_start_whether_mapped_or_read() {
+        let payload: Vec<u8> = (0..3 * PAGE_SIZE as usize + 7)
+            .map(|i| (i % 253) as u8 + 1)
+            .collect();
+        // 7 setup sectors put the payload on a page boundary in the file (mapped); 2 do not (read).
+        for setup_sects in [7, 2] {
+            let mem = memory();
+            let kernel = fake_bzimage(setup_sects, 0x10_0000, &payload);
+            let images = load_images(&mem, kernel.as_path(), None).unwrap();
+            assert_eq!(
+                images.entry,
+                BootEntry::Linux64 { entry: 0x10_0200 },
+                "setup_sects {setup_sects}"
+            );
+            assert_eq!(
+                guest_bytes(&mem, 0x10_0000, payload.len()),
+                payload,
+                "setup_sects {setup_sects}"
+            );
+            let header = images.setup_header.unwrap();
+            assert_eq!({ header.setup_sects }, setup_sects);
+        }
+    }
+
+    #[test]
+    fn a_bzimage_below_1_mib_or_without_a_payload_is_refused() {
+        let mem = memory();
+        let low = fake_bzimage(7, 0x8_0000, &[1; 100]);
+        assert!(matches!(
+            load_images(&mem, low.as_path(), None),
+            Err(LoaderError::Load(..))
+        ));
+        let empty = fake_bzimage(7, 0x10_0000, &[]);
+        assert!(matches!(
+            load_images(&mem, empty.as_path(), None),
+            Err(LoaderError::NotAKernel(_))
+        ));
+    }
+
+    #[test]
+    fn a_bzimage_larger_than_guest_memory_is_too_large() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let kernel = fake_bzimage(7, 0x10_0000, &vec![1; 2 << 20]);
+        assert!(matches!(
+            load_images(&mem, kernel.as_path(), None),
+            Err(LoaderError::KernelTooLarge(_))
         ));
     }
 }

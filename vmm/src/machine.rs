@@ -64,16 +64,12 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     if let Some(initrd) = &config.initrd {
         std::fs::File::open(initrd).map_err(|e| LoaderError::OpenInitrd(initrd.clone(), e))?;
     }
-    let memory = crate::vm::guest_memory(config.memory_mib << 20)?;
-    let loading =
-        loader::ImageLoader::spawn(memory.clone(), config.kernel.clone(), config.initrd.clone())
-            .map_err(io_err("the kernel loader thread"))?;
     let vcpu_threads = VcpuThreads::spawn(config.cpus, config.seccomp)?;
-    let vm = Vm::with_memory(memory, true)?;
+    let vm = Vm::new(config.memory_mib << 20, true)?;
+    // Before any device is created, so that a kernel or initrd that does not load fails before,
+    // say, a new disk image is made.
+    let images = loader::load_images(&vm.memory, &config.kernel, config.initrd.as_deref())?;
     let supported = vm.supported_cpuid()?;
-    // Joined before any device is created, so that a kernel or initrd that does not load fails
-    // before, say, a new disk image is made.
-    let images = loading.join()?;
     let max_vcpus = vm.kvm.get_max_vcpus();
     if config.cpus as usize > max_vcpus {
         return Err(VmmError::TooManyCpus(config.cpus, max_vcpus));
