@@ -110,7 +110,11 @@ def one_run(args):
         time.sleep(0.001)
     # Let setup finish on the main thread (it starts the vCPU threads last) before sampling.
     time.sleep(0.2)
-    guest, other = smaps_split(proc.pid, GUEST_MIB * 1024, [args.kernel, args.initrd])
+    try:
+        guest, other = smaps_split(proc.pid, GUEST_MIB * 1024, [args.kernel, args.initrd])
+    except SystemExit:
+        proc.kill()
+        raise
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=10)
     match = re.search(r"first KVM_RUN ([0-9.]+) ms", err)

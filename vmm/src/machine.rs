@@ -64,11 +64,18 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     if let Some(initrd) = &config.initrd {
         std::fs::File::open(initrd).map_err(|e| LoaderError::OpenInitrd(initrd.clone(), e))?;
     }
-    let vcpu_threads = VcpuThreads::spawn(config.cpus, config.seccomp)?;
     let vm = Vm::new(config.memory_mib << 20, true)?;
+    // After guest memory is mapped, so that a vCPU thread's malloc arena never lands next to it,
+    // where the kernel would merge the two into one mapping in /proc/PID/smaps.
+    let vcpu_threads = VcpuThreads::spawn(config.cpus, config.seccomp)?;
     // Before any device is created, so that a kernel or initrd that does not load fails before,
     // say, a new disk image is made.
-    let images = loader::load_images(&vm.memory, &config.kernel, config.initrd.as_deref())?;
+    let images = loader::load_images(
+        &vm.memory,
+        &config.kernel,
+        config.initrd.as_deref(),
+        config.map_images,
+    )?;
     let supported = vm.supported_cpuid()?;
     let max_vcpus = vm.kvm.get_max_vcpus();
     if config.cpus as usize > max_vcpus {
@@ -205,7 +212,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     result
 }
 
-/// The vCPU threads, started before the VM is set up so that their start and their seccomp
+/// The vCPU threads, started early in the VM's setup so that their start and their seccomp
 /// filters cost nothing on the way to the first KVM_RUN: each installs its filter at once, then
 /// waits for its vCPU. With seccomp on, the main thread installs its own filter once every vCPU
 /// thread has, and only then hands out the vCPUs: the guest never runs while a thread of vmm is
