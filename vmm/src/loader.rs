@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::thread::{self, JoinHandle};
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
@@ -68,6 +69,8 @@ pub enum LoaderError {
     GuestMemoryLost(std::io::Error),
     #[error("cannot read initrd {0}: {1}")]
     ReadInitrd(PathBuf, String),
+    #[error("the kernel loader thread panicked")]
+    LoaderPanicked,
     #[error("kernel command line is too long ({0} bytes, at most {1})")]
     CmdlineTooLong(usize, usize),
     #[error("kernel command line is invalid: {0}")]
@@ -306,6 +309,30 @@ fn load_bzimage(
         setup_header: Some(header),
         ..Default::default()
     })
+}
+
+/// `load_images` on a thread of its own: loading needs only guest memory, so copying the kernel
+/// and initrd runs while the main thread sets up the VM in KVM.
+pub struct ImageLoader(JoinHandle<Result<LoadedImages>>);
+
+impl ImageLoader {
+    /// Starts loading `kernel` and `initrd` into `mem` (a handle sharing the same memory).
+    pub fn spawn(
+        mem: GuestMemoryMmap,
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        map_files: bool,
+    ) -> std::io::Result<Self> {
+        thread::Builder::new()
+            .name("loader".into())
+            .spawn(move || load_images(&mem, &kernel, initrd.as_deref(), map_files))
+            .map(Self)
+    }
+
+    /// Waits for the images to be in guest memory.
+    pub fn join(self) -> Result<LoadedImages> {
+        self.0.join().map_err(|_| LoaderError::LoaderPanicked)?
+    }
 }
 
 /// Writes the command line and the boot structures the kernel's entry protocol needs (boot_params

@@ -64,19 +64,22 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     if let Some(initrd) = &config.initrd {
         std::fs::File::open(initrd).map_err(|e| LoaderError::OpenInitrd(initrd.clone(), e))?;
     }
-    let vm = Vm::new(config.memory_mib << 20, true)?;
+    let memory = crate::vm::guest_memory(config.memory_mib << 20)?;
+    let loading = loader::ImageLoader::spawn(
+        memory.clone(),
+        config.kernel.clone(),
+        config.initrd.clone(),
+        config.map_images,
+    )
+    .map_err(io_err("the kernel loader thread"))?;
+    let vm = Vm::with_memory(memory, true)?;
     // After guest memory is mapped, so that a vCPU thread's malloc arena never lands next to it,
     // where the kernel would merge the two into one mapping in /proc/PID/smaps.
     let vcpu_threads = VcpuThreads::spawn(config.cpus, config.seccomp)?;
-    // Before any device is created, so that a kernel or initrd that does not load fails before,
-    // say, a new disk image is made.
-    let images = loader::load_images(
-        &vm.memory,
-        &config.kernel,
-        config.initrd.as_deref(),
-        config.map_images,
-    )?;
     let supported = vm.supported_cpuid()?;
+    // Joined before any device is created, so that a kernel or initrd that does not load fails
+    // before, say, a new disk image is made.
+    let images = loading.join()?;
     let max_vcpus = vm.kvm.get_max_vcpus();
     if config.cpus as usize > max_vcpus {
         return Err(VmmError::TooManyCpus(config.cpus, max_vcpus));
