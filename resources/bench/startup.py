@@ -8,7 +8,8 @@ Figures per run:
   exec_to_main_ms     wall time of `vmm --version` (exec, dynamic loading, argument parsing,
                       exit): an upper bound of what happens before main
   overhead_*_kib      resident memory outside the guest RAM mapping (Rss, Pss, private)
-  guest_rss_kib       guest RAM pages touched so far (kernel, initrd, boot tables)
+  guest_rss_kib       guest RAM pages touched so far (kernel, initrd, boot tables); vmm maps the
+                      kernel and initrd from their files, so their pages count once touched
 
   startup.py --vmm BIN --kernel K --initrd I --reps N --out FILE.json
 """
@@ -24,26 +25,61 @@ import time
 GUEST_MIB = 256
 
 
-def smaps_split(pid, guest_kib):
-    """Sums smaps fields over the guest RAM mapping and over everything else."""
-    guest = {"Rss": 0, "Pss": 0}
-    other = {"Rss": 0, "Pss": 0, "Private": 0, "Anonymous": 0}
-    current = None
+def read_smaps(pid):
+    """The mappings of PID as dicts: start, end, path ('' if anonymous) and the kB fields."""
+    vmas = []
     with open(f"/proc/{pid}/smaps") as smaps:
         for line in smaps:
             fields = line.split()
             if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-                current = None
-                continue
-            key = fields[0].rstrip(":")
-            if key == "Size":
-                current = guest if int(fields[1]) == guest_kib else other
-            elif current is not None and key in ("Rss", "Pss"):
-                current[key] += int(fields[1])
-            elif current is other and key in ("Private_Clean", "Private_Dirty"):
-                other["Private"] += int(fields[1])
-            elif current is other and key == "Anonymous":
-                other["Anonymous"] += int(fields[1])
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                vmas.append({"start": start, "end": end,
+                             "path": fields[5] if len(fields) > 5 else ""})
+            elif len(fields) == 3 and fields[2] == "kB":
+                vmas[-1][fields[0].rstrip(":")] = int(fields[1])
+    return vmas
+
+
+def guest_ram(vmas, guest_kib, files):
+    """Indices of the mappings that make up guest RAM: one anonymous mapping of the guest's
+    size, or, when vmm maps the kernel and initrd files over parts of it, the address-contiguous
+    run of anonymous mappings and those file mappings that adds up to the guest's size."""
+    files = {os.path.realpath(f) for f in files}
+    for i, vma in enumerate(vmas):
+        if vma["Size"] == guest_kib and not vma["path"]:
+            return set(range(i, i + 1))
+    for first in range(len(vmas)):
+        total, has_file = 0, False
+        for last in range(first, len(vmas)):
+            vma = vmas[last]
+            if vma["path"] and vma["path"] not in files:
+                break
+            if last > first and vma["start"] != vmas[last - 1]["end"]:
+                break
+            total += vma["Size"]
+            has_file = has_file or bool(vma["path"])
+            if total == guest_kib and has_file:
+                return set(range(first, last + 1))
+            if total > guest_kib:
+                break
+    sys.exit("startup: cannot find the guest RAM mapping in smaps")
+
+
+def smaps_split(pid, guest_kib, files):
+    """Sums smaps fields over the guest RAM mappings and over everything else."""
+    vmas = read_smaps(pid)
+    ram = guest_ram(vmas, guest_kib, files)
+    guest = {"Rss": 0, "Pss": 0}
+    other = {"Rss": 0, "Pss": 0, "Private": 0, "Anonymous": 0}
+    for i, vma in enumerate(vmas):
+        if i in ram:
+            guest["Rss"] += vma["Rss"]
+            guest["Pss"] += vma["Pss"]
+        else:
+            other["Rss"] += vma["Rss"]
+            other["Pss"] += vma["Pss"]
+            other["Private"] += vma["Private_Clean"] + vma["Private_Dirty"]
+            other["Anonymous"] += vma["Anonymous"]
     return guest, other
 
 
@@ -74,7 +110,11 @@ def one_run(args):
         time.sleep(0.001)
     # Let setup finish on the main thread (it starts the vCPU threads last) before sampling.
     time.sleep(0.2)
-    guest, other = smaps_split(proc.pid, GUEST_MIB * 1024)
+    try:
+        guest, other = smaps_split(proc.pid, GUEST_MIB * 1024, [args.kernel, args.initrd])
+    except SystemExit:
+        proc.kill()
+        raise
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=10)
     match = re.search(r"first KVM_RUN ([0-9.]+) ms", err)

@@ -75,6 +75,9 @@ pub struct VmConfig {
     pub boot_time: bool,
     /// Seccomp filters on vmm's threads once the VM is set up.
     pub seccomp: Seccomp,
+    /// Map the kernel and initrd files into guest memory rather than copy them
+    /// (`loader::load_images`).
+    pub map_images: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -5,21 +5,27 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::thread::{self, JoinHandle};
 
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader, PvhBootCapability};
+use linux_loader::loader::{
+    load_cmdline, Elf, KernelLoader, KernelLoaderResult, PvhBootCapability,
+};
 use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion,
 };
 
 use crate::arch::layout;
 
 /// "HdrS": the boot protocol header signature at offset 0x202 of a bzImage.
 const BZIMAGE_MAGIC: u32 = 0x5372_6448;
+/// Where the setup header starts in a bzImage.
+const SETUP_HEADER_OFFSET: usize = 0x1f1;
 /// Oldest boot protocol this VMM boots: 2.12 added the 64-bit entry flags in xloadflags.
 const MIN_BOOT_PROTOCOL: u16 = 0x020c;
 /// xloadflags bit: the kernel has a 64-bit entry point at load address + 0x200.
@@ -59,8 +65,12 @@ pub enum LoaderError {
     OpenInitrd(PathBuf, std::io::Error),
     #[error("initrd {0} ({1} MiB) does not fit in guest memory below {2} MiB; give the guest more --memory")]
     InitrdTooLarge(PathBuf, u64, u64),
+    #[error("guest memory under the initrd was lost while mapping it: {0}")]
+    GuestMemoryLost(std::io::Error),
     #[error("cannot read initrd {0}: {1}")]
     ReadInitrd(PathBuf, String),
+    #[error("the kernel loader thread panicked")]
+    LoaderPanicked,
     #[error("kernel command line is too long ({0} bytes, at most {1})")]
     CmdlineTooLong(usize, usize),
     #[error("kernel command line is invalid: {0}")]
@@ -163,17 +173,28 @@ pub fn check_kernel(path: &Path) -> Result<()> {
     probe_kernel(path, &head).map(|_| ())
 }
 
-/// Loads the kernel, initrd and command line and writes the boot structures. `rsdp` is the ACPI
-/// RSDP's address, if the VMM wrote ACPI tables: handed over in boot_params.acpi_rsdp_addr
-/// (boot protocol 2.14+; older kernels ignore it and find the RSDP by scanning 0xe0000..1 MiB)
-/// or hvm_start_info.rsdp_paddr.
-pub fn load_kernel(
+/// A kernel and initrd placed in guest memory, before their boot structures are written.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadedImages {
+    entry: BootEntry,
+    /// The bzImage's setup header, handed to the kernel in boot_params.
+    setup_header: Option<setup_header>,
+    /// Where the initrd is, and its size.
+    initrd: Option<(u64, u64)>,
+}
+
+/// Loads the kernel and the initrd into guest memory: the kernel at 1 MiB (or where its ELF
+/// headers say), the initrd as high in low memory as the kernel allows; the boot structures
+/// come later (`write_boot_info`), once the devices they describe exist. With `map_files`, a
+/// bzImage and the initrd are mapped from their files where they can be (`map_file_into_guest`)
+/// instead of read: no copy before the guest starts, but the guest then faults each page in from
+/// the page cache, 4 KiB at a time, which measured slower to userspace in the lab than the copy.
+pub fn load_images(
     mem: &GuestMemoryMmap,
     kernel_path: &Path,
     initrd_path: Option<&Path>,
-    cmdline: &str,
-    rsdp: Option<u64>,
-) -> Result<BootSetup> {
+    map_files: bool,
+) -> Result<LoadedImages> {
     let mut kernel =
         File::open(kernel_path).map_err(|e| LoaderError::OpenKernel(kernel_path.into(), e))?;
     let mut head = vec![0u8; 1024];
@@ -185,21 +206,145 @@ pub fn load_kernel(
         .seek(SeekFrom::Start(0))
         .map_err(|e| LoaderError::ReadKernel(kernel_path.into(), e))?;
 
-    let highmem = Some(GuestAddress(layout::HIMEM_START));
     let loaded = match format {
-        KernelFormat::BzImage => BzImage::load(mem, None, &mut kernel, highmem),
-        KernelFormat::Elf => Elf::load(mem, None, &mut kernel, highmem),
-    }
-    .map_err(|e| match e {
-        linux_loader::loader::Error::Bzimage(
-            linux_loader::loader::bzimage::Error::ReadBzImageCompressedKernel,
+        KernelFormat::BzImage => load_bzimage(mem, kernel_path, &kernel, &head, map_files)?,
+        KernelFormat::Elf => Elf::load(
+            mem,
+            None,
+            &mut kernel,
+            Some(GuestAddress(layout::HIMEM_START)),
         )
-        | linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage) => {
-            LoaderError::KernelTooLarge(kernel_path.into())
-        }
-        e => LoaderError::Load(kernel_path.into(), e),
-    })?;
+        .map_err(|e| match e {
+            linux_loader::loader::Error::Elf(linux_loader::loader::elf::Error::ReadKernelImage) => {
+                LoaderError::KernelTooLarge(kernel_path.into())
+            }
+            e => LoaderError::Load(kernel_path.into(), e),
+        })?,
+    };
 
+    let initrd_max = match &loaded.setup_header {
+        Some(hdr) if hdr.initrd_addr_max != 0 => u64::from(hdr.initrd_addr_max) + 1,
+        _ => u64::from(u32::MAX) + 1,
+    };
+    let initrd = match initrd_path {
+        Some(path) => Some(load_initrd(
+            mem,
+            path,
+            loaded.kernel_end,
+            initrd_max,
+            map_files,
+        )?),
+        None => None,
+    };
+
+    let entry = match (format, loaded.pvh_boot_cap) {
+        (KernelFormat::Elf, PvhBootCapability::PvhEntryPresent(addr)) => BootEntry::Pvh {
+            entry: addr.raw_value(),
+        },
+        // The 64-bit entry point of a bzImage is 0x200 past the start of its protected-mode
+        // code; an ELF vmlinux without a PVH note is entered at its ELF entry, startup_64.
+        (KernelFormat::BzImage, _) => BootEntry::Linux64 {
+            entry: loaded.kernel_load.raw_value() + 0x200,
+        },
+        (KernelFormat::Elf, _) => BootEntry::Linux64 {
+            entry: loaded.kernel_load.raw_value(),
+        },
+    };
+    Ok(LoadedImages {
+        entry,
+        setup_header: loaded.setup_header,
+        initrd,
+    })
+}
+
+/// Loads a bzImage's protected-mode part (the decompressor and the compressed kernel) at its
+/// `code32_start`, as the boot protocol asks. With `map_file`, mapped from the file when it starts
+/// on a page boundary there (`map_file_into_guest`: the decompressor normally only reads it,
+/// copying itself above and decompressing the kernel elsewhere); read otherwise. `head` is the
+/// file's first 1 KiB, already checked by `probe_kernel`.
+fn load_bzimage(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    file: &File,
+    head: &[u8],
+    map_file: bool,
+) -> Result<KernelLoaderResult> {
+    let mut header = setup_header::default();
+    let header_bytes = header.as_mut_slice();
+    let header_len = header_bytes.len();
+    let in_file = head
+        .get(SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + header_len)
+        .ok_or_else(|| LoaderError::NotAKernel(path.into()))?;
+    header_bytes.copy_from_slice(in_file);
+    let setup_len = match header.setup_sects {
+        // The boot protocol's "0 means 4", from before the field was filled in.
+        0 => 5 * 512,
+        sectors => (u64::from(sectors) + 1) * 512,
+    };
+    let file_len = file
+        .metadata()
+        .map_err(|e| LoaderError::ReadKernel(path.into(), e))?
+        .len();
+    let size = file_len
+        .checked_sub(setup_len)
+        .filter(|&size| size > 0)
+        .ok_or_else(|| LoaderError::NotAKernel(path.into()))?;
+    let load = u64::from(header.code32_start);
+    if load < layout::HIMEM_START {
+        return Err(LoaderError::Load(
+            path.into(),
+            linux_loader::loader::Error::InvalidKernelStartAddress,
+        ));
+    }
+    if !(map_file && mapped_from_file(mem, GuestAddress(load), file, setup_len, size, path)?) {
+        let mut file = file;
+        file.seek(SeekFrom::Start(setup_len))
+            .map_err(|e| LoaderError::ReadKernel(path.into(), e))?;
+        mem.read_exact_volatile_from(GuestAddress(load), &mut file, size as usize)
+            .map_err(|_| LoaderError::KernelTooLarge(path.into()))?;
+    }
+    Ok(KernelLoaderResult {
+        kernel_load: GuestAddress(load),
+        kernel_end: load + size,
+        setup_header: Some(header),
+        ..Default::default()
+    })
+}
+
+/// `load_images` on a thread of its own: loading needs only guest memory, so copying the kernel
+/// and initrd runs while the main thread sets up the VM in KVM.
+pub struct ImageLoader(JoinHandle<Result<LoadedImages>>);
+
+impl ImageLoader {
+    /// Starts loading `kernel` and `initrd` into `mem` (a handle sharing the same memory).
+    pub fn spawn(
+        mem: GuestMemoryMmap,
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        map_files: bool,
+    ) -> std::io::Result<Self> {
+        thread::Builder::new()
+            .name("loader".into())
+            .spawn(move || load_images(&mem, &kernel, initrd.as_deref(), map_files))
+            .map(Self)
+    }
+
+    /// Waits for the images to be in guest memory.
+    pub fn join(self) -> Result<LoadedImages> {
+        self.0.join().map_err(|_| LoaderError::LoaderPanicked)?
+    }
+}
+
+/// Writes the command line and the boot structures the kernel's entry protocol needs (boot_params
+/// or PVH start_info). `rsdp` is the ACPI RSDP's address, if the VMM wrote ACPI tables: handed
+/// over in boot_params.acpi_rsdp_addr (boot protocol 2.14+; older kernels ignore it and find the
+/// RSDP by scanning 0xe0000..1 MiB) or hvm_start_info.rsdp_paddr.
+pub fn write_boot_info(
+    mem: &GuestMemoryMmap,
+    images: &LoadedImages,
+    cmdline: &str,
+    rsdp: Option<u64>,
+) -> Result<BootSetup> {
     if cmdline.len() >= layout::CMDLINE_MAX_SIZE {
         return Err(LoaderError::CmdlineTooLong(
             cmdline.len(),
@@ -213,39 +358,19 @@ pub fn load_kernel(
     load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmd)
         .map_err(|_| LoaderError::BootStructures)?;
 
-    let initrd_max = match &loaded.setup_header {
-        Some(hdr) if hdr.initrd_addr_max != 0 => u64::from(hdr.initrd_addr_max) + 1,
-        _ => u64::from(u32::MAX) + 1,
-    };
-    let initrd = match initrd_path {
-        Some(path) => Some(load_initrd(mem, path, loaded.kernel_end, initrd_max)?),
-        None => None,
-    };
-
-    let pvh_entry = match loaded.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(addr) if format == KernelFormat::Elf => {
-            Some(addr.raw_value())
+    let boot_info = match images.entry {
+        BootEntry::Pvh { .. } => {
+            write_pvh_start_info(mem, images.initrd, rsdp)?;
+            layout::PVH_INFO_START
         }
-        _ => None,
+        BootEntry::Linux64 { .. } => {
+            write_boot_params(mem, images.setup_header, cmdline.len(), images.initrd, rsdp)?;
+            layout::ZERO_PAGE_START
+        }
     };
-    if let Some(entry) = pvh_entry {
-        write_pvh_start_info(mem, initrd, rsdp)?;
-        return Ok(BootSetup {
-            entry: BootEntry::Pvh { entry },
-            boot_info: layout::PVH_INFO_START,
-        });
-    }
-
-    // The 64-bit entry point of a bzImage is 0x200 past the start of its protected-mode code; an
-    // ELF vmlinux without a PVH note is entered at its ELF entry, which is startup_64.
-    let entry = match format {
-        KernelFormat::BzImage => loaded.kernel_load.raw_value() + 0x200,
-        KernelFormat::Elf => loaded.kernel_load.raw_value(),
-    };
-    write_boot_params(mem, loaded.setup_header, cmdline.len(), initrd, rsdp)?;
     Ok(BootSetup {
-        entry: BootEntry::Linux64 { entry },
-        boot_info: layout::ZERO_PAGE_START,
+        entry: images.entry,
+        boot_info,
     })
 }
 
@@ -260,12 +385,14 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-/// Places the initrd as high as allowed in low memory, page aligned, above the kernel.
+/// Places the initrd as high as allowed in low memory, page aligned, above the kernel: mapped
+/// from its file with `map_file` (where it can be), read otherwise.
 fn load_initrd(
     mem: &GuestMemoryMmap,
     path: &Path,
     kernel_end: u64,
     addr_limit: u64,
+    map_file: bool,
 ) -> Result<(u64, u64)> {
     let mut file = File::open(path).map_err(|e| LoaderError::OpenInitrd(path.into(), e))?;
     let size = file
@@ -278,9 +405,131 @@ fn load_initrd(
     if start < kernel_end {
         return Err(too_large());
     }
-    mem.read_exact_volatile_from(GuestAddress(start), &mut file, size as usize)
-        .map_err(|e| LoaderError::ReadInitrd(path.into(), e.to_string()))?;
+    if !(map_file && mapped_from_file(mem, GuestAddress(start), &file, 0, size, path)?) {
+        mem.read_exact_volatile_from(GuestAddress(start), &mut file, size as usize)
+            .map_err(|e| LoaderError::ReadInitrd(path.into(), e.to_string()))?;
+    }
     Ok((start, size))
+}
+
+/// `map_file_into_guest`, reporting whether it mapped the file: false means nothing changed and
+/// the caller reads the file instead (a pipe, an unaligned range, a file system without mmap).
+fn mapped_from_file(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    file: &File,
+    file_offset: u64,
+    len: u64,
+    path: &Path,
+) -> Result<bool> {
+    match map_file_into_guest(mem, addr, file, file_offset, len) {
+        Ok(()) => Ok(true),
+        Err(MapError::NotMapped(e)) => {
+            log::debug!("{} is read, not mapped: {e}", path.display());
+            Ok(false)
+        }
+        Err(MapError::MemoryLost(e)) => Err(LoaderError::GuestMemoryLost(e)),
+    }
+}
+
+/// Host page size on x86_64; guest RAM regions are mapped in whole pages of it.
+const PAGE_SIZE: u64 = 4096;
+
+/// Why a file could not be mapped into guest memory.
+#[derive(Debug)]
+enum MapError {
+    /// Nothing changed; the caller may read the file into guest memory instead.
+    NotMapped(std::io::Error),
+    /// The mapping failed after the kernel had let go of the guest pages there, and fresh memory
+    /// could not be put back: that part of guest memory is gone.
+    MemoryLost(std::io::Error),
+}
+
+/// Makes the `len` bytes of guest memory at `addr` show `file` from `file_offset`, copy-on-write,
+/// by mapping the file privately over that part of the guest RAM mapping. Nothing is copied now:
+/// the guest faults in each page it touches straight from the page cache, instead of vmm
+/// allocating, zeroing and filling every page up front. The guest only reads what vmm maps this
+/// way (an initrd is unpacked and freed; a bzImage's decompressor copies itself away and
+/// decompresses the kernel elsewhere), so most of it never needs private pages; guest writes,
+/// such as to memory the guest reuses later, get private copies and never reach the file. Guest RAM stays one host mapping (and one KVM slot), so
+/// devices still see it contiguous. Pages the guest has not written show the file as it is when
+/// touched, so the file must not be rewritten in place while the guest boots (the guest builders
+/// write a new file and rename it). `addr` and `file_offset` must be page aligned and the range,
+/// rounded up to whole pages, inside one RAM region that nothing else has been written to; the
+/// bytes past the end of the file in its last page read as zero.
+fn map_file_into_guest(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    file: &File,
+    file_offset: u64,
+    len: u64,
+) -> std::result::Result<(), MapError> {
+    use std::io::{Error, ErrorKind};
+    use std::os::fd::AsRawFd;
+
+    let refuse = |why: &str| MapError::NotMapped(Error::new(ErrorKind::InvalidInput, why));
+    let is_file = file
+        .metadata()
+        .map_err(MapError::NotMapped)?
+        .file_type()
+        .is_file();
+    if !is_file {
+        return Err(refuse("not a regular file"));
+    }
+    if len == 0
+        || !addr.raw_value().is_multiple_of(PAGE_SIZE)
+        || !file_offset.is_multiple_of(PAGE_SIZE)
+    {
+        return Err(refuse("not a page-aligned, non-empty range"));
+    }
+    let file_offset = libc::off_t::try_from(file_offset).map_err(|_| refuse("offset too large"))?;
+    let map_len = len.next_multiple_of(PAGE_SIZE);
+    let region = mem
+        .find_region(addr)
+        .ok_or_else(|| refuse("outside guest RAM"))?;
+    let offset = addr.raw_value() - region.start_addr().raw_value();
+    if offset
+        .checked_add(map_len)
+        .is_none_or(|end| end > region.len())
+    {
+        return Err(refuse("not inside one guest RAM region"));
+    }
+    let host = region
+        .get_host_address(vm_memory::MemoryRegionAddress(offset))
+        .map_err(|_| refuse("outside guest RAM"))?;
+    if !(host as u64).is_multiple_of(PAGE_SIZE) {
+        return Err(refuse("guest RAM is not page aligned"));
+    }
+    let map_fixed = |flags: libc::c_int, fd: libc::c_int, offset: libc::off_t| {
+        // SAFETY: [host, host + map_len) lies inside the mapping of one guest RAM region (checked
+        // above), which `mem` owns and unmaps as a whole when dropped, so MAP_FIXED replaces
+        // pages of that mapping only, and the range stays readable and writable as before.
+        // Guest memory is accessed through volatile slices and raw pointers only, never through
+        // Rust references that could see its contents change underneath them.
+        let mapped = unsafe {
+            libc::mmap(
+                host.cast(),
+                map_len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | flags,
+                fd,
+                offset,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            Err(Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    map_fixed(0, file.as_raw_fd(), file_offset).map_err(|e| {
+        // A MAP_FIXED that fails late may already have unmapped the old pages: put fresh
+        // anonymous memory back, as vm-memory maps guest RAM, so the caller can read instead.
+        match map_fixed(libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0) {
+            Ok(()) => MapError::NotMapped(e),
+            Err(lost) => MapError::MemoryLost(lost),
+        }
+    })
 }
 
 fn write_boot_params(
@@ -370,8 +619,114 @@ fn write_pvh_start_info(
 mod tests {
     use super::*;
 
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    use vmm_sys_util::tempfile::TempFile;
+
     fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap()
+    }
+
+    /// A file of `len` bytes, none of them zero, so a zero in guest memory is never file data.
+    fn patterned_file(len: usize) -> TempFile {
+        let file = TempFile::new().unwrap();
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8 + 1).collect();
+        file.as_file().write_all(&data).unwrap();
+        file
+    }
+
+    fn guest_bytes(mem: &GuestMemoryMmap, at: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        mem.read_slice(&mut buf, GuestAddress(at)).unwrap();
+        buf
+    }
+
+    #[test]
+    fn a_mapped_file_reads_back_in_guest_memory_with_a_zero_tail_and_its_neighbours_intact() {
+        let mem = memory();
+        let at = 8 << 20;
+        let len = 3 * PAGE_SIZE as usize + 100;
+        // Data on the pages around the mapping must survive it.
+        mem.write_slice(&[0xaa; 16], GuestAddress(at - 16)).unwrap();
+        mem.write_slice(&[0xbb; 16], GuestAddress(at + 4 * PAGE_SIZE))
+            .unwrap();
+        let file = patterned_file(len);
+        map_file_into_guest(&mem, GuestAddress(at), file.as_file(), 0, len as u64).unwrap();
+
+        let mut expected = vec![0u8; len];
+        file.as_file().read_exact_at(&mut expected, 0).unwrap();
+        assert_eq!(guest_bytes(&mem, at, len), expected);
+        let tail = 4 * PAGE_SIZE as usize - len;
+        assert_eq!(guest_bytes(&mem, at + len as u64, tail), vec![0; tail]);
+        assert_eq!(guest_bytes(&mem, at - 16, 16), vec![0xaa; 16]);
+        assert_eq!(guest_bytes(&mem, at + 4 * PAGE_SIZE, 16), vec![0xbb; 16]);
+    }
+
+    #[test]
+    fn guest_writes_to_a_mapped_file_stay_private() {
+        let mem = memory();
+        let at = 4 << 20;
+        let file = patterned_file(PAGE_SIZE as usize);
+        map_file_into_guest(&mem, GuestAddress(at), file.as_file(), 0, PAGE_SIZE).unwrap();
+        mem.write_slice(&[0; 64], GuestAddress(at)).unwrap();
+
+        assert_eq!(guest_bytes(&mem, at, 64), vec![0; 64]);
+        let mut on_disk = [0u8; 64];
+        file.as_file().read_exact_at(&mut on_disk, 0).unwrap();
+        assert!(on_disk.iter().all(|&b| b != 0), "the file was modified");
+    }
+
+    #[test]
+    fn a_file_is_not_mapped_at_an_unaligned_address_or_past_guest_ram() {
+        let mem = memory();
+        let file = patterned_file(100);
+        for (at, len) in [
+            (0x1001, 100),
+            ((16 << 20) - PAGE_SIZE, PAGE_SIZE + 1),
+            (16 << 20, 100),
+        ] {
+            let result = map_file_into_guest(&mem, GuestAddress(at), file.as_file(), 0, len);
+            assert!(
+                matches!(result, Err(MapError::NotMapped(_))),
+                "{at:#x}+{len}"
+            );
+        }
+        // The refusals left guest memory alone.
+        assert_eq!(guest_bytes(&mem, (16 << 20) - PAGE_SIZE, 8), vec![0; 8]);
+    }
+
+    #[test]
+    fn a_pipe_is_not_mapped() {
+        let mem = memory();
+        let dir = TempFile::new().unwrap();
+        let fifo = dir.as_path().with_extension("fifo");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: c_path is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::write(fifo, [7u8; 10]).unwrap())
+        };
+        let reader = File::open(&fifo).unwrap();
+        writer.join().unwrap();
+        let result = map_file_into_guest(&mem, GuestAddress(1 << 20), &reader, 0, 10);
+        assert!(matches!(result, Err(MapError::NotMapped(_))));
+        std::fs::remove_file(&fifo).unwrap();
+    }
+
+    #[test]
+    fn the_initrd_lands_page_aligned_at_the_top_of_memory_with_its_contents() {
+        let len = 5 * PAGE_SIZE as usize + 1;
+        let file = patterned_file(len);
+        let mut expected = vec![0u8; len];
+        file.as_file().read_exact_at(&mut expected, 0).unwrap();
+        for map in [true, false] {
+            let mem = memory();
+            let (start, size) = load_initrd(&mem, file.as_path(), 2 << 20, u64::MAX, map).unwrap();
+            assert_eq!(size, len as u64);
+            assert_eq!(start, (16 << 20) - 6 * PAGE_SIZE);
+            assert_eq!(guest_bytes(&mem, start, len), expected, "map {map}");
+        }
     }
 
     #[test]
@@ -394,5 +749,109 @@ mod tests {
         let info: hvm_start_info = mem.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
         assert_eq!(info.magic, PVH_START_INFO_MAGIC);
         assert_eq!(info.rsdp_paddr, layout::ACPI_RSDP_START);
+    }
+
+    #[test]
+    fn boot_info_follows_the_entry_protocol_and_carries_the_command_line() {
+        let mem = memory();
+        let linux = LoadedImages {
+            entry: BootEntry::Linux64 { entry: 0x100200 },
+            setup_header: None,
+            initrd: Some((8 << 20, 1234)),
+        };
+        let boot = write_boot_info(&mem, &linux, "console=ttyS0", None).unwrap();
+        assert_eq!(boot.entry, linux.entry);
+        assert_eq!(boot.boot_info, layout::ZERO_PAGE_START);
+        let params: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
+        let (image, size) = (params.hdr.ramdisk_image, params.hdr.ramdisk_size);
+        assert_eq!((image, size), (8 << 20, 1234));
+        assert_eq!(
+            guest_bytes(&mem, layout::CMDLINE_START, 14),
+            b"console=ttyS0\0"
+        );
+
+        let pvh = LoadedImages {
+            entry: BootEntry::Pvh { entry: 0x1000000 },
+            ..linux
+        };
+        let boot = write_boot_info(&mem, &pvh, "quiet", None).unwrap();
+        assert_eq!(boot.boot_info, layout::PVH_INFO_START);
+        let info: hvm_start_info = mem.read_obj(GuestAddress(layout::PVH_INFO_START)).unwrap();
+        assert_eq!(info.nr_modules, 1);
+        let module: hvm_modlist_entry = mem.read_obj(GuestAddress(info.modlist_paddr)).unwrap();
+        assert_eq!((module.paddr, module.size), (8 << 20, 1234));
+
+        let too_long = "x".repeat(layout::CMDLINE_MAX_SIZE);
+        assert!(matches!(
+            write_boot_info(&mem, &linux, &too_long, None),
+            Err(LoaderError::CmdlineTooLong(..))
+        ));
+    }
+
+    /// A file that passes for a 64-bit bzImage: `setup_sects` sectors of real-mode setup after
+    /// the boot sector, loaded at `code32_start`, then `payload`.
+    fn fake_bzimage(setup_sects: u8, code32_start: u32, payload: &[u8]) -> TempFile {
+        let mut image = vec![0u8; (usize::from(setup_sects) + 1) * 512];
+        image[0x1f1] = setup_sects;
+        image[0x202..0x206].copy_from_slice(&BZIMAGE_MAGIC.to_le_bytes());
+        image[0x206..0x208].copy_from_slice(&MIN_BOOT_PROTOCOL.to_le_bytes());
+        image[0x211] = LOADED_HIGH;
+        image[0x214..0x218].copy_from_slice(&code32_start.to_le_bytes());
+        image[0x236..0x238].copy_from_slice(&XLF_KERNEL_64.to_le_bytes());
+        image.extend_from_slice(payload);
+        let file = TempFile::new().unwrap();
+        file.as_file().write_all(&image).unwrap();
+        file
+    }
+
+    #[test]
+    fn a_bzimage_lands_at_code32_start_whether_mapped_or_read() {
+        let payload: Vec<u8> = (0..3 * PAGE_SIZE as usize + 7)
+            .map(|i| (i % 253) as u8 + 1)
+            .collect();
+        // 7 setup sectors put the payload on a page boundary in the file (mapped when asked);
+        // 2 do not (always read).
+        for (setup_sects, map) in [(7, true), (7, false), (2, true)] {
+            let mem = memory();
+            let kernel = fake_bzimage(setup_sects, 0x10_0000, &payload);
+            let images = load_images(&mem, kernel.as_path(), None, map).unwrap();
+            assert_eq!(
+                images.entry,
+                BootEntry::Linux64 { entry: 0x10_0200 },
+                "setup_sects {setup_sects}"
+            );
+            assert_eq!(
+                guest_bytes(&mem, 0x10_0000, payload.len()),
+                payload,
+                "setup_sects {setup_sects}"
+            );
+            let header = images.setup_header.unwrap();
+            assert_eq!({ header.setup_sects }, setup_sects);
+        }
+    }
+
+    #[test]
+    fn a_bzimage_below_1_mib_or_without_a_payload_is_refused() {
+        let mem = memory();
+        let low = fake_bzimage(7, 0x8_0000, &[1; 100]);
+        assert!(matches!(
+            load_images(&mem, low.as_path(), None, true),
+            Err(LoaderError::Load(..))
+        ));
+        let empty = fake_bzimage(7, 0x10_0000, &[]);
+        assert!(matches!(
+            load_images(&mem, empty.as_path(), None, true),
+            Err(LoaderError::NotAKernel(_))
+        ));
+    }
+
+    #[test]
+    fn a_bzimage_larger_than_guest_memory_is_too_large() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let kernel = fake_bzimage(7, 0x10_0000, &vec![1; 2 << 20]);
+        assert!(matches!(
+            load_images(&mem, kernel.as_path(), None, true),
+            Err(LoaderError::KernelTooLarge(_))
+        ));
     }
 }

@@ -1,6 +1,6 @@
 //! Assembles a VM from a `VmConfig`, runs it, and reports why it ended.
 
-use std::sync::{mpsc, Arc, Barrier, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -64,7 +64,22 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     if let Some(initrd) = &config.initrd {
         std::fs::File::open(initrd).map_err(|e| LoaderError::OpenInitrd(initrd.clone(), e))?;
     }
-    let vm = Vm::new(config.memory_mib << 20, true)?;
+    let memory = crate::vm::guest_memory(config.memory_mib << 20)?;
+    let loading = loader::ImageLoader::spawn(
+        memory.clone(),
+        config.kernel.clone(),
+        config.initrd.clone(),
+        config.map_images,
+    )
+    .map_err(io_err("the kernel loader thread"))?;
+    let vm = Vm::with_memory(memory, true)?;
+    // After guest memory is mapped, so that a vCPU thread's malloc arena never lands next to it,
+    // where the kernel would merge the two into one mapping in /proc/PID/smaps.
+    let vcpu_threads = VcpuThreads::spawn(config.cpus, config.seccomp)?;
+    let supported = vm.supported_cpuid()?;
+    // Joined before any device is created, so that a kernel or initrd that does not load fails
+    // before, say, a new disk image is made.
+    let images = loading.join()?;
     let max_vcpus = vm.kvm.get_max_vcpus();
     if config.cpus as usize > max_vcpus {
         return Err(VmmError::TooManyCpus(config.cpus, max_vcpus));
@@ -129,15 +144,8 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     } else {
         None
     };
-    let boot = loader::load_kernel(
-        &vm.memory,
-        &config.kernel,
-        config.initrd.as_deref(),
-        &cmdline,
-        rsdp,
-    )?;
+    let boot = loader::write_boot_info(&vm.memory, &images, &cmdline, rsdp)?;
 
-    let supported = vm.supported_cpuid()?;
     let mut vcpus = Vec::with_capacity(config.cpus as usize);
     for index in 0..config.cpus {
         let fd = vm.create_vcpu(&supported, index, config.cpus)?;
@@ -188,7 +196,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         );
     }
     terminal::enter_raw_mode();
-    let result = start_vcpus(vcpus, config.seccomp).and_then(|threads| {
+    let result = vcpu_threads.start(vcpus).and_then(|threads| {
         let result = loop {
             if let Some(reason) = exit.reason() {
                 break Ok(reason);
@@ -207,49 +215,124 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     result
 }
 
-/// Spawns the vCPU threads. With seccomp on, each vCPU installs its filter, then the main thread
-/// installs its own, and only then does any vCPU enter the guest: the guest never runs while a
-/// thread of vmm is unfiltered. The vCPUs are spawned before the main thread's filter goes on,
-/// so that each gets the vCPU filter rather than inheriting the main thread's (threads started
-/// later, the zoned lanes, inherit it).
-fn start_vcpus(vcpus: Vec<Vcpu>, mode: config::Seccomp) -> Result<Vec<JoinHandle<()>>, VmmError> {
-    let filters = match mode {
-        config::Seccomp::On => {
-            seccomp::install_violation_handler()?;
-            Some(Arc::new(Filters::compile()?))
+/// The vCPU threads, started early in the VM's setup so that their start and their seccomp
+/// filters cost nothing on the way to the first KVM_RUN: each installs its filter at once, then
+/// waits for its vCPU. With seccomp on, the main thread installs its own filter once every vCPU
+/// thread has, and only then hands out the vCPUs: the guest never runs while a thread of vmm is
+/// unfiltered. The vCPU threads exist before the main thread's filter goes on, so that each gets
+/// the vCPU filter rather than inheriting the main thread's (threads started later, the zoned
+/// lanes, inherit it). Dropped without `start` (setup failed), the threads end.
+struct VcpuThreads {
+    threads: Vec<JoinHandle<()>>,
+    vcpu_senders: Vec<mpsc::Sender<Vcpu>>,
+    reports: mpsc::Receiver<Result<(), String>>,
+    main_filter: Option<seccompiler::BpfProgram>,
+}
+
+impl VcpuThreads {
+    fn spawn(count: u32, mode: config::Seccomp) -> Result<Self, VmmError> {
+        let filters = match mode {
+            config::Seccomp::On => {
+                seccomp::install_violation_handler()?;
+                Some(Filters::compile()?)
+            }
+            config::Seccomp::Off => None,
+        };
+        let (main_filter, vcpu_filter) = match filters {
+            Some(Filters { main, vcpu }) => (Some(main), Some(Arc::new(vcpu))),
+            None => (None, None),
+        };
+        let (installed, reports) = mpsc::channel();
+        let mut threads = Vec::with_capacity(count as usize);
+        let mut vcpu_senders = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            let (filter, installed) = (vcpu_filter.clone(), installed.clone());
+            let (vcpu_sender, vcpu_receiver) = mpsc::channel::<Vcpu>();
+            let thread = thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || {
+                    if let Some(filter) = filter {
+                        seccomp::apply_and_report(&filter, &installed);
+                    }
+                    drop(installed);
+                    // No vCPU arrives when setup fails: the thread just ends.
+                    if let Ok(vcpu) = vcpu_receiver.recv() {
+                        vcpu.run();
+                    }
+                })
+                .map_err(VmmError::Thread)?;
+            threads.push(thread);
+            vcpu_senders.push(vcpu_sender);
         }
-        config::Seccomp::Off => None,
-    };
-    let go = Arc::new(Barrier::new(vcpus.len() + 1));
-    let (installed, reports) = mpsc::channel();
-    let mut threads = Vec::with_capacity(vcpus.len());
-    for vcpu in vcpus {
-        let (filters, go, installed) = (filters.clone(), go.clone(), installed.clone());
-        let thread = thread::Builder::new()
-            .name(format!("vcpu{}", vcpu.index))
-            .spawn(move || {
-                if let Some(filters) = filters {
-                    seccomp::apply_and_report(&filters.vcpu, &installed);
-                }
-                drop(installed);
-                go.wait();
-                vcpu.run()
-            })
-            .map_err(VmmError::Thread)?;
-        threads.push(thread);
+        Ok(Self {
+            threads,
+            vcpu_senders,
+            reports,
+            main_filter,
+        })
     }
-    drop(installed);
-    if let Some(filters) = filters {
-        // On an error the vCPUs stay parked at `go` and end with the process.
-        for report in reports.iter() {
-            report.map_err(VmmError::VcpuSeccomp)?;
+
+    /// Installs the main thread's filter once every vCPU thread has its own, then lets each
+    /// thread run its vCPU. On an error no vCPU runs.
+    fn start(self, vcpus: Vec<Vcpu>) -> Result<Vec<JoinHandle<()>>, VmmError> {
+        if let Some(main_filter) = &self.main_filter {
+            for report in self.reports.iter().take(self.threads.len()) {
+                report.map_err(VmmError::VcpuSeccomp)?;
+            }
+            seccomp::apply(main_filter, ThreadKind::Main)?;
+            log::info!(
+                "seccomp filters installed on the main thread and {} vCPU threads",
+                self.threads.len()
+            );
         }
-        seccomp::apply(&filters.main, ThreadKind::Main)?;
-        log::info!(
-            "seccomp filters installed on the main thread and {} vCPU threads",
-            threads.len()
-        );
+        for (sender, vcpu) in self.vcpu_senders.iter().zip(vcpus) {
+            // A thread that is gone has ended with a panic, which aborts vmm: nothing to do here.
+            let _ = sender.send(vcpu);
+        }
+        Ok(self.threads)
     }
-    go.wait();
-    Ok(threads)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Waits for `threads` to end, failing after a few seconds rather than hanging.
+    fn assert_all_end(threads: Vec<JoinHandle<()>>) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !threads.iter().all(|t| t.is_finished()) {
+            assert!(Instant::now() < deadline, "a vCPU thread did not end");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn vcpu_threads_end_when_setup_fails_before_they_get_their_vcpus() {
+        let VcpuThreads {
+            threads,
+            vcpu_senders,
+            ..
+        } = VcpuThreads::spawn(2, config::Seccomp::Off).unwrap();
+        assert_eq!(threads.len(), 2);
+        drop(vcpu_senders);
+        assert_all_end(threads);
+    }
+
+    #[test]
+    fn vcpu_threads_install_their_filter_first_and_end_cleanly_under_it() {
+        // An exit under the vCPU filter that the filter forbade would stop this test process
+        // with the violation status.
+        let VcpuThreads {
+            threads,
+            vcpu_senders,
+            reports,
+            main_filter,
+        } = VcpuThreads::spawn(1, config::Seccomp::On).unwrap();
+        assert!(main_filter.is_some());
+        assert_eq!(reports.recv().unwrap(), Ok(()));
+        drop(vcpu_senders);
+        assert_all_end(threads);
+    }
 }

@@ -33,6 +33,16 @@ pub fn kvm_is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()
 }
 
+/// Guest RAM of `mem_size` bytes: anonymous memory, with the MMIO hole below 4 GiB left out.
+pub fn guest_memory(mem_size: u64) -> Result<GuestMemoryMmap> {
+    let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
+        .into_iter()
+        .map(|(start, size)| (GuestAddress(start), size as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges)
+        .map_err(|e| VmError::GuestMemory(mem_size >> 20, e.to_string()))
+}
+
 pub struct Vm {
     pub kvm: Kvm,
     pub fd: VmFd,
@@ -43,6 +53,11 @@ impl Vm {
     /// Opens KVM, creates the VM with `mem_size` bytes of RAM (minus the MMIO hole), and, when
     /// `irqchip` is set, the in-kernel IOAPIC/PIC/LAPICs and PIT.
     pub fn new(mem_size: u64, irqchip: bool) -> Result<Self> {
+        Self::with_memory(guest_memory(mem_size)?, irqchip)
+    }
+
+    /// As `new`, with guest memory from `guest_memory` (which others may already be filling).
+    pub fn with_memory(memory: GuestMemoryMmap, irqchip: bool) -> Result<Self> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         for (cap, name) in [
             (Cap::UserMemory, "USER_MEMORY"),
@@ -55,16 +70,11 @@ impl Vm {
             }
         }
         let fd = kvm.create_vm().map_err(|e| VmError::Kvm("CREATE_VM", e))?;
-        let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
-            .into_iter()
-            .map(|(start, size)| (GuestAddress(start), size as usize))
-            .collect();
-        let memory = GuestMemoryMmap::from_ranges(&ranges)
-            .map_err(|e| VmError::GuestMemory(mem_size >> 20, e.to_string()))?;
+        let mem_mib = memory.iter().map(|region| region.len()).sum::<u64>() >> 20;
         for (slot, region) in memory.iter().enumerate() {
             let host_addr = memory
                 .get_host_address(region.start_addr())
-                .map_err(|e| VmError::GuestMemory(mem_size >> 20, e.to_string()))?;
+                .map_err(|e| VmError::GuestMemory(mem_mib, e.to_string()))?;
             let region_desc = kvm_userspace_memory_region {
                 slot: slot as u32,
                 guest_phys_addr: region.start_addr().raw_value(),
