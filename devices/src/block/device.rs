@@ -1219,21 +1219,7 @@ mod tests {
         ));
     }
 
-    /// xorshift64: deterministic pseudo-random numbers for the robustness test.
-    struct Random(u64);
-
-    impl Random {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn pick<T: Copy>(&mut self, choices: &[T]) -> T {
-            choices[(self.next() % choices.len() as u64) as usize]
-        }
-    }
+    use crate::block::Random;
 
     #[test]
     fn random_chains_never_panic_and_used_lengths_stay_in_bounds() {

@@ -74,3 +74,21 @@ pub mod feature {
     /// The device accepts FLUSH requests.
     pub const FLUSH: u64 = 1 << virtio_blk::VIRTIO_BLK_F_FLUSH;
 }
+
+/// xorshift64: deterministic pseudo-random numbers for the block tests' random requests.
+#[cfg(test)]
+pub(crate) struct Random(pub u64);
+
+#[cfg(test)]
+impl Random {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn pick<T: Copy>(&mut self, choices: &[T]) -> T {
+        choices[(self.next() % choices.len() as u64) as usize]
+    }
+}

@@ -456,18 +456,7 @@ mod tests {
     /// reference in every request and every error.
     #[test]
     fn one_pass_parsing_agrees_with_the_reference_parser() {
-        struct Random(u64);
-        impl Random {
-            fn next(&mut self) -> u64 {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                self.0
-            }
-            fn pick<T: Copy>(&mut self, choices: &[T]) -> T {
-                choices[(self.next() % choices.len() as u64) as usize]
-            }
-        }
+        use crate::block::Random;
         // Large enough for requests over MAX_REQUEST_DATA_BYTES (mapped lazily).
         let size = MAX_REQUEST_DATA_BYTES + 0x10_0000;
         let m = memory(size);

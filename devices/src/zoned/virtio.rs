@@ -1135,13 +1135,9 @@ mod tests {
         }
     }
 
-    /// Writes to two zones in one batch overlap: the write to zone 1 waits inside storage until
-    /// the write to zone 2 has started, which only happens if they run at the same time.
-    #[test]
-    fn writes_to_different_zones_run_in_parallel() {
-        use std::sync::mpsc;
-        use std::time::Duration;
-        let geometry = ZonedGeometry::new(ZonedGeometry {
+    /// Four sequential zones without open or active limits, for the lane tests.
+    fn four_open_zones() -> ZonedGeometry {
+        ZonedGeometry::new(ZonedGeometry {
             capacity: 4 * ZONE,
             zone_size: ZONE,
             zone_capacity: ZONE,
@@ -1151,7 +1147,16 @@ mod tests {
             max_append_sectors: 256,
             write_granularity: 512,
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Writes to two zones in one batch overlap: the write to zone 1 waits inside storage until
+    /// the write to zone 2 has started, which only happens if they run at the same time.
+    #[test]
+    fn writes_to_different_zones_run_in_parallel() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let geometry = four_open_zones();
         let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
         file.set_len(4 * ZONE * SECTOR_SIZE).unwrap();
         let (started, seen) = mpsc::channel::<u64>();
@@ -1198,17 +1203,7 @@ mod tests {
     /// pointer back, on the serving thread and in a parallel run alike.
     #[test]
     fn a_failed_lane_write_leaves_the_write_pointer_where_it_was() {
-        let geometry = ZonedGeometry::new(ZonedGeometry {
-            capacity: 4 * ZONE,
-            zone_size: ZONE,
-            zone_capacity: ZONE,
-            conventional_zones: 0,
-            max_open: 0,
-            max_active: 0,
-            max_append_sectors: 256,
-            write_granularity: 512,
-        })
-        .unwrap();
+        let geometry = four_open_zones();
         let temp = vmm_sys_util::tempfile::TempFile::new().unwrap();
         temp.as_file().set_len(4 * ZONE * SECTOR_SIZE).unwrap();
         // Opened read-only: every write fails.
