@@ -198,3 +198,32 @@ fn sigusr1_dumps_device_state_and_the_guest_runs_on() {
         "{disk}"
     );
 }
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn a_guest_that_reaches_its_initrd_before_vmm_has_read_it_waits_for_it() {
+    // vmm reads the initrd while the guest starts. The hook holds the reading back until the
+    // guest has reached for the initrd, so the guest's access has to wait and then see it whole:
+    // the kernel unpacks it (gzip checks it) and runs /init from it.
+    let run = run_script_in_lab(
+        300,
+        r#"
+        for kernel in "$KERNEL" "$VMLINUX"; do
+            status=0
+            VMM_TEST_LATE_INITRD=1 VMM_LOG=info "$VMM" --kernel "$kernel" --initrd "$INITRD" \
+                --cpus 2 -- 'echo initrd-whole $(ls /init); exit 6' 2> /tmp/err || status=$?
+            echo "$(basename "$kernel") status $status"
+            grep -o 'the guest reached .* before vmm had filled guest RAM there' /tmp/err >&2 \
+                || { cat /tmp/err >&2; echo "FAIL $(basename "$kernel") did not wait"; }
+        done
+        "#,
+    );
+    run.assert_ok();
+    run.assert_lines(&["bzImage status 6", "vmlinux status 6"]);
+    assert_eq!(
+        run.stdout.matches("initrd-whole /init").count(),
+        2,
+        "{}",
+        run.describe()
+    );
+}

@@ -78,6 +78,9 @@ pub struct VmConfig {
     /// Map the kernel and initrd files into guest memory rather than copy them
     /// (`loader::load_images`).
     pub map_images: bool,
+    /// Test hook (`VMM_TEST_LATE_INITRD=1`): read the initrd only once the guest has reached for
+    /// it, so that the guest's wait for it (`held_back`) runs on a real kernel.
+    pub late_initrd: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

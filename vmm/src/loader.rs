@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::thread::{self, JoinHandle};
 
@@ -162,38 +163,69 @@ fn e820_ram(mem: &GuestMemoryMmap) -> Vec<(u64, u64)> {
     map
 }
 
+/// What `check_kernel` learns from a kernel's first bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelInfo {
+    /// Where an initrd must end: 1 past the highest address the kernel takes it at.
+    pub initrd_limit: u64,
+}
+
 /// Checks that `path` is a kernel vmm can boot, without loading it: done before any device is
 /// created, so that a wrong --kernel fails before, say, a new disk image is made.
-pub fn check_kernel(path: &Path) -> Result<()> {
+pub fn check_kernel(path: &Path) -> Result<KernelInfo> {
     let mut kernel = File::open(path).map_err(|e| LoaderError::OpenKernel(path.into(), e))?;
     let mut head = vec![0u8; 1024];
     let n =
         read_up_to(&mut kernel, &mut head).map_err(|e| LoaderError::ReadKernel(path.into(), e))?;
     head.truncate(n);
-    probe_kernel(path, &head).map(|_| ())
+    let below_4g = u64::from(u32::MAX) + 1;
+    let initrd_limit = match probe_kernel(path, &head)? {
+        // setup_header.initrd_addr_max (0 in headers from before the field).
+        KernelFormat::BzImage => match le32(&head, 0x22c) {
+            0 => below_4g,
+            max => u64::from(max) + 1,
+        },
+        KernelFormat::Elf => below_4g,
+    };
+    Ok(KernelInfo { initrd_limit })
 }
 
-/// A kernel and initrd placed in guest memory, before their boot structures are written.
+/// A kernel placed in guest memory (and later its initrd, `with_initrd`), before the boot
+/// structures are written.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadedImages {
     entry: BootEntry,
     /// The bzImage's setup header, handed to the kernel in boot_params.
     setup_header: Option<setup_header>,
+    /// The end of the kernel: an initrd must start at or above it.
+    kernel_end: u64,
     /// Where the initrd is, and its size.
     initrd: Option<(u64, u64)>,
 }
 
-/// Loads the kernel and the initrd into guest memory: the kernel at 1 MiB (or where its ELF
-/// headers say), the initrd as high in low memory as the kernel allows; the boot structures
-/// come later (`write_boot_info`), once the devices they describe exist. With `map_files`, a
-/// bzImage and the initrd are mapped from their files where they can be (`map_file_into_guest`)
-/// instead of read: no copy before the guest starts, but the guest then faults each page in from
-/// the page cache, 4 KiB at a time, which measured slower to userspace in the lab than the copy.
+impl LoadedImages {
+    /// Adds the initrd placed by `place_initrd`, which must not overlap the kernel.
+    pub fn with_initrd(self, initrd: &PendingInitrd) -> Result<Self> {
+        if initrd.start < self.kernel_end {
+            return Err(initrd.too_large());
+        }
+        Ok(Self {
+            initrd: Some((initrd.start, initrd.size)),
+            ..self
+        })
+    }
+}
+
+/// Loads the kernel into guest memory: at 1 MiB, or where its ELF headers say; the initrd is
+/// placed apart (`place_initrd`) and the boot structures come later (`write_boot_info`), once
+/// the devices they describe exist. With `map_file`, a bzImage is mapped from its file where it
+/// can be (`map_file_into_guest`) instead of read: no copy before the guest starts, but the guest
+/// then faults each page in from the page cache, 4 KiB at a time, which measured slower to
+/// userspace in the lab than the copy.
 pub fn load_images(
     mem: &GuestMemoryMmap,
     kernel_path: &Path,
-    initrd_path: Option<&Path>,
-    map_files: bool,
+    map_file: bool,
 ) -> Result<LoadedImages> {
     let mut kernel =
         File::open(kernel_path).map_err(|e| LoaderError::OpenKernel(kernel_path.into(), e))?;
@@ -207,7 +239,7 @@ pub fn load_images(
         .map_err(|e| LoaderError::ReadKernel(kernel_path.into(), e))?;
 
     let loaded = match format {
-        KernelFormat::BzImage => load_bzimage(mem, kernel_path, &kernel, &head, map_files)?,
+        KernelFormat::BzImage => load_bzimage(mem, kernel_path, &kernel, &head, map_file)?,
         KernelFormat::Elf => Elf::load(
             mem,
             None,
@@ -220,21 +252,6 @@ pub fn load_images(
             }
             e => LoaderError::Load(kernel_path.into(), e),
         })?,
-    };
-
-    let initrd_max = match &loaded.setup_header {
-        Some(hdr) if hdr.initrd_addr_max != 0 => u64::from(hdr.initrd_addr_max) + 1,
-        _ => u64::from(u32::MAX) + 1,
-    };
-    let initrd = match initrd_path {
-        Some(path) => Some(load_initrd(
-            mem,
-            path,
-            loaded.kernel_end,
-            initrd_max,
-            map_files,
-        )?),
-        None => None,
     };
 
     let entry = match (format, loaded.pvh_boot_cap) {
@@ -253,7 +270,8 @@ pub fn load_images(
     Ok(LoadedImages {
         entry,
         setup_header: loaded.setup_header,
-        initrd,
+        kernel_end: loaded.kernel_end,
+        initrd: None,
     })
 }
 
@@ -312,24 +330,19 @@ fn load_bzimage(
 }
 
 /// `load_images` on a thread of its own: loading needs only guest memory, so copying the kernel
-/// and initrd runs while the main thread sets up the VM in KVM.
+/// runs while the main thread sets up the VM in KVM.
 pub struct ImageLoader(JoinHandle<Result<LoadedImages>>);
 
 impl ImageLoader {
-    /// Starts loading `kernel` and `initrd` into `mem` (a handle sharing the same memory).
-    pub fn spawn(
-        mem: GuestMemoryMmap,
-        kernel: PathBuf,
-        initrd: Option<PathBuf>,
-        map_files: bool,
-    ) -> std::io::Result<Self> {
+    /// Starts loading `kernel` into `mem` (a handle sharing the same memory).
+    pub fn spawn(mem: GuestMemoryMmap, kernel: PathBuf, map_file: bool) -> std::io::Result<Self> {
         thread::Builder::new()
             .name("loader".into())
-            .spawn(move || load_images(&mem, &kernel, initrd.as_deref(), map_files))
+            .spawn(move || load_images(&mem, &kernel, map_file))
             .map(Self)
     }
 
-    /// Waits for the images to be in guest memory.
+    /// Waits for the kernel to be in guest memory.
     pub fn join(self) -> Result<LoadedImages> {
         self.0.join().map_err(|_| LoaderError::LoaderPanicked)?
     }
@@ -385,31 +398,76 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-/// Places the initrd as high as allowed in low memory, page aligned, above the kernel: mapped
-/// from its file with `map_file` (where it can be), read otherwise.
-fn load_initrd(
-    mem: &GuestMemoryMmap,
-    path: &Path,
-    kernel_end: u64,
-    addr_limit: u64,
-    map_file: bool,
-) -> Result<(u64, u64)> {
-    let mut file = File::open(path).map_err(|e| LoaderError::OpenInitrd(path.into(), e))?;
+/// An initrd with its place in guest memory chosen, not necessarily in it yet: `map` or `load`
+/// puts it there. vmm boots the guest first and reads the initrd meanwhile, since the kernel
+/// needs it only well after it starts; until it is read, KVM does not map `held_back` (see
+/// `held_back`).
+#[derive(Debug)]
+pub struct PendingInitrd {
+    file: File,
+    path: PathBuf,
+    start: u64,
+    size: u64,
+    /// The end of the memory it was placed under.
+    top: u64,
+}
+
+impl PendingInitrd {
+    /// The guest range KVM must not map until the initrd is read: its pages.
+    pub fn held_back(&self) -> Range<u64> {
+        self.start..(self.start + self.size).next_multiple_of(PAGE_SIZE)
+    }
+
+    /// Reads the initrd into its place in guest memory.
+    pub fn load(self, mem: &GuestMemoryMmap) -> Result<()> {
+        let mut file = &self.file;
+        mem.read_exact_volatile_from(GuestAddress(self.start), &mut file, self.size as usize)
+            .map_err(|e| LoaderError::ReadInitrd(self.path.clone(), e.to_string()))
+    }
+
+    /// Maps the initrd from its file (`map_file_into_guest`); false when it could not be, and
+    /// it is to be read instead.
+    pub fn map(&self, mem: &GuestMemoryMmap) -> Result<bool> {
+        mapped_from_file(
+            mem,
+            GuestAddress(self.start),
+            &self.file,
+            0,
+            self.size,
+            &self.path,
+        )
+    }
+
+    fn too_large(&self) -> LoaderError {
+        LoaderError::InitrdTooLarge(
+            self.path.clone(),
+            self.size.div_ceil(1 << 20),
+            self.top >> 20,
+        )
+    }
+}
+
+/// Chooses where the initrd goes: as high in low memory as `addr_limit` (`KernelInfo`) allows,
+/// page aligned; `LoadedImages::with_initrd` checks that it is above the kernel.
+pub fn place_initrd(mem: &GuestMemoryMmap, path: &Path, addr_limit: u64) -> Result<PendingInitrd> {
+    let file = File::open(path).map_err(|e| LoaderError::OpenInitrd(path.into(), e))?;
     let size = file
         .metadata()
         .map_err(|e| LoaderError::OpenInitrd(path.into(), e))?
         .len();
     let top = low_memory_end(mem).min(addr_limit);
-    let too_large = || LoaderError::InitrdTooLarge(path.into(), size.div_ceil(1 << 20), top >> 20);
-    let start = top.checked_sub(size).ok_or_else(too_large)? & !0xfff;
-    if start < kernel_end {
-        return Err(too_large());
-    }
-    if !(map_file && mapped_from_file(mem, GuestAddress(start), &file, 0, size, path)?) {
-        mem.read_exact_volatile_from(GuestAddress(start), &mut file, size as usize)
-            .map_err(|e| LoaderError::ReadInitrd(path.into(), e.to_string()))?;
-    }
-    Ok((start, size))
+    let mut initrd = PendingInitrd {
+        file,
+        path: path.into(),
+        start: 0,
+        size,
+        top,
+    };
+    initrd.start = match top.checked_sub(size) {
+        Some(start) if start & !0xfff >= layout::HIMEM_START => start & !0xfff,
+        _ => return Err(initrd.too_large()),
+    };
+    Ok(initrd)
 }
 
 /// `map_file_into_guest`, reporting whether it mapped the file: false means nothing changed and
@@ -722,11 +780,48 @@ mod tests {
         file.as_file().read_exact_at(&mut expected, 0).unwrap();
         for map in [true, false] {
             let mem = memory();
-            let (start, size) = load_initrd(&mem, file.as_path(), 2 << 20, u64::MAX, map).unwrap();
-            assert_eq!(size, len as u64);
-            assert_eq!(start, (16 << 20) - 6 * PAGE_SIZE);
+            let initrd = place_initrd(&mem, file.as_path(), u64::MAX).unwrap();
+            let start = (16 << 20) - 6 * PAGE_SIZE;
+            assert_eq!((initrd.start, initrd.size), (start, len as u64));
+            assert_eq!(initrd.held_back(), start..16 << 20);
+            if !(map && initrd.map(&mem).unwrap()) {
+                initrd.load(&mem).unwrap();
+            }
             assert_eq!(guest_bytes(&mem, start, len), expected, "map {map}");
         }
+    }
+
+    #[test]
+    fn an_initrd_over_the_kernel_does_not_fit() {
+        let mem = memory();
+        let kernel = fake_bzimage(7, 0x10_0000, &vec![1; 13 << 20]);
+        let images = load_images(&mem, kernel.as_path(), false).unwrap();
+        let small = patterned_file(2 << 20);
+        let initrd = place_initrd(&mem, small.as_path(), u64::MAX).unwrap();
+        assert_eq!(
+            images.with_initrd(&initrd).unwrap().initrd,
+            Some(((14 << 20), 2 << 20))
+        );
+        let large = patterned_file((2 << 20) + 1);
+        let initrd = place_initrd(&mem, large.as_path(), u64::MAX).unwrap();
+        assert!(matches!(
+            images.with_initrd(&initrd),
+            Err(LoaderError::InitrdTooLarge(_, 3, 16))
+        ));
+        let huge = patterned_file(16 << 20);
+        assert!(matches!(
+            place_initrd(&mem, huge.as_path(), u64::MAX),
+            Err(LoaderError::InitrdTooLarge(_, 16, 16))
+        ));
+    }
+
+    #[test]
+    fn the_kernel_header_limits_where_the_initrd_goes() {
+        let mut kernel = std::fs::read(fake_bzimage(7, 0x10_0000, &[1; 100]).as_path()).unwrap();
+        let file = TempFile::new().unwrap();
+        kernel[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        file.as_file().write_all(&kernel).unwrap();
+        assert_eq!(check_kernel(file.as_path()).unwrap().initrd_limit, 1 << 31);
     }
 
     #[test]
@@ -757,6 +852,7 @@ mod tests {
         let linux = LoadedImages {
             entry: BootEntry::Linux64 { entry: 0x100200 },
             setup_header: None,
+            kernel_end: 2 << 20,
             initrd: Some((8 << 20, 1234)),
         };
         let boot = write_boot_info(&mem, &linux, "console=ttyS0", None).unwrap();
@@ -814,7 +910,7 @@ mod tests {
         for (setup_sects, map) in [(7, true), (7, false), (2, true)] {
             let mem = memory();
             let kernel = fake_bzimage(setup_sects, 0x10_0000, &payload);
-            let images = load_images(&mem, kernel.as_path(), None, map).unwrap();
+            let images = load_images(&mem, kernel.as_path(), map).unwrap();
             assert_eq!(
                 images.entry,
                 BootEntry::Linux64 { entry: 0x10_0200 },
@@ -835,12 +931,12 @@ mod tests {
         let mem = memory();
         let low = fake_bzimage(7, 0x8_0000, &[1; 100]);
         assert!(matches!(
-            load_images(&mem, low.as_path(), None, true),
+            load_images(&mem, low.as_path(), true),
             Err(LoaderError::Load(..))
         ));
         let empty = fake_bzimage(7, 0x10_0000, &[]);
         assert!(matches!(
-            load_images(&mem, empty.as_path(), None, true),
+            load_images(&mem, empty.as_path(), true),
             Err(LoaderError::NotAKernel(_))
         ));
     }
@@ -850,7 +946,7 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         let kernel = fake_bzimage(7, 0x10_0000, &vec![1; 2 << 20]);
         assert!(matches!(
-            load_images(&mem, kernel.as_path(), None, true),
+            load_images(&mem, kernel.as_path(), true),
             Err(LoaderError::KernelTooLarge(_))
         ));
     }

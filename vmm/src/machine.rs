@@ -12,6 +12,7 @@ use crate::config::{self, VmConfig};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::event_loop::{ConsoleFlusher, ConsoleInput, ExitWatcher, LostEventWatcher, StateDumper};
 use crate::exit::{ExitReason, VmExit};
+use crate::held_back;
 use crate::legacy::{
     AcpiPowerControl, ConsoleOutput, GuestControl, I8042Reset, IrqTrigger, SerialDevice,
     SerialInputDrained, SharedConsole, GUEST_EXIT_PORT, I8042_COMMAND_PORT,
@@ -20,7 +21,7 @@ use crate::loader::{self, LoaderError};
 use crate::seccomp::{self, Filters, SeccompError, ThreadKind};
 use crate::terminal;
 use crate::vcpu::Vcpu;
-use crate::vm::{Vm, VmError};
+use crate::vm::{HeldBackSlot, Vm, VmError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -60,26 +61,39 @@ fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
 
 /// Boots the configured kernel and runs the VM until it ends.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
-    loader::check_kernel(&config.kernel)?;
-    if let Some(initrd) = &config.initrd {
-        std::fs::File::open(initrd).map_err(|e| LoaderError::OpenInitrd(initrd.clone(), e))?;
-    }
+    let kernel = loader::check_kernel(&config.kernel)?;
     let memory = crate::vm::guest_memory(config.memory_mib << 20)?;
-    let loading = loader::ImageLoader::spawn(
-        memory.clone(),
-        config.kernel.clone(),
-        config.initrd.clone(),
-        config.map_images,
-    )
-    .map_err(io_err("the kernel loader thread"))?;
-    let vm = Vm::with_memory(memory, true)?;
+    // The initrd is read once the guest runs (`fill_held_back`), unless it is mapped.
+    let initrd = match &config.initrd {
+        Some(path) => Some(loader::place_initrd(&memory, path, kernel.initrd_limit)?),
+        None => None,
+    };
+    let read_later = match &initrd {
+        Some(initrd) => !(config.map_images && initrd.map(&memory)?),
+        None => false,
+    };
+    let loading =
+        loader::ImageLoader::spawn(memory.clone(), config.kernel.clone(), config.map_images)
+            .map_err(io_err("the kernel loader thread"))?;
+    let (vm, held_back) = Vm::with_memory(
+        memory,
+        true,
+        initrd
+            .as_ref()
+            .filter(|_| read_later)
+            .map(loader::PendingInitrd::held_back),
+    )?;
     // After guest memory is mapped, so that a vCPU thread's malloc arena never lands next to it,
     // where the kernel would merge the two into one mapping in /proc/PID/smaps.
     let vcpu_threads = VcpuThreads::spawn(config.cpus, config.seccomp)?;
     let supported = vm.supported_cpuid()?;
-    // Joined before any device is created, so that a kernel or initrd that does not load fails
-    // before, say, a new disk image is made.
+    // Joined before any device is created, so that a kernel that does not load, or an initrd
+    // that does not fit beside it, fails before, say, a new disk image is made.
     let images = loading.join()?;
+    let images = match &initrd {
+        Some(initrd) => images.with_initrd(initrd)?,
+        None => images,
+    };
     let max_vcpus = vm.kvm.get_max_vcpus();
     if config.cpus as usize > max_vcpus {
         return Err(VmmError::TooManyCpus(config.cpus, max_vcpus));
@@ -124,6 +138,21 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let io_bus = Arc::new(io_bus);
 
     let mut mmio_bus = Bus::new();
+    let filling = held_back::Filling::new();
+    if let Some(slot) = &held_back {
+        let range = slot.range();
+        let ram = held_back::HeldBackRam::new(
+            range.start,
+            vm.memory.clone(),
+            filling.clone(),
+            exit.clone(),
+        );
+        mmio_bus.insert(
+            range.start,
+            range.end - range.start,
+            Arc::new(Mutex::new(ram)),
+        )?;
+    }
     let mut devices = DeviceManager::new();
     devices.add_disks(&vm.fd, &vm.memory, &mut mmio_bus, &config.disks)?;
     let mmio_bus = Arc::new(mmio_bus);
@@ -197,6 +226,13 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     }
     terminal::enter_raw_mode();
     let result = vcpu_threads.start(vcpus).and_then(|threads| {
+        if let (Some(initrd), Some(slot)) = (initrd, &held_back) {
+            if let Err(e) = fill_held_back(&vm, initrd, slot, &filling, config.late_initrd) {
+                filling.finish(false);
+                return Err(e);
+            }
+            filling.finish(true);
+        }
         let result = loop {
             if let Some(reason) = exit.reason() {
                 break Ok(reason);
@@ -213,6 +249,24 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     crate::bus::lock(&console).flush_now();
     terminal::restore();
     result
+}
+
+/// Reads the initrd into guest memory while the guest already runs, then maps that range into
+/// the VM (`held_back`). With `late` (a test hook) it first waits for the guest to reach the
+/// range, so that the guest's wait is what gets exercised.
+fn fill_held_back(
+    vm: &Vm,
+    initrd: loader::PendingInitrd,
+    slot: &HeldBackSlot,
+    filling: &held_back::Filling,
+    late: bool,
+) -> Result<(), VmmError> {
+    if late {
+        filling.wait_until_touched();
+    }
+    initrd.load(&vm.memory)?;
+    slot.map(vm)?;
+    Ok(())
 }
 
 /// The vCPU threads, started early in the VM's setup so that their start and their seccomp

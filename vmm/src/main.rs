@@ -145,6 +145,7 @@ fn main() -> ExitCode {
         boot_time: cli.boot_time,
         seccomp: cli.seccomp,
         map_images: cli.map_images,
+        late_initrd: std::env::var_os("VMM_TEST_LATE_INITRD").is_some_and(|v| v == "1"),
     };
     match vmm::machine::run(&config) {
         Ok(reason) => {

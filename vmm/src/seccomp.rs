@@ -31,6 +31,9 @@ pub const VIOLATION_EXIT_STATUS: i32 = 128 + libc::SIGSYS;
 
 /// `_IO(KVMIO, 0x80)`: the one KVM ioctl a running vCPU makes.
 const KVM_RUN: u64 = 0xae80;
+/// `_IOW(KVMIO, 0x46, struct kvm_userspace_memory_region)`: the main thread maps the guest RAM
+/// under the initrd into the VM once it has read the initrd, while the guest already runs.
+const KVM_SET_USER_MEMORY_REGION: u64 = 0x4020_ae46;
 /// `siginfo_t::si_code` of a SIGSYS raised by a seccomp filter.
 const SYS_SECCOMP: libc::c_int = 1;
 
@@ -218,6 +221,10 @@ fn thread_rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Sec
             ] {
                 rules.insert(call, Vec::new());
             }
+            rules
+                .entry(libc::SYS_ioctl)
+                .or_default()
+                .extend(ioctl_rules(&[KVM_SET_USER_MEMORY_REGION])?);
         }
         ThreadKind::Vcpu => {
             rules
@@ -436,6 +443,16 @@ mod tests {
         assert!(!filters.main.is_empty());
         assert!(!filters.vcpu.is_empty());
         assert_ne!(filters.main, filters.vcpu);
+    }
+
+    #[test]
+    fn the_memory_slot_ioctl_number_is_kvm_s() {
+        // _IOW(type, nr, size): direction 1 (write) in bits 30-31, size in 16-29, type in 8-15.
+        let size = std::mem::size_of::<kvm_bindings::kvm_userspace_memory_region>() as u64;
+        assert_eq!(
+            KVM_SET_USER_MEMORY_REGION,
+            (1 << 30) | (size << 16) | (0xae << 8) | 0x46
+        );
     }
 
     #[test]

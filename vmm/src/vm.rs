@@ -1,6 +1,7 @@
 //! The KVM VM: guest memory, the in-kernel interrupt controllers and PIT, and the vCPU file
 //! descriptors with their boot state.
 
+use std::ops::Range;
 use std::path::Path;
 
 use kvm_bindings::{
@@ -53,11 +54,16 @@ impl Vm {
     /// Opens KVM, creates the VM with `mem_size` bytes of RAM (minus the MMIO hole), and, when
     /// `irqchip` is set, the in-kernel IOAPIC/PIC/LAPICs and PIT.
     pub fn new(mem_size: u64, irqchip: bool) -> Result<Self> {
-        Self::with_memory(guest_memory(mem_size)?, irqchip)
+        Ok(Self::with_memory(guest_memory(mem_size)?, irqchip, None)?.0)
     }
 
-    /// As `new`, with guest memory from `guest_memory` (which others may already be filling).
-    pub fn with_memory(memory: GuestMemoryMmap, irqchip: bool) -> Result<Self> {
+    /// As `new`, with guest memory from `guest_memory` (which others may already be filling),
+    /// all of it mapped into the VM but `held_back` (`map_memory`).
+    pub fn with_memory(
+        memory: GuestMemoryMmap,
+        irqchip: bool,
+        held_back: Option<Range<u64>>,
+    ) -> Result<(Self, Option<HeldBackSlot>)> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         for (cap, name) in [
             (Cap::UserMemory, "USER_MEMORY"),
@@ -70,23 +76,11 @@ impl Vm {
             }
         }
         let fd = kvm.create_vm().map_err(|e| VmError::Kvm("CREATE_VM", e))?;
-        let mem_mib = memory.iter().map(|region| region.len()).sum::<u64>() >> 20;
-        for (slot, region) in memory.iter().enumerate() {
-            let host_addr = memory
-                .get_host_address(region.start_addr())
-                .map_err(|e| VmError::GuestMemory(mem_mib, e.to_string()))?;
-            let region_desc = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: host_addr as u64,
-                flags: 0,
-            };
-            // SAFETY: the region is a live mapping owned by `memory`, which the returned Vm keeps
-            // for as long as the VM exists, and the slots do not overlap.
-            unsafe { fd.set_user_memory_region(region_desc) }
-                .map_err(|e| VmError::Kvm("SET_USER_MEMORY_REGION", e))?;
-        }
+        let vm = Self { kvm, fd, memory };
+        // Memory first: each change to the VM's memory or device buses waits for a KVM grace
+        // period, and one right after another can wait a whole timer tick (several ms here).
+        let held_back = vm.map_memory(held_back)?;
+        let fd = &vm.fd;
         fd.set_tss_address(layout::KVM_TSS_ADDRESS as usize)
             .map_err(|e| VmError::Kvm("SET_TSS_ADDR", e))?;
         fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDRESS)
@@ -101,7 +95,69 @@ impl Vm {
             fd.create_pit2(pit)
                 .map_err(|e| VmError::Kvm("CREATE_PIT2", e))?;
         }
-        Ok(Self { kvm, fd, memory })
+        Ok((vm, held_back))
+    }
+
+    /// Maps guest RAM into the VM, all of it but `held_back` (page aligned, inside one RAM
+    /// region), which is returned as a slot for `HeldBackSlot::map` to add once vmm has filled
+    /// it. Until then a guest access there exits to vmm as MMIO.
+    fn map_memory(&self, held_back: Option<Range<u64>>) -> Result<Option<HeldBackSlot>> {
+        let mem_mib = self.memory.iter().map(|region| region.len()).sum::<u64>() >> 20;
+        let mut slots = Vec::new();
+        let mut held_back_slot = None;
+        for region in self.memory.iter() {
+            let (start, end) = (
+                region.start_addr().raw_value(),
+                region.start_addr().raw_value() + region.len(),
+            );
+            let host = |gpa: u64| {
+                self.memory
+                    .get_host_address(GuestAddress(gpa))
+                    .map(|addr| addr as u64)
+                    .map_err(|e| VmError::GuestMemory(mem_mib, e.to_string()))
+            };
+            match &held_back {
+                Some(hole) if hole.start >= start && hole.end <= end && hole.start < hole.end => {
+                    for (from, to) in [(start, hole.start), (hole.end, end)] {
+                        if from < to {
+                            slots.push((from, to - from, host(from)?));
+                        }
+                    }
+                    held_back_slot = Some((hole.start, hole.end - hole.start, host(hole.start)?));
+                }
+                _ => slots.push((start, end - start, host(start)?)),
+            }
+        }
+        if held_back.is_some() && held_back_slot.is_none() {
+            return Err(VmError::GuestMemory(
+                mem_mib,
+                format!("held-back range {held_back:x?} is not inside one RAM region"),
+            ));
+        }
+        for (slot, &(guest_phys_addr, memory_size, userspace_addr)) in slots.iter().enumerate() {
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr,
+                memory_size,
+                userspace_addr,
+                flags: 0,
+            };
+            // SAFETY: the range is part of a live mapping owned by `self.memory`, which the Vm
+            // keeps for as long as the VM exists, and the slots do not overlap.
+            unsafe { self.fd.set_user_memory_region(region) }
+                .map_err(|e| VmError::Kvm("SET_USER_MEMORY_REGION", e))?;
+        }
+        Ok(
+            held_back_slot.map(|(guest_phys_addr, memory_size, userspace_addr)| {
+                HeldBackSlot(kvm_userspace_memory_region {
+                    slot: slots.len() as u32,
+                    guest_phys_addr,
+                    memory_size,
+                    userspace_addr,
+                    flags: 0,
+                })
+            }),
+        )
     }
 
     /// KVM's supported CPUID plus the TSC-deadline timer when KVM emulates it: the base of
@@ -127,5 +183,24 @@ impl Vm {
             .map_err(|e| VmError::Kvm("SET_CPUID2", e))?;
         regs::setup_common(&vcpu)?;
         Ok(vcpu)
+    }
+}
+
+/// Guest RAM that `Vm::map_memory` held back from the VM, to be mapped once filled.
+#[derive(Debug)]
+pub struct HeldBackSlot(kvm_userspace_memory_region);
+
+impl HeldBackSlot {
+    /// Maps the held-back RAM into the VM: from now on guest accesses there reach RAM.
+    pub fn map(&self, vm: &Vm) -> Result<()> {
+        // SAFETY: as in `Vm::map_memory`, which made this slot from `vm`'s own guest memory,
+        // alongside slots that do not overlap it.
+        unsafe { vm.fd.set_user_memory_region(self.0) }
+            .map_err(|e| VmError::Kvm("SET_USER_MEMORY_REGION", e))
+    }
+
+    /// The guest range, as [start, end).
+    pub fn range(&self) -> Range<u64> {
+        self.0.guest_phys_addr..self.0.guest_phys_addr + self.0.memory_size
     }
 }

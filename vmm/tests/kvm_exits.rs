@@ -152,3 +152,67 @@ fn acpi_wake_status_clear_and_status_read_keep_the_vm_running() {
     let (reason, _) = run_guest(&acpi_power_write(0x80, &[0xec, 0xe6, 0xf4, 0xf4]));
     assert_eq!(reason, ExitReason::GuestStatus(0));
 }
+
+#[test]
+fn held_back_ram_waits_for_its_contents_then_reaches_the_vm() {
+    use vmm::held_back::{Filling, HeldBackRam};
+    const HELD_BACK: std::ops::Range<u64> = 0x8000..0x9000;
+    let memory = vmm::vm::guest_memory(GUEST_MEMORY).unwrap();
+    let (vm, slot) = Vm::with_memory(memory, false, Some(HELD_BACK)).unwrap();
+    let slot = slot.unwrap();
+    assert_eq!(slot.range(), HELD_BACK);
+    let code = [
+        0xb8, 0x00, 0x08, // mov ax, 0x800
+        0x8e, 0xd8, // mov ds, ax      (ds base = 0x8000, held back)
+        0xc6, 0x06, 0x20, 0x00, 0x33, // mov byte [0x20], 0x33
+        0xa0, 0x10, 0x00, // mov al, [0x10]  (0x77 once filled)
+        0xe6, 0xf4, // out 0xf4, al
+        0xf4, // hlt
+    ];
+    let fd = real_mode_vcpu(&vm, &code);
+    let exit = Arc::new(VmExit::new().unwrap());
+    let filling = Filling::new();
+    let mut io_bus = Bus::new();
+    io_bus
+        .insert(
+            u64::from(GUEST_EXIT_PORT),
+            2,
+            Arc::new(Mutex::new(GuestControl { exit: exit.clone() })),
+        )
+        .unwrap();
+    let mut mmio_bus = Bus::new();
+    let ram = HeldBackRam::new(
+        HELD_BACK.start,
+        vm.memory.clone(),
+        filling.clone(),
+        exit.clone(),
+    );
+    mmio_bus
+        .insert(HELD_BACK.start, 0x1000, Arc::new(Mutex::new(ram)))
+        .unwrap();
+    let vcpu = Vcpu {
+        fd,
+        index: 0,
+        io_bus: Arc::new(io_bus),
+        mmio_bus: Arc::new(mmio_bus),
+        exit: exit.clone(),
+    };
+    let guest = std::thread::spawn(move || vcpu.run());
+    // Fill only once the guest is waiting, as the late-initrd hook does on a real kernel.
+    filling.wait_until_touched();
+    vm.memory
+        .write_slice(&[0x77; 0x100], GuestAddress(HELD_BACK.start))
+        .unwrap();
+    slot.map(&vm).unwrap();
+    filling.finish(true);
+    guest.join().unwrap();
+    assert_eq!(exit.reason(), Some(ExitReason::GuestStatus(0x77)));
+    let written: u8 = vm
+        .memory
+        .read_obj(GuestAddress(HELD_BACK.start + 0x20))
+        .unwrap();
+    assert_eq!(
+        written, 0x33,
+        "the early write lands on top of the contents"
+    );
+}
