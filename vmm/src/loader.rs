@@ -509,8 +509,8 @@ enum MapError {
 /// allocating, zeroing and filling every page up front. The guest only reads what vmm maps this
 /// way (an initrd is unpacked and freed; a bzImage's decompressor copies itself away and
 /// decompresses the kernel elsewhere), so most of it never needs private pages; guest writes,
-/// such as to memory the guest reuses later, get private copies and never reach the file. Guest RAM stays one host mapping (and one KVM slot), so
-/// devices still see it contiguous. Pages the guest has not written show the file as it is when
+/// such as to memory the guest reuses later, get private copies and never reach the file. Guest
+/// RAM stays one host mapping, so devices still see it contiguous. Pages the guest has not written show the file as it is when
 /// touched, so the file must not be rewritten in place while the guest boots (the guest builders
 /// write a new file and rename it). `addr` and `file_offset` must be page aligned and the range,
 /// rounded up to whole pages, inside one RAM region that nothing else has been written to; the
