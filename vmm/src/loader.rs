@@ -204,6 +204,11 @@ pub struct LoadedImages {
 }
 
 impl LoadedImages {
+    /// Where the kernel ends in guest memory.
+    pub fn kernel_end(&self) -> u64 {
+        self.kernel_end
+    }
+
     /// Adds the initrd placed by `place_initrd`, which must not overlap the kernel.
     pub fn with_initrd(self, initrd: &PendingInitrd) -> Result<Self> {
         if initrd.start < self.kernel_end {
@@ -410,12 +415,27 @@ pub struct PendingInitrd {
     size: u64,
     /// The end of the memory it was placed under.
     top: u64,
+    /// The end of the RAM region it is in.
+    region_end: u64,
 }
 
+/// Guest RAM held back from KVM around an initrd still to be read is whole 2 MiB pages where it
+/// can be: KVM maps guest RAM in 2 MiB pages only where one memory slot covers the whole page,
+/// and in the lab a 2 MiB page split between two slots cost the guest 512 page-fault exits.
+const HELD_BACK_ALIGN: u64 = 2 << 20;
+
 impl PendingInitrd {
-    /// The guest range KVM must not map until the initrd is read: its pages.
+    /// The guest range KVM must not map until the initrd is read: its pages, widened to 2 MiB
+    /// boundaries within its RAM region and above 1 MiB. What vmm writes before the guest runs
+    /// must be outside it: the kernel is unless it ends less than 2 MiB below the initrd
+    /// (`LoadedImages::kernel_end` tells).
     pub fn held_back(&self) -> Range<u64> {
-        self.start..(self.start + self.size).next_multiple_of(PAGE_SIZE)
+        let start = (self.start & !(HELD_BACK_ALIGN - 1)).max(layout::HIMEM_START);
+        let end = (self.start + self.size)
+            .next_multiple_of(HELD_BACK_ALIGN)
+            .min(self.region_end.max(self.start + self.size))
+            .next_multiple_of(PAGE_SIZE);
+        start..end
     }
 
     /// Reads the initrd into its place in guest memory.
@@ -455,13 +475,15 @@ pub fn place_initrd(mem: &GuestMemoryMmap, path: &Path, addr_limit: u64) -> Resu
         .metadata()
         .map_err(|e| LoaderError::OpenInitrd(path.into(), e))?
         .len();
-    let top = low_memory_end(mem).min(addr_limit);
+    let ram_end = low_memory_end(mem);
+    let top = ram_end.min(addr_limit);
     let mut initrd = PendingInitrd {
         file,
         path: path.into(),
         start: 0,
         size,
         top,
+        region_end: ram_end,
     };
     initrd.start = match top.checked_sub(size) {
         Some(start) if start & !0xfff >= layout::HIMEM_START => start & !0xfff,
@@ -783,7 +805,7 @@ mod tests {
             let initrd = place_initrd(&mem, file.as_path(), u64::MAX).unwrap();
             let start = (16 << 20) - 6 * PAGE_SIZE;
             assert_eq!((initrd.start, initrd.size), (start, len as u64));
-            assert_eq!(initrd.held_back(), start..16 << 20);
+            assert_eq!(initrd.held_back(), 14 << 20..16 << 20);
             if !(map && initrd.map(&mem).unwrap()) {
                 initrd.load(&mem).unwrap();
             }
@@ -813,6 +835,21 @@ mod tests {
             place_initrd(&mem, huge.as_path(), u64::MAX),
             Err(LoaderError::InitrdTooLarge(_, 16, 16))
         ));
+    }
+
+    #[test]
+    fn held_back_ram_is_the_initrd_widened_to_2_mib_inside_its_region() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (16 << 20) + 0x3000)]).unwrap();
+        let file = patterned_file(5 * PAGE_SIZE as usize + 1);
+        // At the top of a region that does not end on 2 MiB: up to the region's end.
+        let initrd = place_initrd(&mem, file.as_path(), u64::MAX).unwrap();
+        assert_eq!(initrd.held_back(), 14 << 20..(16 << 20) + 0x3000);
+        // Below a limit inside the region: up to the next 2 MiB boundary.
+        let initrd = place_initrd(&mem, file.as_path(), (9 << 20) + 5).unwrap();
+        assert_eq!(initrd.held_back(), 8 << 20..10 << 20);
+        // Never below 1 MiB.
+        let initrd = place_initrd(&mem, file.as_path(), (1 << 20) + 0x7000).unwrap();
+        assert_eq!(initrd.held_back(), 1 << 20..2 << 20);
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     // where the kernel would merge the two into one mapping in /proc/PID/smaps.
     let vcpu_threads = VcpuThreads::spawn(config.cpus, config.seccomp)?;
     let supported = vm.supported_cpuid()?;
+    let filling = held_back::Filling::new();
     // Joined before any device is created, so that a kernel that does not load, or an initrd
     // that does not fit beside it, fails before, say, a new disk image is made.
     let images = loading.join()?;
@@ -94,6 +95,18 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         Some(initrd) => images.with_initrd(initrd)?,
         None => images,
     };
+    // A kernel that reaches into the held-back RAM (guests with little memory) must be in the
+    // VM before it starts: the initrd is read now, as it would be without holding back.
+    let mut initrd_to_read = initrd.filter(|_| read_later);
+    if let Some(slot) = held_back
+        .as_ref()
+        .filter(|slot| images.kernel_end() > slot.range().start)
+    {
+        if let Some(initrd) = initrd_to_read.take() {
+            fill_held_back(&vm, initrd, slot, &filling, false)?;
+            filling.finish(true);
+        }
+    }
     let max_vcpus = vm.kvm.get_max_vcpus();
     if config.cpus as usize > max_vcpus {
         return Err(VmmError::TooManyCpus(config.cpus, max_vcpus));
@@ -138,7 +151,6 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let io_bus = Arc::new(io_bus);
 
     let mut mmio_bus = Bus::new();
-    let filling = held_back::Filling::new();
     if let Some(slot) = &held_back {
         let range = slot.range();
         let ram = held_back::HeldBackRam::new(
@@ -226,7 +238,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     }
     terminal::enter_raw_mode();
     let result = vcpu_threads.start(vcpus).and_then(|threads| {
-        if let (Some(initrd), Some(slot)) = (initrd, &held_back) {
+        if let (Some(initrd), Some(slot)) = (initrd_to_read, &held_back) {
             if let Err(e) = fill_held_back(&vm, initrd, slot, &filling, config.late_initrd) {
                 filling.finish(false);
                 return Err(e);
