@@ -8,8 +8,8 @@ Figures per run:
   exec_to_main_ms     wall time of `vmm --version` (exec, dynamic loading, argument parsing,
                       exit): an upper bound of what happens before main
   overhead_*_kib      resident memory outside the guest RAM mapping (Rss, Pss, private)
-  guest_rss_kib       guest RAM pages touched so far (kernel, initrd, boot tables); vmm maps the
-                      kernel and initrd from their files, so their pages count once touched
+  guest_rss_kib       guest RAM pages touched so far (kernel, initrd, boot tables); with
+                      --map-images the kernel and initrd pages count only once touched
 
   startup.py --vmm BIN --kernel K --initrd I --reps N --out FILE.json
 """
