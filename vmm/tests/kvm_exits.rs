@@ -51,15 +51,14 @@ fn real_mode_vcpu(vm: &Vm, code: &[u8]) -> VcpuFd {
     vcpu
 }
 
-/// Runs `code` to its end and returns why the VM stopped, with the MMIO probe.
-fn run_guest(code: &[u8]) -> (ExitReason, Arc<Mutex<MmioProbe>>) {
+/// A vCPU of `vm` that runs `code` in real mode, with the exit port and the ACPI power register
+/// on its I/O bus and `mmio_bus` for its MMIO.
+fn guest_vcpu(vm: &Vm, code: &[u8], exit: &Arc<VmExit>, mmio_bus: Bus) -> Vcpu {
     assert!(
         std::path::Path::new("/dev/kvm").exists(),
         "these tests need /dev/kvm (any KVM, PVM included)"
     );
-    let vm = Vm::new(GUEST_MEMORY, false).expect("create VM");
-    let fd = real_mode_vcpu(&vm, code);
-    let exit = Arc::new(VmExit::new().unwrap());
+    let fd = real_mode_vcpu(vm, code);
     let mut io_bus = Bus::new();
     io_bus
         .insert(
@@ -75,19 +74,25 @@ fn run_guest(code: &[u8]) -> (ExitReason, Arc<Mutex<MmioProbe>>) {
             Arc::new(Mutex::new(AcpiPowerControl { exit: exit.clone() })),
         )
         .unwrap();
-    let probe = Arc::new(Mutex::new(MmioProbe::default()));
-    let mut mmio_bus = Bus::new();
-    mmio_bus
-        .insert(MMIO_TEST_BASE, 0x1000, probe.clone())
-        .unwrap();
-    let vcpu = Vcpu {
+    Vcpu {
         fd,
         index: 0,
         io_bus: Arc::new(io_bus),
         mmio_bus: Arc::new(mmio_bus),
         exit: exit.clone(),
-    };
-    vcpu.run();
+    }
+}
+
+/// Runs `code` to its end and returns why the VM stopped, with the MMIO probe.
+fn run_guest(code: &[u8]) -> (ExitReason, Arc<Mutex<MmioProbe>>) {
+    let vm = Vm::new(GUEST_MEMORY, false).expect("create VM");
+    let exit = Arc::new(VmExit::new().unwrap());
+    let probe = Arc::new(Mutex::new(MmioProbe::default()));
+    let mut mmio_bus = Bus::new();
+    mmio_bus
+        .insert(MMIO_TEST_BASE, 0x1000, probe.clone())
+        .unwrap();
+    guest_vcpu(&vm, code, &exit, mmio_bus).run();
     (
         exit.reason().expect("the vCPU loop reports why it stopped"),
         probe,
@@ -169,17 +174,8 @@ fn held_back_ram_waits_for_its_contents_then_reaches_the_vm() {
         0xe6, 0xf4, // out 0xf4, al
         0xf4, // hlt
     ];
-    let fd = real_mode_vcpu(&vm, &code);
     let exit = Arc::new(VmExit::new().unwrap());
     let filling = Filling::new();
-    let mut io_bus = Bus::new();
-    io_bus
-        .insert(
-            u64::from(GUEST_EXIT_PORT),
-            2,
-            Arc::new(Mutex::new(GuestControl { exit: exit.clone() })),
-        )
-        .unwrap();
     let mut mmio_bus = Bus::new();
     let ram = HeldBackRam::new(
         HELD_BACK.start,
@@ -190,13 +186,7 @@ fn held_back_ram_waits_for_its_contents_then_reaches_the_vm() {
     mmio_bus
         .insert(HELD_BACK.start, 0x1000, Arc::new(Mutex::new(ram)))
         .unwrap();
-    let vcpu = Vcpu {
-        fd,
-        index: 0,
-        io_bus: Arc::new(io_bus),
-        mmio_bus: Arc::new(mmio_bus),
-        exit: exit.clone(),
-    };
+    let vcpu = guest_vcpu(&vm, &code, &exit, mmio_bus);
     let guest = std::thread::spawn(move || vcpu.run());
     // Fill only once the guest is waiting, as the late-initrd hook does on a real kernel.
     filling.wait_until_touched();
