@@ -182,7 +182,9 @@ def device_section(report, data):
         f"real virtio-blk device (plain: raw file backend; zoned: zone handler and image file), "
         f"{data['queue_depth']} in flight, {data['reps']} repetitions; each device run is paired "
         f"with a raw `pwrite`/`pread` run of the same sizes on the same file system "
-        f"({data['dir']}) right next to it. Data stays in the page cache (no fsync).", "",
+        f"({data['dir']}) right next to it, from {data['queue_depth']} buffers in turn as the "
+        f"device's request slots. Data stays in the page cache (no fsync). The first repetition "
+        f"of each write case is a warm-up and not counted.", "",
         "| case | device | raw | ratio device/raw | target |", "| --- | --- | --- | --- | --- |",
     )
     labels, medians, lows, highs = [], [], [], []
@@ -253,7 +255,8 @@ def io_section(report, data):
         "the guest on /dev/vda, backed by the same file (in the outer VM's tmpfs) under both VMMs; "
         "QEMU (`-M microvm,acpi=off`) has virtio-blk on virtio-mmio (`-device virtio-blk-device`, cache=writeback). "
         "Our VMM also has a zoned disk (64 MiB zones) written with `--zonemode=zbd` and "
-        "mq-deadline, in the same boot as the plain-disk jobs.", "",
+        "mq-deadline, in the same boot as the plain-disk jobs, after one unmeasured write pass "
+        "over its zones and a reset (the plain disk's file is written before the boot).", "",
         "| figure | vmm | QEMU | ratio | target |", "| --- | --- | --- | --- | --- |",
         f"| 4 KiB random read QD32, IOPS | {fmt(rr_vmm, 0)} | {fmt(rr_qemu, 0)} | {fmt(rr_ratio, 2)} "
         f"| >= 1.0: {verdict(stats(rr_ratio)[0], 1.0, True)} |",
@@ -269,8 +272,11 @@ def io_section(report, data):
             f"| {fmt([v / 1024 for v in zw1_vmm], 1)} | | {fmt(zoned_qd1_ratio, 2)} | |",
             "",
             "Linux 6.12 keeps one write in flight per sequential zone (zone write plugging), so the zoned "
-            "job above runs at queue depth 1 while the plain one runs at 16; the QD1 rows compare the two "
-            "disks at the queue depth the zoned one really gets.",
+            "job above runs at queue depth 1 while the plain one runs at 16 (Linux merges the waiting "
+            "writes into requests of about 1 MiB); the QD1 rows compare the two disks at the queue depth "
+            "the zoned one really gets. A zone reset punches the zone's blocks out of the image, so each "
+            "pass over a zone allocates host memory again, while the plain disk overwrites its file: "
+            "see README, \"Benchmarks\".",
         )
     report.summary += [
         ("guest 4 KiB randread QD32, vmm/QEMU (lab)", fmt(rr_ratio, 2), ">= 1.0", verdict(stats(rr_ratio)[0], 1.0, True)),
