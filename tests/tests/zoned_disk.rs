@@ -396,3 +396,42 @@ echo "first run: $?"
         run.describe()
     );
 }
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn reclaim_off_keeps_reset_zones_allocated_and_they_still_read_as_zeros() {
+    // Each boot writes 8 MiB into zones 2 and 3 and resets them; the host then sees how much of the image
+    // is allocated. By default the reset gives the blocks back; with reclaim=off they stay, and
+    // the guest still reads zeros above the write pointer.
+    let guest = "dd if=/dev/urandom of=/dev/vda bs=1M count=8 seek=8 oflag=direct status=none && \
+                 blkzone reset -o 16384 -c 2 /dev/vda && \
+                 a=$(dd if=/dev/vda bs=1M count=8 skip=8 iflag=direct status=none | md5sum) && \
+                 b=$(head -c 8388608 /dev/zero | md5sum) && \
+                 if [ \"$a\" = \"$b\" ]; then echo zeros=yes; else echo zeros=no; fi";
+    let script = format!(
+        r#"
+allocated() {{ echo "$1 $(( $(stat -c %b /tmp/z.img) * $(stat -c %B /tmp/z.img) / 1048576 ))"; }}
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img,size=64M,zone-size=4M -- '{guest}'
+allocated "default-MiB"
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img,reclaim=off -- '{guest}'
+allocated "reclaim-off-MiB"
+"#
+    );
+    let run = run_script_in_lab(300, &script);
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    assert_eq!(
+        run.stdout.matches("zeros=yes").count(),
+        2,
+        "{}",
+        run.describe()
+    );
+    let mib = |key: &str| -> u64 {
+        run.stdout
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(key))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} line\n{}", run.describe()))
+    };
+    assert!(mib("default-MiB") < 2, "{}", run.describe());
+    assert!(mib("reclaim-off-MiB") >= 8, "{}", run.describe());
+}

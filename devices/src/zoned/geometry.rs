@@ -385,6 +385,9 @@ pub struct ZonedDiskOptions {
     pub overrides: GeometryOverrides,
     /// Faults to inject for this run (never stored in the image).
     pub faults: FaultInjection,
+    /// `reclaim=on|off`, if given: whether a zone reset gives the zone's blocks back to the host
+    /// file system (an image only; this run only; on when not given).
+    pub reclaim: Option<bool>,
 }
 
 /// Faults a zoned disk shows the guest for one run, for testing error paths: zones that are
@@ -503,7 +506,8 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 impl ZonedDiskOptions {
     /// Parses `PATH[,size=..][,zone-size=..][,zone-capacity=..][,conventional-zones=N]
-    /// [,max-open=N][,max-active=N][,max-append=..][,write-granularity=..]`.
+    /// [,max-open=N][,max-active=N][,max-append=..][,write-granularity=..][,reclaim=on|off]`
+    /// and the fault injection options.
     pub fn parse(text: &str) -> Result<Self, OptionError> {
         let mut parts = text.split(',');
         let path = parts.next().unwrap_or("");
@@ -512,11 +516,28 @@ impl ZonedDiskOptions {
         }
         let mut overrides = GeometryOverrides::default();
         let mut faults = FaultInjection::default();
+        let mut reclaim = None;
         for part in parts {
             let (key, value) = part
                 .split_once('=')
                 .ok_or_else(|| OptionError::NotKeyValue(part.to_string()))?;
             if faults.parse(key, value)? {
+                continue;
+            }
+            if key == "reclaim" {
+                if reclaim.is_some() {
+                    return Err(OptionError::Duplicate(key.to_string()));
+                }
+                reclaim = Some(match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => {
+                        return Err(OptionError::BadValue {
+                            key: key.to_string(),
+                            value: value.to_string(),
+                        })
+                    }
+                });
                 continue;
             }
             let option =
@@ -555,6 +576,7 @@ impl ZonedDiskOptions {
             path: PathBuf::from(path),
             overrides,
             faults,
+            reclaim,
         })
     }
 }
@@ -602,6 +624,25 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn reclaim_option() {
+        let reclaim = |s: &str| ZonedDiskOptions::parse(s).map(|o| o.reclaim);
+        assert_eq!(reclaim("x.img"), Ok(None));
+        assert_eq!(reclaim("x.img,reclaim=off,size=1G"), Ok(Some(false)));
+        assert_eq!(reclaim("x.img,reclaim=on"), Ok(Some(true)));
+        assert_eq!(
+            reclaim("x.img,reclaim=no"),
+            Err(OptionError::BadValue {
+                key: "reclaim".into(),
+                value: "no".into()
+            })
+        );
+        assert_eq!(
+            reclaim("x.img,reclaim=on,reclaim=off"),
+            Err(OptionError::Duplicate("reclaim".into()))
+        );
     }
 
     fn base() -> ZonedGeometry {

@@ -79,6 +79,9 @@ pub enum HostError {
     /// Geometry options were given for a device that has its own.
     #[error("{0}: geometry options do not apply to a host device")]
     GeometryOptions(PathBuf),
+    /// `reclaim` was given for a device, whose resets are the device's own business.
+    #[error("{0}: reclaim applies to image files, not to a host device")]
+    ReclaimOption(PathBuf),
     /// BLKREPORTZONE failed.
     #[error("{0}: cannot report zones: {1}")]
     Report(PathBuf, io::Error),
@@ -401,6 +404,9 @@ impl HostZonedDevice {
         if options.overrides.given().next().is_some() {
             return Err(HostError::GeometryOptions(path.to_path_buf()));
         }
+        if options.reclaim.is_some() {
+            return Err(HostError::ReclaimOption(path.to_path_buf()));
+        }
         let metadata = std::fs::metadata(path).map_err(|e| open_error(path, e))?;
         let sysfs = sysfs_dir_of(&metadata);
         match read_model(&sysfs)? {
@@ -706,6 +712,11 @@ mod tests {
         assert!(matches!(
             HostZonedDevice::open(&options),
             Err(HostError::GeometryOptions(_))
+        ));
+        let options = ZonedDiskOptions::parse("/dev/null,reclaim=off").unwrap();
+        assert!(matches!(
+            HostZonedDevice::open(&options),
+            Err(HostError::ReclaimOption(_))
         ));
         let options = ZonedDiskOptions::parse("/dev/null").unwrap();
         // /dev/null is a character device: its sysfs entry has no queue/zoned.

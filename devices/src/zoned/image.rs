@@ -225,7 +225,8 @@ pub struct ImageFile {
     geometry: ZonedGeometry,
     layout: Layout,
     slots: Vec<SlotInfo>,
-    /// Give reset zones' blocks back to the host file system (best effort).
+    /// Give reset zones' blocks back to the host file system (best effort; `reclaim=off` turns
+    /// it off for a run).
     punch_holes: bool,
     #[cfg(test)]
     io_hook: Option<IoHook>,
@@ -452,17 +453,20 @@ impl ZonedDisk<ImageFile> {
     /// (explicit options must match it), else creates it from the options plus defaults.
     pub fn open_or_create(options: &ZonedDiskOptions) -> Result<Self, ImageError> {
         let path = options.path.as_path();
-        if path.exists() {
-            return Self::open(path, &options.overrides);
-        }
-        let geometry = options
-            .overrides
-            .geometry()
-            .map_err(|source| ImageError::Geometry {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Self::create(path, geometry)
+        let mut disk = if path.exists() {
+            Self::open(path, &options.overrides)?
+        } else {
+            let geometry = options
+                .overrides
+                .geometry()
+                .map_err(|source| ImageError::Geometry {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            Self::create(path, geometry)?
+        };
+        disk.storage_mut().punch_holes = options.reclaim.unwrap_or(true);
+        Ok(disk)
     }
 
     /// Creates a new image; refuses to touch an existing file. The file is sparse: only the

@@ -658,3 +658,31 @@ fn resets_punch_only_written_data_and_reset_all_punches_once() {
         "to the end of zone 4's data, in one call"
     );
 }
+
+#[test]
+fn with_reclaim_off_resets_punch_nothing_and_reads_above_the_write_pointer_stay_zero() {
+    let dir = Scratch::new("no-reclaim");
+    let path = dir.path("disk.img");
+    let options = ZonedDiskOptions::parse(&format!(
+        "{},size=1M,zone-size=128K,reclaim=off",
+        path.display()
+    ))
+    .unwrap();
+    let mut d = ZonedImage::open_or_create(&options).unwrap();
+    d.write(256, &pattern(256, 8, 0)).unwrap(); // zone 1
+    let punches = std::sync::Arc::new(std::sync::Mutex::new(0));
+    let seen = punches.clone();
+    d.storage_mut().io_hook = Some(Box::new(move |event: IoEvent<'_>| {
+        if let IoEvent::Punch { .. } = event {
+            *seen.lock().unwrap() += 1;
+        }
+    }));
+    d.zone_op(ZoneOp::Reset, 256).unwrap();
+    d.write(256, &pattern(256, 2, 1)).unwrap();
+    d.reset_all().unwrap();
+    assert_eq!(*punches.lock().unwrap(), 0);
+    // The old data is still in the file, but above the write pointer the guest reads zeros.
+    let mut buf = vec![0xaau8; 8 * 512];
+    d.read(256, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+}
