@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -66,17 +66,18 @@ impl Filling {
         *state == State::Ready
     }
 
-    /// Waits until the guest has reached the range before it was filled. Only for the test
-    /// hook that makes vmm fill the range late (`VMM_TEST_LATE_INITRD`), which proves the
-    /// waiting path on a real guest.
-    pub fn wait_until_touched(&self) {
+    /// Waits until the guest has reached the range before it was filled, for at most `limit`;
+    /// false if it did not. Only for the test hook that makes vmm fill the range late
+    /// (`VMM_TEST_LATE_INITRD`), which proves the waiting path on a real guest.
+    pub fn wait_until_touched(&self, limit: Duration) -> bool {
         let state = self.lock();
-        let _state = self
+        let (state, _) = self
             .changed
-            .wait_while(state, |state| {
+            .wait_timeout_while(state, limit, |state| {
                 matches!(state, State::Filling { touched: false })
             })
             .unwrap_or_else(|e| e.into_inner());
+        !matches!(*state, State::Filling { touched: false })
     }
 }
 
@@ -146,7 +147,6 @@ impl BusDevice for HeldBackRam {
 #[cfg(test)]
 mod tests {
     use std::thread;
-    use std::time::Duration;
 
     use super::*;
 
@@ -168,7 +168,7 @@ mod tests {
     ) -> thread::JoinHandle<()> {
         let (memory, filling) = (memory.clone(), filling.clone());
         thread::spawn(move || {
-            filling.wait_until_touched();
+            assert!(filling.wait_until_touched(Duration::from_secs(10)));
             // Give an access that should wait the chance to run ahead if it did not.
             thread::sleep(Duration::from_millis(20));
             memory
@@ -211,6 +211,12 @@ mod tests {
         assert_eq!(data, [0xff; 2]);
         filler.join().unwrap();
         assert!(matches!(exit.reason(), Some(ExitReason::VcpuError(_))));
+    }
+
+    #[test]
+    fn waiting_for_a_touch_gives_up_after_its_limit() {
+        let (_memory, filling, _device, _exit) = ram();
+        assert!(!filling.wait_until_touched(Duration::from_millis(10)));
     }
 
     #[test]

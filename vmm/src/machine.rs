@@ -265,7 +265,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
 
 /// Reads the initrd into guest memory while the guest already runs, then maps that range into
 /// the VM (`held_back`). With `late` (a test hook) it first waits for the guest to reach the
-/// range, so that the guest's wait is what gets exercised.
+/// range (for at most a minute), so that the guest's wait is what gets exercised.
 fn fill_held_back(
     vm: &Vm,
     initrd: loader::PendingInitrd,
@@ -273,8 +273,10 @@ fn fill_held_back(
     filling: &held_back::Filling,
     late: bool,
 ) -> Result<(), VmmError> {
-    if late {
-        filling.wait_until_touched();
+    if late && !filling.wait_until_touched(std::time::Duration::from_secs(60)) {
+        log::warn!(
+            "VMM_TEST_LATE_INITRD: the guest did not reach its initrd in 60 s; reading it now"
+        );
     }
     initrd.load(&vm.memory)?;
     slot.map(vm)?;

@@ -189,7 +189,7 @@ fn held_back_ram_waits_for_its_contents_then_reaches_the_vm() {
     let vcpu = guest_vcpu(&vm, &code, &exit, mmio_bus);
     let guest = std::thread::spawn(move || vcpu.run());
     // Fill only once the guest is waiting, as the late-initrd hook does on a real kernel.
-    filling.wait_until_touched();
+    assert!(filling.wait_until_touched(std::time::Duration::from_secs(10)));
     vm.memory
         .write_slice(&[0x77; 0x100], GuestAddress(HELD_BACK.start))
         .unwrap();
