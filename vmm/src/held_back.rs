@@ -6,7 +6,6 @@
 //! range, waits for the contents and then serves the access from guest memory: a read sees the
 //! initrd, and a write lands on top of it, never under it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,7 +87,8 @@ pub struct HeldBackRam {
     memory: GuestMemoryMmap,
     filling: Arc<Filling>,
     exit: Arc<VmExit>,
-    reported: AtomicBool,
+    /// Whether the wait was logged (once).
+    reported: bool,
 }
 
 impl HeldBackRam {
@@ -103,15 +103,15 @@ impl HeldBackRam {
             memory,
             filling,
             exit,
-            reported: AtomicBool::new(false),
+            reported: false,
         }
     }
 
     /// Waits for the contents; on failure stops the VM (the filling thread reports why).
-    fn ready(&self, addr: u64) -> bool {
+    fn ready(&mut self, addr: u64) -> bool {
         let waiting = Instant::now();
         let ready = self.filling.touch_and_wait();
-        if !self.reported.swap(true, Ordering::Relaxed) {
+        if !std::mem::replace(&mut self.reported, true) {
             log::info!(
                 "the guest reached {addr:#x} before vmm had filled guest RAM there; \
                  it waited {:.1} ms",

@@ -73,7 +73,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         None => false,
     };
     let loading =
-        loader::ImageLoader::spawn(memory.clone(), config.kernel.clone(), config.map_images)
+        loader::KernelLoadThread::spawn(memory.clone(), config.kernel.clone(), config.map_images)
             .map_err(io_err("the kernel loader thread"))?;
     let (vm, held_back) = Vm::with_memory(
         memory,
@@ -104,7 +104,6 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     {
         if let Some(initrd) = initrd_to_read.take() {
             fill_held_back(&vm, initrd, slot, &filling, false)?;
-            filling.finish(true);
         }
     }
     let max_vcpus = vm.kvm.get_max_vcpus();
@@ -239,11 +238,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     terminal::enter_raw_mode();
     let result = vcpu_threads.start(vcpus).and_then(|threads| {
         if let (Some(initrd), Some(slot)) = (initrd_to_read, &held_back) {
-            if let Err(e) = fill_held_back(&vm, initrd, slot, &filling, config.late_initrd) {
-                filling.finish(false);
-                return Err(e);
-            }
-            filling.finish(true);
+            fill_held_back(&vm, initrd, slot, &filling, config.late_initrd)?;
         }
         let result = loop {
             if let Some(reason) = exit.reason() {
@@ -264,8 +259,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
 }
 
 /// Reads the initrd into guest memory while the guest already runs, then maps that range into
-/// the VM (`held_back`). With `late` (a test hook) it first waits for the guest to reach the
-/// range (for at most a minute), so that the guest's wait is what gets exercised.
+/// the VM (`held_back`), and tells `filling` how that went, which wakes any vCPU waiting there.
+/// With `late` (a test hook) it first waits for the guest to reach the range (for at most a
+/// minute), so that the guest's wait is what gets exercised.
 fn fill_held_back(
     vm: &Vm,
     initrd: loader::PendingInitrd,
@@ -278,9 +274,12 @@ fn fill_held_back(
             "VMM_TEST_LATE_INITRD: the guest did not reach its initrd in 60 s; reading it now"
         );
     }
-    initrd.load(&vm.memory)?;
-    slot.map(vm)?;
-    Ok(())
+    let filled = initrd
+        .load(&vm.memory)
+        .map_err(VmmError::from)
+        .and_then(|()| slot.map(vm).map_err(VmmError::from));
+    filling.finish(filled.is_ok());
+    filled
 }
 
 /// The vCPU threads, started early in the VM's setup so that their start and their seccomp

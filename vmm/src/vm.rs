@@ -103,61 +103,53 @@ impl Vm {
     /// it. Until then a guest access there exits to vmm as MMIO.
     fn map_memory(&self, held_back: Option<Range<u64>>) -> Result<Option<HeldBackSlot>> {
         let mem_mib = self.memory.iter().map(|region| region.len()).sum::<u64>() >> 20;
-        let mut slots = Vec::new();
-        let mut held_back_slot = None;
+        // Guest ranges [start, end) to map now, and the one to map later.
+        let mut ranges = Vec::new();
+        let mut later = None;
         for region in self.memory.iter() {
-            let (start, end) = (
-                region.start_addr().raw_value(),
-                region.start_addr().raw_value() + region.len(),
-            );
-            let host = |gpa: u64| {
-                self.memory
-                    .get_host_address(GuestAddress(gpa))
-                    .map(|addr| addr as u64)
-                    .map_err(|e| VmError::GuestMemory(mem_mib, e.to_string()))
-            };
+            let start = region.start_addr().raw_value();
+            let end = start + region.len();
             match &held_back {
                 Some(hole) if hole.start >= start && hole.end <= end && hole.start < hole.end => {
-                    for (from, to) in [(start, hole.start), (hole.end, end)] {
-                        if from < to {
-                            slots.push((from, to - from, host(from)?));
-                        }
-                    }
-                    held_back_slot = Some((hole.start, hole.end - hole.start, host(hole.start)?));
+                    ranges.extend(
+                        [start..hole.start, hole.end..end]
+                            .into_iter()
+                            .filter(|r| !r.is_empty()),
+                    );
+                    later = Some(hole.clone());
                 }
-                _ => slots.push((start, end - start, host(start)?)),
+                _ => ranges.push(start..end),
             }
         }
-        if held_back.is_some() && held_back_slot.is_none() {
+        if held_back.is_some() && later.is_none() {
             return Err(VmError::GuestMemory(
                 mem_mib,
                 format!("held-back range {held_back:x?} is not inside one RAM region"),
             ));
         }
-        for (slot, &(guest_phys_addr, memory_size, userspace_addr)) in slots.iter().enumerate() {
-            let region = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr,
-                memory_size,
-                userspace_addr,
+        let slot = |index: usize, range: &Range<u64>| -> Result<kvm_userspace_memory_region> {
+            let host = self
+                .memory
+                .get_host_address(GuestAddress(range.start))
+                .map_err(|e| VmError::GuestMemory(mem_mib, e.to_string()))?;
+            Ok(kvm_userspace_memory_region {
+                slot: index as u32,
+                guest_phys_addr: range.start,
+                memory_size: range.end - range.start,
+                userspace_addr: host as u64,
                 flags: 0,
-            };
+            })
+        };
+        for (index, range) in ranges.iter().enumerate() {
+            let region = slot(index, range)?;
             // SAFETY: the range is part of a live mapping owned by `self.memory`, which the Vm
             // keeps for as long as the VM exists, and the slots do not overlap.
             unsafe { self.fd.set_user_memory_region(region) }
                 .map_err(|e| VmError::Kvm("SET_USER_MEMORY_REGION", e))?;
         }
-        Ok(
-            held_back_slot.map(|(guest_phys_addr, memory_size, userspace_addr)| {
-                HeldBackSlot(kvm_userspace_memory_region {
-                    slot: slots.len() as u32,
-                    guest_phys_addr,
-                    memory_size,
-                    userspace_addr,
-                    flags: 0,
-                })
-            }),
-        )
+        later
+            .map(|range| slot(ranges.len(), &range).map(HeldBackSlot))
+            .transpose()
     }
 
     /// KVM's supported CPUID plus the TSC-deadline timer when KVM emulates it: the base of
