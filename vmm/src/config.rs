@@ -76,7 +76,7 @@ pub struct VmConfig {
     /// Seccomp filters on vmm's threads once the VM is set up.
     pub seccomp: Seccomp,
     /// Map the kernel and initrd files into guest memory rather than copy them
-    /// (`loader::load_images`).
+    /// (`loader::load_kernel`, `loader::PendingInitrd::map`).
     pub map_images: bool,
     /// Test hook (`VMM_TEST_LATE_INITRD=1`): read the initrd only once the guest has reached for
     /// it, so that the guest's wait for it (`held_back`) runs on a real kernel.

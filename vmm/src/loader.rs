@@ -227,7 +227,7 @@ impl LoadedImages {
 /// can be (`map_file_into_guest`) instead of read: no copy before the guest starts, but the guest
 /// then faults each page in from the page cache, 4 KiB at a time, which measured slower to
 /// userspace in the lab than the copy.
-pub fn load_images(
+pub fn load_kernel(
     mem: &GuestMemoryMmap,
     kernel_path: &Path,
     map_file: bool,
@@ -334,16 +334,16 @@ fn load_bzimage(
     })
 }
 
-/// `load_images` on a thread of its own: loading needs only guest memory, so copying the kernel
+/// `load_kernel` on a thread of its own: loading needs only guest memory, so copying the kernel
 /// runs while the main thread sets up the VM in KVM.
-pub struct ImageLoader(JoinHandle<Result<LoadedImages>>);
+pub struct KernelLoadThread(JoinHandle<Result<LoadedImages>>);
 
-impl ImageLoader {
+impl KernelLoadThread {
     /// Starts loading `kernel` into `mem` (a handle sharing the same memory).
     pub fn spawn(mem: GuestMemoryMmap, kernel: PathBuf, map_file: bool) -> std::io::Result<Self> {
         thread::Builder::new()
             .name("loader".into())
-            .spawn(move || load_images(&mem, &kernel, map_file))
+            .spawn(move || load_kernel(&mem, &kernel, map_file))
             .map(Self)
     }
 
@@ -431,9 +431,10 @@ impl PendingInitrd {
     /// (`LoadedImages::kernel_end` tells).
     pub fn held_back(&self) -> Range<u64> {
         let start = (self.start & !(HELD_BACK_ALIGN - 1)).max(layout::HIMEM_START);
+        // `place_initrd` put the initrd below `region_end`.
         let end = (self.start + self.size)
             .next_multiple_of(HELD_BACK_ALIGN)
-            .min(self.region_end.max(self.start + self.size))
+            .min(self.region_end)
             .next_multiple_of(PAGE_SIZE);
         start..end
     }
@@ -532,9 +533,9 @@ enum MapError {
 /// way (an initrd is unpacked and freed; a bzImage's decompressor copies itself away and
 /// decompresses the kernel elsewhere), so most of it never needs private pages; guest writes,
 /// such as to memory the guest reuses later, get private copies and never reach the file. Guest
-/// RAM stays one host mapping, so devices still see it contiguous. Pages the guest has not written show the file as it is when
-/// touched, so the file must not be rewritten in place while the guest boots (the guest builders
-/// write a new file and rename it). `addr` and `file_offset` must be page aligned and the range,
+/// RAM stays one host mapping, so devices still see it contiguous. Pages the guest has not
+/// written show the file as it is when touched, so the file must not be rewritten in place while
+/// the guest boots (the guest builders write a new file and rename it). `addr` and `file_offset` must be page aligned and the range,
 /// rounded up to whole pages, inside one RAM region that nothing else has been written to; the
 /// bytes past the end of the file in its last page read as zero.
 fn map_file_into_guest(
@@ -817,7 +818,7 @@ mod tests {
     fn an_initrd_over_the_kernel_does_not_fit() {
         let mem = memory();
         let kernel = fake_bzimage(7, 0x10_0000, &vec![1; 13 << 20]);
-        let images = load_images(&mem, kernel.as_path(), false).unwrap();
+        let images = load_kernel(&mem, kernel.as_path(), false).unwrap();
         let small = patterned_file(2 << 20);
         let initrd = place_initrd(&mem, small.as_path(), u64::MAX).unwrap();
         assert_eq!(
@@ -947,7 +948,7 @@ mod tests {
         for (setup_sects, map) in [(7, true), (7, false), (2, true)] {
             let mem = memory();
             let kernel = fake_bzimage(setup_sects, 0x10_0000, &payload);
-            let images = load_images(&mem, kernel.as_path(), map).unwrap();
+            let images = load_kernel(&mem, kernel.as_path(), map).unwrap();
             assert_eq!(
                 images.entry,
                 BootEntry::Linux64 { entry: 0x10_0200 },
@@ -968,12 +969,12 @@ mod tests {
         let mem = memory();
         let low = fake_bzimage(7, 0x8_0000, &[1; 100]);
         assert!(matches!(
-            load_images(&mem, low.as_path(), true),
+            load_kernel(&mem, low.as_path(), true),
             Err(LoaderError::Load(..))
         ));
         let empty = fake_bzimage(7, 0x10_0000, &[]);
         assert!(matches!(
-            load_images(&mem, empty.as_path(), true),
+            load_kernel(&mem, empty.as_path(), true),
             Err(LoaderError::NotAKernel(_))
         ));
     }
@@ -983,7 +984,7 @@ mod tests {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         let kernel = fake_bzimage(7, 0x10_0000, &vec![1; 2 << 20]);
         assert!(matches!(
-            load_images(&mem, kernel.as_path(), true),
+            load_kernel(&mem, kernel.as_path(), true),
             Err(LoaderError::KernelTooLarge(_))
         ));
     }
