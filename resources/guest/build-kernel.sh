@@ -3,7 +3,9 @@
 # with the kernel's own merge_config.sh), x86_64 bzImage and vmlinux. The source, the object tree
 # and the results are cached outside the clone, under ${XDG_CACHE_HOME:-~/.cache}/vmm/guest-kernel,
 # keyed by the source package version and a hash of kernel.config and this script, so a second run
-# only copies the cached result to build/guest/.
+# only copies the cached result to build/guest/. The kernel's modules (null_blk, scsi_debug) and
+# its modules.builtin go to build/guest/modules/lib/modules/RELEASE, as `make modules_install`
+# lays them out, with depmod's indexes: `vmm --host-root` shows them to the guest there.
 # Usage: build-kernel.sh [OUTPUT_DIR]   (default: <repo>/build/guest)
 set -euo pipefail
 me=build-kernel
@@ -40,6 +42,10 @@ install_result() {
       cp "$result/$f" "$out_dir/$f.tmp" && mv -f "$out_dir/$f.tmp" "$out_dir/$f"
     fi
   done
+  if [[ $(cat "$out_dir/kernel.key" 2>/dev/null) != "$key" || ! -d $out_dir/modules ]]; then
+    rm -rf "$out_dir/modules.tmp" "$out_dir/modules"
+    cp -a "$result/modules" "$out_dir/modules.tmp" && mv "$out_dir/modules.tmp" "$out_dir/modules"
+  fi
   echo "$key" >"$out_dir/kernel.key"
 }
 
@@ -79,9 +85,9 @@ done <"$fragment"
 ((${#missing[@]} == 0)) || die "options from $(basename "$fragment") not set in the final .config (missing dependencies?): ${missing[*]}"
 
 jobs=$(nproc)
-say "compiling bzImage and vmlinux with -j$jobs (log: $log)"
+say "compiling bzImage, vmlinux and modules with -j$jobs (log: $log)"
 build_start=$SECONDS
-make O="$obj" -j"$jobs" bzImage vmlinux >>"$log" 2>&1 &
+make O="$obj" -j"$jobs" bzImage vmlinux modules >>"$log" 2>&1 &
 pid=$!
 while kill -0 "$pid" 2>/dev/null; do
   for _ in {1..30}; do kill -0 "$pid" 2>/dev/null && sleep 1; done
@@ -90,8 +96,16 @@ done
 wait "$pid" || die "kernel build failed after $((SECONDS - build_start))s; see $log"
 build_time=$((SECONDS - build_start))
 
+rm -rf "$result.tmp"
 mkdir -p "$result.tmp"
 cp "$obj/arch/x86/boot/bzImage" "$obj/vmlinux" "$result.tmp/"
+# modules_install runs depmod, which writes modules.builtin.bin and friends: kmod's modprobe
+# finds built-in drivers only through them.
+run_logged make O="$obj" INSTALL_MOD_PATH="$result.tmp/modules" modules_install
+release=$(cat "$obj/include/config/kernel.release")
+[[ -f $result.tmp/modules/lib/modules/$release/modules.builtin.bin ]] \
+  || die "modules_install left no modules.builtin.bin in $result.tmp/modules/lib/modules/$release; see $log"
+rm -f "$result.tmp/modules/lib/modules/$release"/{build,source}
 cp "$obj/.config" "$result.tmp/config"
 echo "$build_time" >"$result.tmp/build-seconds"
 touch "$result.tmp/complete"
