@@ -8,7 +8,7 @@ CARGO ?= cargo
 run: guest build
 	@resources/run-demo.sh
 
-.PHONY: run build test unit-test lab-test torture deps guest guest-kernel guest-initramfs bench bench-smoke fuzz
+.PHONY: run build test unit-test lab-test torture deps host-deps guest guest-kernel guest-initramfs bench bench-smoke fuzz
 
 deps:
 	@resources/install-deps.sh build
@@ -16,12 +16,17 @@ deps:
 build:
 	$(CARGO) build --release
 
+# What `vmm --share`/`--host-root` need on the host: a virtiofsd, and the programs blktests' zbd
+# group runs from the host root (resources/install-deps.sh virtiofsd host-tools).
+host-deps:
+	@resources/install-deps.sh virtiofsd host-tools
+
 unit-test:
 	$(CARGO) test --workspace
 
 # End-to-end tests that boot guests in the lab (resources/lab/run-in-lab): #[ignore]d in plain
 # `cargo test`, run here. One at a time: each boots a VM on this small machine.
-lab-test: guest build
+lab-test: guest build host-deps
 	$(CARGO) test -p vmm-tests --tests -- --ignored --test-threads=1
 
 test: unit-test lab-test

@@ -4,6 +4,7 @@
 //!
 //! - `virtio`: the `VirtioDevice` trait and the virtio-mmio transport.
 //! - `block`: the virtio-blk device, its request parser and its storage backends.
+//! - `fs`: virtio-fs, its queues served by a vhost-user backend (virtiofsd).
 //! - `zoned`: the zone state machine, the zoned wire formats, and the file-emulated zoned image.
 //! - `testing` (tests and the `testing` feature only): helpers and fuzz target bodies.
 //!
@@ -40,6 +41,7 @@
 
 pub mod block;
 pub mod file_lock;
+pub mod fs;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 #[cfg(any(test, feature = "testing"))]

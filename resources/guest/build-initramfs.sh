@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds the guest initramfs (gzip'd newc cpio) from the host's Debian packages: busybox-static,
 # bash, util-linux, fio, zbd-utils, btrfs-progs and a few coreutils, each with its shared libraries
-# and the dynamic loader, plus this directory's /init and the static vmm-exit helper.
-# Rebuilt only when an input changed (the files here or a package version).
+# and the dynamic loader, plus this directory's /init and the static vmm-exit helper, and the
+# guest kernel's modules when build-kernel.sh has put them beside OUTPUT (modules/).
+# Beside it, hostroot.cpio.gz: busybox, vmm-exit and hostroot-init, the small initramfs that
+# `vmm --host-root` boots to make the host's root file system the guest's.
+# Rebuilt only when an input changed (the files here, a package version, the kernel).
 # Usage: build-initramfs.sh [OUTPUT]   (default: <repo>/build/guest/initramfs.cpio.gz)
 set -euo pipefail
 me=build-initramfs
@@ -27,13 +30,17 @@ programs=(
   dd stat truncate timeout sha256sum md5sum od
 )
 
+modules=$(dirname "$output")/modules
+hostroot_output=$(dirname "$output")/hostroot.cpio.gz
 inputs=$( {
-  cat "${BASH_SOURCE[0]}" "$here/init" "$here/vmm-exit.c" "$here/zone-ioctl.c" "$here/zoned-check"
+  cat "${BASH_SOURCE[0]}" "$here/init" "$here/hostroot-init" "$here/shares.sh" "$here/vmm-exit.c" \
+    "$here/zone-ioctl.c" "$here/zoned-check"
+  cat "$(dirname "$output")/kernel.key" 2>/dev/null || true
   dpkg-query -W -f='${Package} ${Version}\n' "${packages[@]}"
 } | sha256sum | cut -c1-16)
 stamp=$output.inputs
-if [[ -f $output && -f $stamp && $(<"$stamp") == "$inputs" ]]; then
-  say "up to date: $output ($(stat -c %s "$output") bytes)"
+if [[ -f $output && -f $hostroot_output && -f $stamp && $(<"$stamp") == "$inputs" ]]; then
+  say "up to date: $output ($(stat -c %s "$output") bytes), $hostroot_output"
   exit 0
 fi
 
@@ -122,6 +129,11 @@ done < <(/bin/busybox --list-full)
 
 gcc -static -O2 -Wall -Wextra -o "$stage/usr/sbin/vmm-exit" "$here/vmm-exit.c" || die "could not compile vmm-exit.c"
 install -m 0755 "$here/init" "$stage/init"
+install -D -m 0644 "$here/shares.sh" "$stage/usr/lib/vmm/shares.sh"
+# The kernel's modules (null_blk, scsi_debug), for `modprobe` in the guest.
+if [[ -d $modules/lib/modules ]]; then
+  cp -a "$modules/lib/modules" "$stage/usr/lib/modules"
+fi
 gcc -static -O2 -Wall -Wextra -o "$stage/usr/sbin/zone-ioctl" "$here/zone-ioctl.c" || die "could not compile zone-ioctl.c"
 install -m 0755 "$here/zoned-check" "$stage/usr/bin/zoned-check"
 echo 'root:x:0:0:root:/root:/usr/bin/bash' >"$stage/etc/passwd"
@@ -132,5 +144,20 @@ mkdir -p "$(dirname "$output")"
 (cd "$stage" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner=0:0 --quiet | gzip -6) >"$output.tmp" \
   || die "could not pack $output"
 mv -f "$output.tmp" "$output"
-echo "$inputs" >"$stamp"
 say "built $output ($(stat -c %s "$output") bytes, $(du -sb "$stage" | cut -f1) bytes unpacked)"
+
+# The host-root initramfs: only what mounts the host's root and runs the command there.
+hostroot=$stage/hostroot
+mkdir -p "$hostroot"/{bin,dev,proc,sys,newroot,usr/sbin,usr/lib/vmm}
+cp /bin/busybox "$hostroot/bin/busybox"
+for applet in $(/bin/busybox --list); do
+  [[ -e $hostroot/bin/$applet ]] || ln -s busybox "$hostroot/bin/$applet"
+done
+cp "$stage/usr/sbin/vmm-exit" "$hostroot/usr/sbin/vmm-exit"
+install -m 0644 "$here/shares.sh" "$hostroot/usr/lib/vmm/shares.sh"
+install -m 0755 "$here/hostroot-init" "$hostroot/init"
+(cd "$hostroot" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner=0:0 --quiet | gzip -6) \
+  >"$hostroot_output.tmp" || die "could not pack $hostroot_output"
+mv -f "$hostroot_output.tmp" "$hostroot_output"
+echo "$inputs" >"$stamp"
+say "built $hostroot_output ($(stat -c %s "$hostroot_output") bytes)"

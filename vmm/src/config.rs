@@ -1,6 +1,6 @@
 //! What the user asked for, validated: the VM's configuration and the kernel command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::arch::mptable;
 use crate::device_manager::DiskSpec;
@@ -67,6 +67,9 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Plain and zoned disks, in command-line order (vda, vdb, ...).
     pub disks: Vec<DiskSpec>,
+    /// Directories shared over virtio-fs: the host's root first with `--host-root`, then each
+    /// `--rwdir` and `--share` (`virtiofsd`).
+    pub shares: Vec<crate::virtiofsd::ShareSpec>,
     /// How devices are announced: command line, ACPI tables, or both.
     pub discovery: Discovery,
     pub memory_mib: u64,
@@ -153,6 +156,154 @@ pub fn build_cmdline(user: &str, extra: &[String]) -> String {
     if !user.trim().is_empty() {
         parts.push(user.trim().to_string());
     }
+    parts.join(" ")
+}
+
+/// Where `make guest` put the project's guest kernel and initramfs images: `VMM_GUEST_DIR`, or
+/// `build/guest` of the checkout the running vmm binary was built in (target/*/vmm).
+pub fn project_guest_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("VMM_GUEST_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
+    exe.ancestors()
+        .skip(1)
+        .take(4)
+        .map(|dir| dir.join("build/guest"))
+        .find(|dir| dir.is_dir())
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GuestError {
+    #[error(
+        "--kernel is required (or run vmm in a kernel tree with a built arch/x86/boot/bzImage)"
+    )]
+    NoKernel,
+    #[error("--host-root needs the project's host-root initramfs, which is not built ({0} is missing): run `make guest` in vmm's checkout, or pass --initrd")]
+    NoHostRootInitrd(String),
+    #[error("run mode (-- COMMAND) needs an initramfs with the project's /init, and none is built ({0} is missing): pass --initrd, use --host-root, or run `make guest` in vmm's checkout")]
+    NoRunInitrd(String),
+}
+
+/// The kernel and initrd to boot and the modules directory to show the guest, with vmm's
+/// defaults applied, and what to tell the user about the defaults taken.
+#[derive(Debug, PartialEq, Eq)]
+pub struct GuestChoice {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// A host directory with `lib/modules/RELEASE` of this kernel, or a kernel tree with its
+    /// modules.builtin (`--host-root` shows it at /lib/modules/RELEASE).
+    pub modules: Option<PathBuf>,
+    pub notes: Vec<String>,
+}
+
+/// The image a kernel tree builds, relative to its top.
+const TREE_KERNEL: &str = "arch/x86/boot/bzImage";
+
+impl GuestChoice {
+    /// Without `--kernel`, the kernel of the tree `cwd` is (like virtme-ng). Without
+    /// `--initrd`, `--host-root` boots the project's host-root initramfs and run mode the
+    /// project's guest initramfs; a missing one is an error that says what to pass.
+    pub fn resolve(
+        kernel: Option<PathBuf>,
+        initrd: Option<PathBuf>,
+        host_root: bool,
+        run_mode: bool,
+        cwd: &Path,
+    ) -> Result<Self, GuestError> {
+        Self::resolve_in(
+            kernel,
+            initrd,
+            host_root,
+            run_mode,
+            cwd,
+            project_guest_dir(),
+        )
+    }
+
+    fn resolve_in(
+        kernel: Option<PathBuf>,
+        initrd: Option<PathBuf>,
+        host_root: bool,
+        run_mode: bool,
+        cwd: &Path,
+        guest_dir: Option<PathBuf>,
+    ) -> Result<Self, GuestError> {
+        let mut notes = Vec::new();
+        let kernel = match kernel {
+            Some(kernel) => kernel,
+            None if cwd.join(TREE_KERNEL).is_file() && cwd.join("Kbuild").is_file() => {
+                notes.push(format!(
+                    "no --kernel: booting {TREE_KERNEL} of the kernel tree {}",
+                    cwd.display()
+                ));
+                cwd.join(TREE_KERNEL)
+            }
+            None => return Err(GuestError::NoKernel),
+        };
+        let built = |name: &str| {
+            guest_dir
+                .as_ref()
+                .map(|dir| dir.join(name))
+                .unwrap_or_else(|| PathBuf::from("build/guest").join(name))
+        };
+        let initrd = match initrd {
+            Some(initrd) => Some(initrd),
+            None if host_root => {
+                let image = built("hostroot.cpio.gz");
+                if !image.is_file() {
+                    return Err(GuestError::NoHostRootInitrd(image.display().to_string()));
+                }
+                Some(image)
+            }
+            None if run_mode => {
+                let image = built("initramfs.cpio.gz");
+                if !image.is_file() {
+                    return Err(GuestError::NoRunInitrd(image.display().to_string()));
+                }
+                Some(image)
+            }
+            None => None,
+        };
+        let modules = modules_of(&kernel);
+        Ok(Self {
+            kernel,
+            initrd,
+            modules,
+            notes,
+        })
+    }
+}
+
+/// Where the modules of `kernel` are: `modules/` beside it (`make guest`'s layout,
+/// `modules/lib/modules/RELEASE`), or the kernel tree it was built in, if that has a
+/// modules.builtin.
+fn modules_of(kernel: &Path) -> Option<PathBuf> {
+    let kernel = kernel.canonicalize().ok()?;
+    let beside = kernel.parent()?.join("modules");
+    if beside.join("lib/modules").is_dir() {
+        return Some(beside);
+    }
+    let tree = kernel.ancestors().nth(4)?;
+    (kernel.ends_with(TREE_KERNEL) && tree.join("modules.builtin").is_file())
+        .then(|| tree.to_path_buf())
+}
+
+/// The user's command line plus what the host-root /init needs to run a command as if on the
+/// host: vmm's current directory, the caller's PATH, and the kernel's modules.
+pub fn host_root_cmdline(user: &str, modules: Option<&Path>) -> String {
+    let encode = |text: &std::ffi::OsStr| base64_encode(text.as_encoded_bytes());
+    let mut parts = vec![user.trim().to_string()];
+    if let Ok(cwd) = std::env::current_dir() {
+        parts.push(format!("vmm.cwd64={}", encode(cwd.as_os_str())));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        parts.push(format!("vmm.path64={}", encode(&path)));
+    }
+    if let Some(modules) = modules {
+        parts.push(format!("vmm.modules64={}", encode(modules.as_os_str())));
+    }
+    parts.retain(|p| !p.is_empty());
     parts.join(" ")
 }
 
@@ -272,6 +423,65 @@ mod tests {
             parse_memory_mib("16M"),
             Err(ConfigError::MemoryTooSmall(16))
         );
+    }
+
+    #[test]
+    fn defaults_for_kernel_and_initrd() {
+        let tmp = std::env::temp_dir().join(format!("vmm-guest-choice-{}", std::process::id()));
+        let tree = tmp.join("linux");
+        let guest = tmp.join("guest");
+        std::fs::create_dir_all(tree.join("arch/x86/boot")).unwrap();
+        std::fs::create_dir_all(guest.join("modules/lib/modules")).unwrap();
+        let resolve = |kernel: Option<PathBuf>, initrd, host_root, run, cwd: &Path| {
+            GuestChoice::resolve_in(kernel, initrd, host_root, run, cwd, Some(guest.clone()))
+        };
+        // No kernel and no tree.
+        assert_eq!(
+            resolve(None, None, false, false, &tmp),
+            Err(GuestError::NoKernel)
+        );
+        // A tree without a built kernel is no tree to boot.
+        std::fs::write(tree.join("Kbuild"), "").unwrap();
+        assert_eq!(
+            resolve(None, None, false, false, &tree),
+            Err(GuestError::NoKernel)
+        );
+        std::fs::write(tree.join(TREE_KERNEL), "").unwrap();
+        let choice = resolve(None, None, false, false, &tree).unwrap();
+        assert_eq!(choice.kernel, tree.join(TREE_KERNEL));
+        assert_eq!(choice.initrd, None);
+        assert_eq!(choice.notes.len(), 1);
+        // Its modules.builtin makes the tree the modules directory.
+        assert_eq!(choice.modules, None);
+        std::fs::write(tree.join("modules.builtin"), "").unwrap();
+        let choice = resolve(None, None, false, false, &tree).unwrap();
+        assert_eq!(choice.modules, Some(tree.canonicalize().unwrap()));
+        // Run mode and host root without the project's images: errors naming them.
+        assert!(matches!(
+            resolve(None, None, false, true, &tree),
+            Err(GuestError::NoRunInitrd(p)) if p.ends_with("initramfs.cpio.gz")
+        ));
+        assert!(matches!(
+            resolve(None, None, true, true, &tree),
+            Err(GuestError::NoHostRootInitrd(p)) if p.ends_with("hostroot.cpio.gz")
+        ));
+        std::fs::write(guest.join("initramfs.cpio.gz"), "").unwrap();
+        std::fs::write(guest.join("hostroot.cpio.gz"), "").unwrap();
+        let kernel = guest.join("bzImage");
+        std::fs::write(&kernel, "").unwrap();
+        let choice = resolve(Some(kernel.clone()), None, false, true, &tmp).unwrap();
+        assert_eq!(choice.initrd, Some(guest.join("initramfs.cpio.gz")));
+        assert!(choice.notes.is_empty());
+        assert_eq!(
+            choice.modules,
+            Some(guest.canonicalize().unwrap().join("modules"))
+        );
+        let choice = resolve(Some(kernel.clone()), None, true, true, &tmp).unwrap();
+        assert_eq!(choice.initrd, Some(guest.join("hostroot.cpio.gz")));
+        // An explicit --initrd always wins.
+        let choice = resolve(Some(kernel), Some("/x".into()), true, true, &tmp).unwrap();
+        assert_eq!(choice.initrd, Some(PathBuf::from("/x")));
+        std::fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]

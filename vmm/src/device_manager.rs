@@ -3,10 +3,11 @@
 //! for the kernel command line (the ACPI description comes from the same list).
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use devices::block::{Block, RawFile};
+use devices::fs::{FsBackend, VirtioFs};
 use devices::virtio::{MmioTransport, VirtioDevice};
 use devices::zoned::{
     self, HostZonedDevice, ZoneStorage, ZonedDisk, ZonedDiskOptions, ZonedHandler, ZonedImage,
@@ -18,6 +19,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout;
 use crate::bus::{lock, Bus, BusDevice, BusOverlap};
+use crate::virtiofsd::{ShareSpec, SocketDir, Virtiofsd, VirtiofsdBinary};
+
+/// The virtio-fs tag of the host's root file system (`--host-root`).
+pub const HOST_ROOT_TAG: &str = "vmm-root";
 
 /// `--zoned-disk tmp,...` asks for a throwaway image (use `./tmp` for a file named tmp).
 pub const THROWAWAY_IMAGE: &str = "tmp";
@@ -81,6 +86,8 @@ pub enum DeviceError {
     Disk(PathBuf, String),
     #[error("{0}")]
     ZonedDisk(String),
+    #[error("{0}")]
+    Share(String),
     #[error("too many devices: IRQs {first}..={last} are all taken", first = layout::VIRTIO_IRQ_BASE, last = layout::IRQ_MAX)]
     OutOfIrqs,
     #[error("cannot create the virtio-mmio transport: {0}")]
@@ -157,7 +164,14 @@ pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 pub struct DeviceManager {
     slots: Vec<MmioSlot>,
     notifiers: Vec<Subscriber>,
-    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// Each device's transport with the name the guest knows it by (vda, ..., virtio-fs0, ...).
+    transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+    /// virtio-fs devices added so far.
+    shares: usize,
+    /// The virtiofsd processes serving them, stopped when the manager is dropped.
+    virtiofsds: Vec<Virtiofsd>,
+    /// Where their sockets are (created with the first share).
+    socket_dir: Option<SocketDir>,
 }
 
 impl DeviceManager {
@@ -171,11 +185,7 @@ impl DeviceManager {
 
     /// Each device's transport, named as the guest sees it (vda, vdb, ...), for state dumps.
     pub fn transports(&self) -> Vec<(String, Arc<Mutex<MmioTransport>>)> {
-        self.transports
-            .iter()
-            .enumerate()
-            .map(|(index, transport)| (disk_name(index), transport.clone()))
-            .collect()
+        self.transports.clone()
     }
 
     /// Event-loop subscribers for the queue notifications; hand each to the event manager.
@@ -263,9 +273,60 @@ impl DeviceManager {
         Ok(())
     }
 
+    /// Starts a virtiofsd for `share` and attaches it as the next virtio-fs device, whose tag
+    /// is returned. `memory` must be shared (`vm::shared_guest_memory`). `filter` is the seccomp
+    /// filter of the device's thread; `on_failure` stops the VM when virtiofsd goes away.
+    pub fn add_share(
+        &mut self,
+        vm: &VmFd,
+        memory: &GuestMemoryMmap,
+        bus: &mut Bus,
+        share: &ShareSpec,
+        filter: Option<Arc<seccompiler::BpfProgram>>,
+        on_failure: Box<dyn Fn(String) + Send>,
+    ) -> Result<String, DeviceError> {
+        let binary = VirtiofsdBinary::find().map_err(|e| DeviceError::Share(chain(&e)))?;
+        if self.socket_dir.is_none() {
+            self.socket_dir = Some(SocketDir::new().map_err(|e| DeviceError::Share(chain(&e)))?);
+        }
+        let dir = self.socket_dir.as_ref().expect("created above");
+        let tag = if share.host == Path::new("/") && share.read_only {
+            HOST_ROOT_TAG.to_string()
+        } else {
+            format!("vmm-share{}", self.shares)
+        };
+        let (daemon, stream) = Virtiofsd::start(&binary, share, dir, &tag)
+            .map_err(|e| DeviceError::Share(chain(&e)))?;
+        self.virtiofsds.push(daemon);
+        let host = share.host.display().to_string();
+        let backend = FsBackend::handshake(stream, memory)
+            .map_err(|e| DeviceError::Share(format!("share {host}: {}", chain(&e))))?;
+        let thread_start: Box<dyn FnOnce() -> Result<(), String> + Send> = match filter {
+            Some(filter) => Box::new(move || {
+                crate::seccomp::apply(&filter, crate::seccomp::ThreadKind::Virtiofs)
+                    .map_err(|e| e.to_string())
+            }),
+            None => Box::new(|| Ok(())),
+        };
+        let device = VirtioFs::new(&tag, backend, memory.clone(), thread_start, on_failure)
+            .map_err(|e| DeviceError::Share(format!("share {host}: {}", chain(&e))))?;
+        self.add_virtio(vm, memory, bus, Box::new(device))?;
+        self.shares += 1;
+        Ok(tag)
+    }
+
+    /// The VM is about to run: the virtiofsd processes are left to end by themselves.
+    pub fn set_running(&mut self) {
+        for daemon in &mut self.virtiofsds {
+            daemon.set_serving();
+        }
+        // Removed now, while vmm's seccomp filters are not installed yet.
+        self.socket_dir = None;
+    }
+
     /// Makes every device's state durable; called once the VM has stopped.
     pub fn shutdown(&self) {
-        for transport in &self.transports {
+        for (_, transport) in &self.transports {
             let mut transport = lock(transport);
             if let Err(error) = transport.device_mut().shutdown() {
                 log::error!("device shutdown failed: {error}");
@@ -298,14 +359,28 @@ impl DeviceManager {
             .map_err(|e| DeviceError::Transport(chain(&e)))?;
         let mut queues = Vec::new();
         for (offset, queue) in transport.queue_notify_ioevents() {
+            let address = IoEventAddress::Mmio(slot.base + offset);
+            // A device served outside vmm (vhost-user) takes its notifications directly.
+            let direct = u16::try_from(queue)
+                .ok()
+                .and_then(|q| transport.device().kick_event(q));
+            if let Some(event) = direct {
+                vm.register_ioevent(&event, &address, queue)
+                    .map_err(|e| DeviceError::Kvm("an ioeventfd", e))?;
+                continue;
+            }
             let event = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
-            vm.register_ioevent(&event, &IoEventAddress::Mmio(slot.base + offset), queue)
+            vm.register_ioevent(&event, &address, queue)
                 .map_err(|e| DeviceError::Kvm("an ioeventfd", e))?;
             queues.push((event, queue));
         }
+        let name = match transport.device().device_type() {
+            devices::fs::VIRTIO_ID_FS => format!("virtio-fs{}", self.shares),
+            _ => disk_name(self.transports.len() - self.shares),
+        };
         let transport = Arc::new(Mutex::new(transport));
         bus.insert(slot.base, slot.size, transport.clone())?;
-        self.transports.push(transport.clone());
+        self.transports.push((name, transport.clone()));
         self.notifiers
             .push(Arc::new(Mutex::new(QueueNotifier { transport, queues })));
         self.slots.push(slot);

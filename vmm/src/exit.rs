@@ -20,6 +20,8 @@ pub enum ExitReason {
     Halted,
     /// KVM could not run a vCPU.
     VcpuError(String),
+    /// A device's backend failed while the VM ran (e.g. virtiofsd exited).
+    DeviceFailed(String),
     /// The VMM received this signal.
     Signal(i32),
     /// The user pressed the console escape (Ctrl-A x).
@@ -35,7 +37,7 @@ impl ExitReason {
             | ExitReason::Shutdown
             | ExitReason::Halted
             | ExitReason::UserQuit => 0,
-            ExitReason::VcpuError(_) => 1,
+            ExitReason::VcpuError(_) | ExitReason::DeviceFailed(_) => 1,
             ExitReason::Signal(signo) => 128 + signo,
         }
     }

@@ -20,4 +20,5 @@ pub mod seccomp;
 pub mod terminal;
 pub mod timing;
 pub mod vcpu;
+pub mod virtiofsd;
 pub mod vm;

@@ -51,6 +51,8 @@ pub enum VmmError {
     Seccomp(#[from] SeccompError),
     #[error("{0}")]
     VcpuSeccomp(String),
+    #[error("--map-images cannot be used with --share, --rwdir or --host-root: virtiofsd maps guest memory from its file, where privately mapped images do not show")]
+    MapImagesWithShares,
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -62,7 +64,15 @@ fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
 /// Boots the configured kernel and runs the VM until it ends.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let kernel = loader::check_kernel(&config.kernel)?;
-    let memory = crate::vm::guest_memory(config.memory_mib << 20)?;
+    if config.map_images && !config.shares.is_empty() {
+        return Err(VmmError::MapImagesWithShares);
+    }
+    // A vhost-user backend (virtiofsd) maps guest RAM itself: it must be shared.
+    let memory = if config.shares.is_empty() {
+        crate::vm::guest_memory(config.memory_mib << 20)?
+    } else {
+        crate::vm::shared_guest_memory(config.memory_mib << 20)?
+    };
     // The initrd is read once the guest runs (`fill_held_back`), unless it is mapped.
     let initrd = match &config.initrd {
         Some(path) => Some(loader::place_initrd(&memory, path, kernel.initrd_limit)?),
@@ -166,8 +176,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     }
     let mut devices = DeviceManager::new();
     devices.add_disks(&vm.fd, &vm.memory, &mut mmio_bus, &config.disks)?;
+    let share_params = add_shares(&mut devices, &vm, &mut mmio_bus, config, &exit)?;
     let mmio_bus = Arc::new(mmio_bus);
-    let device_params: Vec<String> = if config.discovery.uses_cmdline() {
+    let mut device_params: Vec<String> = if config.discovery.uses_cmdline() {
         devices
             .slots()
             .iter()
@@ -176,6 +187,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     } else {
         Vec::new()
     };
+    device_params.extend(share_params);
     let cmdline = config::build_cmdline(&config.cmdline, &device_params);
     // The MP table is always there: a kernel without ACPI (or booted with acpi=off) reads it.
     mptable::setup_mptable(&vm.memory, config.cpus)?;
@@ -235,6 +247,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
              run vmm inside resources/lab/run-in-lab"
         );
     }
+    devices.set_running();
     terminal::enter_raw_mode();
     let result = vcpu_threads.start(vcpus).and_then(|threads| {
         if let (Some(initrd), Some(slot)) = (initrd_to_read, &held_back) {
@@ -256,6 +269,47 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     crate::bus::lock(&console).flush_now();
     terminal::restore();
     result
+}
+
+/// Attaches a virtio-fs device, served by its own virtiofsd, for each share, and returns the
+/// kernel parameters that tell the guest's /init what to mount where (docs/guest-interface.md):
+/// `vmm.root=TAG` for the host's root, `vmm.shares64=` for the others.
+fn add_shares(
+    devices: &mut DeviceManager,
+    vm: &Vm,
+    bus: &mut Bus,
+    config: &VmConfig,
+    exit: &Arc<VmExit>,
+) -> Result<Vec<String>, VmmError> {
+    if config.shares.is_empty() {
+        return Ok(Vec::new());
+    }
+    let filter = match config.seccomp {
+        config::Seccomp::On => Some(Arc::new(seccomp::compile(ThreadKind::Virtiofs)?)),
+        config::Seccomp::Off => None,
+    };
+    let mut params = Vec::new();
+    let mut lines = String::new();
+    for share in &config.shares {
+        let exit = exit.clone();
+        let on_failure = Box::new(move |message: String| {
+            exit.request(ExitReason::DeviceFailed(message));
+        });
+        let tag = devices.add_share(&vm.fd, &vm.memory, bus, share, filter.clone(), on_failure)?;
+        if tag == crate::device_manager::HOST_ROOT_TAG {
+            params.push(format!("vmm.root={tag}"));
+        } else {
+            let mode = if share.read_only { "ro" } else { "rw" };
+            lines.push_str(&format!("{tag} {mode} {}\n", share.guest.display()));
+        }
+    }
+    if !lines.is_empty() {
+        params.push(format!(
+            "vmm.shares64={}",
+            config::base64_encode(lines.as_bytes())
+        ));
+    }
+    Ok(params)
 }
 
 /// Reads the initrd into guest memory while the guest already runs, then maps that range into

@@ -9,17 +9,33 @@ use devices::zoned::ZonedDiskOptions;
 use vmm::config::{self, VmConfig};
 use vmm::device_manager::DiskSpec;
 use vmm::exit::ExitReason;
+use vmm::virtiofsd::ShareSpec;
 
 /// Boot a Linux kernel under KVM with a serial console; exits with the guest's reported status.
 #[derive(Parser, Debug)]
 #[command(name = "vmm", version, about)]
 struct Cli {
-    /// Kernel to boot: a bzImage, or an ELF vmlinux (PVH entry when it has the note).
+    /// Kernel to boot: a bzImage, or an ELF vmlinux (PVH entry when it has the note). Without
+    /// it, in a kernel tree, that tree's arch/x86/boot/bzImage.
     #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
-    /// Initial ramdisk (cpio, optionally compressed).
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (cpio, optionally compressed). Without it, `--host-root` and run mode
+    /// boot the project's own initramfs (built by `make guest`).
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
+    /// The guest's root file system is the host's `/`, read-only over virtio-fs, with fresh
+    /// tmpfs on /tmp, /run and /var/tmp; in run mode the command runs in vmm's current
+    /// directory with the caller's PATH, as root.
+    #[arg(long)]
+    host_root: bool,
+    /// A host directory shared writable at the same path in the guest (with `--host-root`,
+    /// where the command writes, e.g. `--rwdir .`). Repeatable.
+    #[arg(long, value_name = "DIR", value_parser = parse_rwdir)]
+    rwdir: Vec<ShareSpec>,
+    /// A host directory shared over virtio-fs, mounted at GUEST_PATH (default: the same path);
+    /// `ro` makes it read-only. Repeatable.
+    #[arg(long, value_name = "HOST_DIR[:GUEST_PATH][,ro]", value_parser = parse_share)]
+    share: Vec<ShareSpec>,
     /// Kernel command line; vmm adds console=ttyS0 reboot=k panic=-1 unless given.
     #[arg(long, value_name = "STR", default_value = "")]
     cmdline: String,
@@ -66,6 +82,14 @@ struct Cli {
     /// as it reads them, which can cost it more than the copy saved (see README "Startup").
     #[arg(long)]
     map_images: bool,
+}
+
+fn parse_share(text: &str) -> Result<ShareSpec, String> {
+    ShareSpec::parse(text).map_err(|e| e.to_string())
+}
+
+fn parse_rwdir(text: &str) -> Result<ShareSpec, String> {
+    ShareSpec::rwdir(text).map_err(|e| e.to_string())
 }
 
 fn parse_zoned_disk(text: &str) -> Result<ZonedDiskOptions, String> {
@@ -130,16 +154,43 @@ fn main() -> ExitCode {
     };
     let disks = disks_in_order(&matches, &cli);
     let run_mode = !cli.command.is_empty();
+    let guest = match config::GuestChoice::resolve(
+        cli.kernel,
+        cli.initrd,
+        cli.host_root,
+        run_mode,
+        &std::env::current_dir().unwrap_or_default(),
+    ) {
+        Ok(guest) => guest,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            return ExitCode::from(VMM_ERROR);
+        }
+    };
+    for note in &guest.notes {
+        eprintln!("vmm: {note}");
+    }
+    let mut shares = Vec::new();
+    if cli.host_root {
+        shares.push(ShareSpec::host_root());
+    }
+    shares.extend(cli.rwdir.iter().cloned());
+    shares.extend(cli.share.iter().cloned());
+    let mut cmdline = cli.cmdline.clone();
+    if cli.host_root {
+        cmdline = config::host_root_cmdline(&cmdline, guest.modules.as_deref());
+    }
     let config = VmConfig {
         cmdline: if cli.command.is_empty() {
-            cli.cmdline
+            cmdline
         } else {
-            config::run_mode_cmdline(&cli.cmdline, &cli.command)
+            config::run_mode_cmdline(&cmdline, &cli.command)
         },
         disks,
+        shares,
         discovery: cli.discovery,
-        kernel: cli.kernel,
-        initrd: cli.initrd,
+        kernel: guest.kernel,
+        initrd: guest.initrd,
         memory_mib: cli.memory,
         cpus: cli.cpus,
         boot_time: cli.boot_time,
@@ -150,7 +201,9 @@ fn main() -> ExitCode {
     match vmm::machine::run(&config) {
         Ok(reason) => {
             match &reason {
-                ExitReason::VcpuError(message) => eprintln!("vmm: {message}"),
+                ExitReason::VcpuError(message) | ExitReason::DeviceFailed(message) => {
+                    eprintln!("vmm: {message}")
+                }
                 ExitReason::Signal(signo) => eprintln!("vmm: stopped by signal {signo}"),
                 _ => {}
             }

@@ -56,6 +56,9 @@ pub enum SeccompError {
 pub enum ThreadKind {
     Main,
     Vcpu,
+    /// A virtio-fs device's thread (`devices::fs`): vhost-user messages to virtiofsd, its
+    /// completions turned into interrupts.
+    Virtiofs,
 }
 
 impl ThreadKind {
@@ -63,6 +66,7 @@ impl ThreadKind {
         match self {
             ThreadKind::Main => "main",
             ThreadKind::Vcpu => "vCPU",
+            ThreadKind::Virtiofs => "virtio-fs",
         }
     }
 }
@@ -231,6 +235,20 @@ fn thread_rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Sec
                 .entry(libc::SYS_ioctl)
                 .or_default()
                 .extend(ioctl_rules(&[KVM_RUN])?);
+        }
+        ThreadKind::Virtiofs => {
+            // Its own epoll over the call eventfds and the socket; vhost-user messages (file
+            // descriptors travel as SCM_RIGHTS, hence sendmsg and recvmsg).
+            for call in [
+                libc::SYS_epoll_create1,
+                libc::SYS_epoll_wait,
+                libc::SYS_epoll_pwait,
+                libc::SYS_epoll_ctl,
+                libc::SYS_sendmsg,
+                libc::SYS_recvmsg,
+            ] {
+                rules.insert(call, Vec::new());
+            }
         }
     }
     Ok(rules)

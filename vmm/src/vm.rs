@@ -44,6 +44,36 @@ pub fn guest_memory(mem_size: u64) -> Result<GuestMemoryMmap> {
         .map_err(|e| VmError::GuestMemory(mem_size >> 20, e.to_string()))
 }
 
+/// Guest RAM as `guest_memory` lays it out, but in one memfd mapped shared, so that another
+/// process (a vhost-user backend such as virtiofsd) can map the same pages from the fd.
+pub fn shared_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap> {
+    let failed = |e: &dyn std::fmt::Display| VmError::GuestMemory(mem_size >> 20, e.to_string());
+    // SAFETY: the name is a NUL-terminated string literal; the result is checked below.
+    let fd = unsafe { libc::memfd_create(c"vmm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(failed(&std::io::Error::last_os_error()));
+    }
+    // SAFETY: memfd_create just returned this fd, and nothing else owns it.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    file.set_len(mem_size).map_err(|e| failed(&e))?;
+    let file = std::sync::Arc::new(file);
+    let mut offset = 0;
+    let ranges: Vec<(GuestAddress, usize, Option<vm_memory::FileOffset>)> =
+        layout::ram_regions(mem_size)
+            .into_iter()
+            .map(|(start, size)| {
+                let range = (
+                    GuestAddress(start),
+                    size as usize,
+                    Some(vm_memory::FileOffset::from_arc(file.clone(), offset)),
+                );
+                offset += size;
+                range
+            })
+            .collect();
+    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| failed(&e))
+}
+
 pub struct Vm {
     pub kvm: Kvm,
     pub fd: VmFd,

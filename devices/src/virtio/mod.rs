@@ -118,6 +118,12 @@ pub trait VirtioDevice: Send {
     fn is_activated(&self) -> bool;
     /// Stops the device and forgets the queues and acked features.
     fn reset(&mut self);
+    /// An eventfd that should receive queue `queue_index`'s notifications directly (the VMM
+    /// registers it as the ioeventfd), for a device served outside vmm (vhost-user); `None`
+    /// (the default) sends them through `process_queue`.
+    fn kick_event(&self, _queue_index: u16) -> Option<vmm_sys_util::eventfd::EventFd> {
+        None
+    }
     /// The guest notified queue `queue_index`: process every available request on it.
     fn process_queue(&mut self, queue_index: u16) -> Result<(), QueueError>;
     /// The VMM is about to exit: make whatever the device holds durable.
