@@ -8,7 +8,7 @@ CARGO ?= cargo
 run: guest build
 	@resources/run-demo.sh
 
-.PHONY: run build test unit-test lab-test torture deps host-deps guest guest-kernel guest-initramfs bench bench-smoke fuzz
+.PHONY: run build test unit-test lab-test blktests torture deps host-deps guest guest-kernel guest-initramfs bench bench-smoke fuzz
 
 deps:
 	@resources/install-deps.sh build
@@ -27,7 +27,12 @@ unit-test:
 # End-to-end tests that boot guests in the lab (resources/lab/run-in-lab): #[ignore]d in plain
 # `cargo test`, run here. One at a time: each boots a VM on this small machine.
 lab-test: guest build host-deps
-	$(CARGO) test -p vmm-tests --tests -- --ignored --test-threads=1
+	$(CARGO) test -p vmm-tests --tests -- --ignored --test-threads=1 --skip blktests_zbd
+
+# blktests' zbd group from a host checkout (a copy of ../shared/blktests under build/blktests)
+# through `vmm --host-root`, in two geometries (tests/tests/blktests.rs); not yet in lab-test.
+blktests: guest build host-deps
+	$(CARGO) test -p vmm-tests --test blktests -- --ignored --test-threads=1 --nocapture
 
 test: unit-test lab-test
 

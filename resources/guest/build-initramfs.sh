@@ -33,7 +33,7 @@ programs=(
 modules=$(dirname "$output")/modules
 hostroot_output=$(dirname "$output")/hostroot.cpio.gz
 inputs=$( {
-  cat "${BASH_SOURCE[0]}" "$here/init" "$here/hostroot-init" "$here/shares.sh" "$here/vmm-exit.c" \
+  cat "${BASH_SOURCE[0]}" "$here/init" "$here/hostroot-init" "$here/hostroot-run" "$here/shares.sh" "$here/vmm-exit.c" \
     "$here/zone-ioctl.c" "$here/zoned-check"
   cat "$(dirname "$output")/kernel.key" 2>/dev/null || true
   dpkg-query -W -f='${Package} ${Version}\n' "${packages[@]}"
@@ -156,6 +156,7 @@ done
 cp "$stage/usr/sbin/vmm-exit" "$hostroot/usr/sbin/vmm-exit"
 install -m 0644 "$here/shares.sh" "$hostroot/usr/lib/vmm/shares.sh"
 install -m 0755 "$here/hostroot-init" "$hostroot/init"
+install -m 0755 "$here/hostroot-run" "$hostroot/usr/lib/vmm/hostroot-run"
 (cd "$hostroot" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner=0:0 --quiet | gzip -6) \
   >"$hostroot_output.tmp" || die "could not pack $hostroot_output"
 mv -f "$hostroot_output.tmp" "$hostroot_output"

@@ -63,10 +63,10 @@ fn io_err(what: &'static str) -> impl Fn(std::io::Error) -> VmmError {
 
 /// Boots the configured kernel and runs the VM until it ends.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
-    let kernel = loader::check_kernel(&config.kernel)?;
     if config.map_images && !config.shares.is_empty() {
         return Err(VmmError::MapImagesWithShares);
     }
+    let kernel = loader::check_kernel(&config.kernel)?;
     // A vhost-user backend (virtiofsd) maps guest RAM itself: it must be shared.
     let memory = if config.shares.is_empty() {
         crate::vm::guest_memory(config.memory_mib << 20)?

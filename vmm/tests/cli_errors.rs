@@ -272,3 +272,70 @@ fn an_image_in_use_by_another_process_is_refused() {
         std::fs::remove_file(path).unwrap();
     }
 }
+
+fn assert_one_line_error_with_env(env: (&str, &str), args: &[&str], expected: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .env(env.0, env.1)
+        .args(args)
+        .output()
+        .expect("run vmm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr:?}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line for {args:?}, got {stderr:?}");
+    assert!(
+        lines[0].contains(expected),
+        "{args:?}: expected {expected:?} in {stderr:?}"
+    );
+}
+
+#[test]
+fn share_of_a_missing_directory() {
+    assert_one_line_error(
+        &["--kernel", "k", "--share", "/nonexistent/dir"],
+        "share /nonexistent/dir: no such directory",
+    );
+    assert_one_line_error(
+        &["--kernel", "k", "--rwdir", "/nonexistent/dir"],
+        "share /nonexistent/dir: no such directory",
+    );
+}
+
+#[test]
+fn share_with_an_unknown_option_or_relative_guest_path() {
+    assert_one_line_error(
+        &["--kernel", "k", "--share", "/tmp,rw"],
+        "--share option 'rw' is unknown",
+    );
+    assert_one_line_error(
+        &["--kernel", "k", "--share", "/tmp:mnt"],
+        "must be absolute",
+    );
+}
+
+#[test]
+fn map_images_with_a_share() {
+    assert_one_line_error(
+        &["--kernel", "k", "--map-images", "--share", "/tmp"],
+        "--map-images cannot be used with --share",
+    );
+}
+
+#[test]
+fn run_mode_or_host_root_without_a_built_initramfs() {
+    assert_one_line_error_with_env(
+        ("VMM_GUEST_DIR", "/nonexistent"),
+        &["--kernel", "k", "--", "true"],
+        "run mode (-- COMMAND) needs an initramfs with the project's /init",
+    );
+    assert_one_line_error_with_env(
+        ("VMM_GUEST_DIR", "/nonexistent"),
+        &["--kernel", "k", "--host-root", "--", "true"],
+        "--host-root needs the project's host-root initramfs",
+    );
+}
+
+#[test]
+fn no_kernel_outside_a_kernel_tree() {
+    assert_one_line_error(&["--", "true"], "--kernel is required");
+}
