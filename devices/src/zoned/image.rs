@@ -394,20 +394,7 @@ impl ZoneStorage for ImageFile {
             .collect();
         self.persist(&resets)?;
         if self.punch_holes {
-            // Only what was written. After a reset-all no sequential zone holds data, so one
-            // call covers the first written zone to the end of the last: thousands of zones
-            // cost one fallocate, not one each.
-            let written: Vec<(u64, u64)> = plan
-                .updates
-                .iter()
-                .filter(|u| u.old_wp > u.start)
-                .map(|u| (u.start, u.old_wp))
-                .collect();
-            let ranges = match (plan.kind, written.first(), written.last()) {
-                (ZoneOpKind::ResetAll, Some(&(from, _)), Some(&(_, to))) => vec![(from, to)],
-                _ => written,
-            };
-            for (from, to) in ranges {
+            for (from, to) in punch_ranges(plan) {
                 self.punch_hole(from, to - from);
             }
         }
@@ -439,6 +426,37 @@ impl ZoneStorage for ImageFile {
             .collect();
         self.persist(&states)
     }
+}
+
+/// The sector ranges a reset plan may give back: only what the reset zones held. A RESET_ALL
+/// merges the ranges of neighbouring reset zones, also across zones it skipped because they
+/// hold nothing (EMPTY), so thousands of zones cost one fallocate, not one each; it never
+/// reaches across a zone it keeps (READ_ONLY, OFFLINE), whose data must survive.
+fn punch_ranges(plan: &ZoneOpPlan) -> Vec<(u64, u64)> {
+    let written = plan.updates.iter().filter(|u| u.old_wp > u.start);
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut last_index = None;
+    let mut kept = plan.kept.iter().peekable();
+    for update in written {
+        // Kept zones below this one; one of them between the previous range and this zone
+        // ends the range.
+        let mut separated = false;
+        while let Some(&&k) = kept.peek() {
+            if k >= update.index {
+                break;
+            }
+            separated |= last_index.is_some_and(|last| k > last);
+            kept.next();
+        }
+        match ranges.last_mut() {
+            Some(range) if plan.kind == ZoneOpKind::ResetAll && !separated => {
+                range.1 = update.old_wp
+            }
+            _ => ranges.push((update.start, update.old_wp)),
+        }
+        last_index = Some(update.index);
+    }
+    ranges
 }
 
 fn io_err(path: &Path) -> impl Fn(io::Error) -> ImageError + '_ {

@@ -67,6 +67,17 @@ fn read(d: &mut ZonedImage, sector: u64, nr: u64) -> Vec<u8> {
     buf
 }
 
+impl ImageFile {
+    /// The bytes stored for `nr` sectors at `sector`, whatever the zone state says.
+    fn read_raw(&self, sector: u64, nr: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; (nr * 512) as usize];
+        self.file
+            .read_exact_at(&mut buf, self.data_pos(sector))
+            .unwrap();
+        buf
+    }
+}
+
 fn state(d: &ZonedImage, i: usize) -> (ZoneCondition, u64) {
     d.zones().saved_state(i)
 }
@@ -685,4 +696,39 @@ fn with_reclaim_off_resets_punch_nothing_and_reads_above_the_write_pointer_stay_
     let mut buf = vec![0xaau8; 8 * 512];
     d.read(256, &mut buf).unwrap();
     assert!(buf.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn reset_all_keeps_the_data_of_read_only_and_offline_zones() {
+    let dir = Scratch::new("reset-all-kept");
+    let path = dir.path("disk.img");
+    let geometry = ZonedGeometry::new(ZonedGeometry {
+        max_open: 0,
+        max_active: 0,
+        ..geometry()
+    })
+    .unwrap();
+    let mut d = ZonedImage::create(&path, geometry).unwrap();
+    for zone in 1..6u64 {
+        d.write(zone * 256, &pattern(zone * 256, 8, 0)).unwrap();
+    }
+    d.flush().unwrap();
+    // Zone 2 read-only for this run only, zone 4 offline for good; both between written zones.
+    d.inject_condition(512, ZoneCondition::ReadOnly).unwrap();
+    d.set_zone_condition(1024, ZoneCondition::Offline).unwrap();
+    d.reset_all().unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Empty, 256));
+    assert_eq!(state(&d, 5), (ZoneCondition::Empty, 1280));
+    assert!(read(&mut d, 512, 8) == pattern(512, 8, 0), "read-only zone");
+    assert!(
+        d.storage().read_raw(1024, 8) == pattern(1024, 8, 0),
+        "offline zone"
+    );
+    d.flush().unwrap();
+    drop(d);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 2), (ZoneCondition::Closed, 520));
+    assert!(read(&mut d, 512, 8) == pattern(512, 8, 0), "next run");
+    assert_eq!(state(&d, 4).0, ZoneCondition::Offline);
+    assert!(d.storage().read_raw(1024, 8) == pattern(1024, 8, 0));
 }
