@@ -5,6 +5,7 @@
 //! completes, so a write pointer read back after a crash never points past durable data written
 //! since that zone's last reset.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
@@ -228,8 +229,40 @@ pub struct ImageFile {
     /// Give reset zones' blocks back to the host file system (best effort; `reclaim=off` turns
     /// it off for a run).
     punch_holes: bool,
+    /// Zones whose non-current slot may hold a state that a failed persist wrote and that must
+    /// not win at the next open; every later persist writes that slot again.
+    unsettled: BTreeSet<usize>,
+    /// An fdatasync failed: written data may be lost without a trace (the host may have
+    /// dropped the pages), so no write pointer is committed any more in this run.
+    sync_failed: bool,
     #[cfg(test)]
     io_hook: Option<IoHook>,
+    /// Test-only storage failures: the n-th next fdatasync / zone-table write fails with EIO.
+    #[cfg(test)]
+    fail: InjectedFailures,
+}
+
+/// Countdowns to an injected EIO (`Some(0)`: the next one fails), for tests of failing storage.
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct InjectedFailures {
+    sync_in: Option<u32>,
+    table_write_in: Option<u32>,
+}
+
+#[cfg(test)]
+fn injected(countdown: &mut Option<u32>) -> io::Result<()> {
+    match countdown {
+        Some(0) => {
+            *countdown = None;
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+        Some(n) => {
+            *n -= 1;
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
 
 impl ImageFile {
@@ -240,8 +273,12 @@ impl ImageFile {
             layout,
             slots,
             punch_holes: true,
+            unsettled: BTreeSet::new(),
+            sync_failed: false,
             #[cfg(test)]
             io_hook: None,
+            #[cfg(test)]
+            fail: InjectedFailures::default(),
         }
     }
 }
@@ -279,11 +316,72 @@ impl ImageFile {
         self.layout.data_offset + sector * SECTOR_SIZE
     }
 
+    /// fdatasync; a failure is sticky (see `sync_failed`).
     fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()?;
+        #[cfg(test)]
+        let result = injected(&mut self.fail.sync_in).and_then(|()| self.file.sync_data());
+        #[cfg(not(test))]
+        let result = self.file.sync_data();
+        if let Err(error) = result {
+            if !self.sync_failed {
+                log::warn!(
+                    "zoned image: fdatasync failed ({error}); data written before may be lost, so \
+                     every later flush and reset of this run fails"
+                );
+            }
+            self.sync_failed = true;
+            return Err(error);
+        }
         #[cfg(test)]
         self.event(IoEvent::Sync);
         Ok(())
+    }
+
+    /// The state in the current (newest durable) slot of `zone`.
+    fn durable_state(&self, zone: usize) -> io::Result<(ZoneCondition, u64)> {
+        let mut slot = [0u8; SLOT_SIZE as usize];
+        self.file
+            .read_exact_at(&mut slot, self.slot_pos(zone, self.slots[zone].current))?;
+        decode_slot(zone, &slot)
+            .map(|(cond, wp, _)| (cond, wp))
+            .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "current zone slot is corrupt"))
+    }
+
+    fn slot_pos(&self, zone: usize, slot: u8) -> u64 {
+        self.layout.table_offset + (zone as u64 * 2 + u64::from(slot)) * SLOT_SIZE
+    }
+
+    /// Appends the unsettled zones not in `states` with their last durable state, so that a
+    /// persist of `states` also supersedes what failed persists left in their other slot.
+    fn with_unsettled_as_durable(
+        &self,
+        mut states: Vec<(usize, ZoneCondition, u64)>,
+    ) -> io::Result<Vec<(usize, ZoneCondition, u64)>> {
+        for &zone in &self.unsettled {
+            if !states.iter().any(|s| s.0 == zone) {
+                let (cond, wp) = self.durable_state(zone)?;
+                states.push((zone, cond, wp));
+            }
+        }
+        Ok(states)
+    }
+
+    /// After a failed fdatasync: writes the last durable state over what failed persists left
+    /// (best effort), and returns the error every flush and reset gets from now on.
+    fn sticky_error(&mut self) -> io::Error {
+        if !self.unsettled.is_empty() {
+            let settled = self
+                .with_unsettled_as_durable(Vec::new())
+                .and_then(|states| self.persist(&states));
+            if let Err(error) = settled {
+                log::warn!(
+                    "zoned image: cannot rewrite the zone table after a failed fdatasync: {error}"
+                );
+            }
+        }
+        io::Error::other(
+            "an earlier fdatasync of the image failed; nothing more is committed in this run",
+        )
     }
 
     #[cfg(test)]
@@ -294,20 +392,25 @@ impl ImageFile {
     }
 
     /// Writes the given zone states into each zone's older slot and makes them durable. Only
-    /// after the fdatasync succeeded do those slots become current; on failure the next attempt
-    /// writes the same (still non-current) slots again.
+    /// after the fdatasync succeeded do those slots become current; on failure those zones are
+    /// unsettled, and later persists write the same (still non-current) slots again.
     fn persist(&mut self, states: &[(usize, ZoneCondition, u64)]) -> io::Result<()> {
         if states.is_empty() {
             return Ok(());
         }
-        let mut flips = Vec::with_capacity(states.len());
+        let mut flips = Vec::new();
+        flips.try_reserve(states.len())?;
         for &(zone, cond, wp) in states {
             let info = self.slots[zone];
             let target = 1 - info.current;
             let generation = info.generation.wrapping_add(1);
             let (cond, wp) = persisted(self.geometry.zone_start(zone), cond, wp);
             let slot = encode_slot(zone, cond, wp, generation);
-            let pos = self.layout.table_offset + (zone as u64 * 2 + u64::from(target)) * SLOT_SIZE;
+            let pos = self.slot_pos(zone, target);
+            // Before the write: a write that fails may still have changed the slot.
+            self.unsettled.insert(zone);
+            #[cfg(test)]
+            injected(&mut self.fail.table_write_in)?;
             self.file.write_all_at(&slot, pos)?;
             #[cfg(test)]
             self.event(IoEvent::Write {
@@ -326,6 +429,7 @@ impl ImageFile {
         self.sync()?;
         for (zone, info) in flips {
             self.slots[zone] = info;
+            self.unsettled.remove(&zone);
         }
         Ok(())
     }
@@ -387,12 +491,18 @@ impl ZoneStorage for ImageFile {
         if !is_reset {
             return Ok(());
         }
+        if self.sync_failed {
+            return Err(self.sticky_error());
+        }
         let resets: Vec<(usize, ZoneCondition, u64)> = plan
             .updates
             .iter()
             .map(|u| (u.index, u.cond, u.wp))
             .collect();
-        self.persist(&resets)?;
+        // No data sync comes first, so zones a failed persist left behind get their last
+        // durable state, not their state in memory.
+        let states = self.with_unsettled_as_durable(resets)?;
+        self.persist(&states)?;
         if self.punch_holes {
             for (from, to) in punch_ranges(plan) {
                 self.punch_hole(from, to - from);
@@ -413,17 +523,27 @@ impl ZoneStorage for ImageFile {
         ))
     }
 
+    /// A failed fdatasync is sticky: the host may have dropped the pages it could not write,
+    /// and a later fdatasync would succeed without them, so committing write pointers then
+    /// could cover lost data. Slots a failed persist left are rewritten by the next successful
+    /// flush (with the zones' state now) or after a sticky failure (with their durable state).
     fn flush(&mut self, zones: &ZoneSet) -> io::Result<()> {
+        if self.sync_failed {
+            return Err(self.sticky_error());
+        }
         // Data first: a slot must never describe data that is not durable yet.
-        self.sync()?;
-        let states: Vec<(usize, ZoneCondition, u64)> = zones
-            .changed_zones()
-            .iter()
-            .map(|&i| {
-                let (cond, wp) = zones.saved_state(i);
-                (i, cond, wp)
-            })
-            .collect();
+        if let Err(error) = self.sync() {
+            let _ = self.sticky_error();
+            return Err(error);
+        }
+        let changed = zones.changed_zones();
+        let mut states = Vec::new();
+        states.try_reserve(changed.len() + self.unsettled.len())?;
+        let unsettled = self.unsettled.iter().filter(|i| !zones.is_changed(**i));
+        for &i in changed.iter().chain(unsettled) {
+            let (cond, wp) = zones.saved_state(i);
+            states.push((i, cond, wp));
+        }
         self.persist(&states)
     }
 }

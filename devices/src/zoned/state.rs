@@ -485,6 +485,11 @@ impl ZoneSet {
         &self.changed
     }
 
+    /// Whether zone `index` is among [`ZoneSet::changed_zones`].
+    pub fn is_changed(&self, index: usize) -> bool {
+        self.changed_mark.get(index).copied().unwrap_or(false)
+    }
+
     /// Forgets the changed zones (after a backend persisted them).
     pub fn clear_changed(&mut self) {
         for &i in &self.changed {

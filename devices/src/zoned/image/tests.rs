@@ -732,3 +732,73 @@ fn reset_all_keeps_the_data_of_read_only_and_offline_zones() {
     assert_eq!(state(&d, 4).0, ZoneCondition::Offline);
     assert!(d.storage().read_raw(1024, 8) == pattern(1024, 8, 0));
 }
+
+#[test]
+fn a_reset_whose_sync_failed_is_superseded_and_later_flushes_fail() {
+    let dir = Scratch::new("failed-reset-sync");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    d.write(256, &pattern(256, 8, 0)).unwrap();
+    d.flush().unwrap();
+    // The fdatasync after the EMPTY slot was written fails: the reset fails and the zone keeps
+    // its data; the slot that says EMPTY must not win in the next run.
+    d.storage_mut().fail.sync_in = Some(0);
+    assert_eq!(d.zone_op(ZoneOp::Reset, 256), Err(ZoneError::Io));
+    assert_eq!(state(&d, 1), (ZoneCondition::ImplicitOpen, 264));
+    // A failed fdatasync may have dropped written data: no later flush commits anything.
+    d.write(264, &pattern(264, 8, 0)).unwrap();
+    assert_eq!(d.flush(), Err(ZoneError::Io));
+    assert_eq!(d.flush(), Err(ZoneError::Io), "the error is sticky");
+    drop(d);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 264));
+    assert!(read(&mut d, 256, 8) == pattern(256, 8, 0));
+}
+
+#[test]
+fn a_reset_all_whose_later_slot_write_failed_is_superseded_by_the_next_flush() {
+    let dir = Scratch::new("failed-reset-all");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    d.write(256, &pattern(256, 8, 0)).unwrap();
+    d.write(512, &pattern(512, 8, 0)).unwrap();
+    d.flush().unwrap();
+    // Zone 1's EMPTY slot is written, zone 2's write fails.
+    d.storage_mut().fail.table_write_in = Some(1);
+    assert_eq!(d.reset_all(), Err(ZoneError::Io));
+    assert_eq!(state(&d, 1), (ZoneCondition::ImplicitOpen, 264));
+    d.flush().unwrap();
+    drop(d);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 264));
+    assert_eq!(state(&d, 2), (ZoneCondition::Closed, 520));
+    assert!(read(&mut d, 256, 8) == pattern(256, 8, 0));
+    // A later successful reset of another zone supersedes it too.
+    d.storage_mut().fail.table_write_in = Some(1);
+    assert_eq!(d.reset_all(), Err(ZoneError::Io));
+    d.zone_op(ZoneOp::Reset, 512).unwrap();
+    drop(d);
+    let d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 264));
+    assert_eq!(state(&d, 2), (ZoneCondition::Empty, 512));
+}
+
+#[test]
+fn after_a_failed_data_sync_no_flush_commits_a_write_pointer() {
+    let dir = Scratch::new("failed-data-sync");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    d.write(256, &pattern(256, 8, 0)).unwrap();
+    d.flush().unwrap();
+    d.write(264, &pattern(264, 8, 0)).unwrap();
+    d.storage_mut().fail.sync_in = Some(0);
+    assert_eq!(d.flush(), Err(ZoneError::Io));
+    // The host may have dropped the pages whose write-back failed; a second fdatasync would
+    // succeed without them.
+    assert_eq!(d.flush(), Err(ZoneError::Io));
+    assert_eq!(d.zone_op(ZoneOp::Reset, 512), Ok(()), "nothing to reset");
+    assert_eq!(d.zone_op(ZoneOp::Reset, 256), Err(ZoneError::Io));
+    drop(d);
+    let d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 264));
+}
