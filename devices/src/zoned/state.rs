@@ -403,6 +403,50 @@ impl ZoneSet {
         Ok(())
     }
 
+    /// Undoes the write pointer move of a write to sequential zone `index` whose data storage
+    /// failed; `before` is the zone's (condition, write pointer) when the write was reserved.
+    /// Other requests may have changed the zone since, so it never takes back a resource it
+    /// gave up: a zone closed meanwhile (say, implicitly, by another lane's write) stays
+    /// closed, one the write filled becomes CLOSED only if an active resource is free (else it
+    /// stays FULL), an open one keeps its condition unless the write had opened it implicitly
+    /// (then it goes back to EMPTY or CLOSED). A zone
+    /// reset or taken offline meanwhile is left alone. Any plan prepared before is invalidated.
+    pub fn roll_back_write(&mut self, index: usize, before: (ZoneCondition, u64)) {
+        let Some(&now) = self.entries.get(index) else {
+            return;
+        };
+        let (before_cond, wp) = before;
+        let start = self.geometry.zone_start(index);
+        if self.geometry.is_conventional(index) || wp < start || wp > now.wp {
+            return;
+        }
+        let closed = if wp == start {
+            ZoneCondition::Empty
+        } else {
+            ZoneCondition::Closed
+        };
+        let cond = match now.cond {
+            // Opened explicitly, or open already before the write: it keeps its resources.
+            ZoneCondition::ExplicitOpen => now.cond,
+            ZoneCondition::ImplicitOpen if before_cond.is_open() => now.cond,
+            ZoneCondition::ImplicitOpen | ZoneCondition::Closed => closed,
+            ZoneCondition::Full => {
+                let g = &self.geometry;
+                if closed == ZoneCondition::Closed
+                    && g.max_active != 0
+                    && self.nr_active >= g.max_active
+                {
+                    ZoneCondition::Full
+                } else {
+                    closed
+                }
+            }
+            _ => return,
+        };
+        self.generation += 1;
+        self.set_state(index, cond, wp);
+    }
+
     /// The geometry.
     pub fn geometry(&self) -> &ZonedGeometry {
         &self.geometry
