@@ -155,6 +155,8 @@ impl DeviceUnderTest {
     fn activate(&mut self) {
         if let Some(queue) = self.ring.queue(QUEUE_SIZE, self.event_idx) {
             let interrupt = self.interrupt.clone();
+            // As a transport does at FEATURES_OK.
+            self.block.set_acked_features(self.block.avail_features());
             // A queue size the queue refused leaves an invalid queue: the device must cope.
             let _ = self
                 .block
