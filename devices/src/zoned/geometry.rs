@@ -20,6 +20,11 @@ pub const DEFAULT_ZONE_SIZE_BYTES: u64 = 64 << 20;
 pub const DEFAULT_MAX_APPEND_BYTES: u64 = 1 << 20;
 /// Default write granularity: one 512-byte sector, so every Linux write size works.
 pub const DEFAULT_WRITE_GRANULARITY: u32 = 512;
+/// Most zones a disk may have. Every zone costs vmm memory (about 30 bytes of zone state, and
+/// 32 bytes of image zone table read at open), so an unbounded count would let an option or a
+/// crafted image make vmm allocate without limit; 1 Mi zones are 4 PiB in 4 GiB zones, or 64 TiB
+/// in the default 64 MiB ones, and more than the largest host zoned devices have.
+pub const MAX_ZONES: u64 = 1 << 20;
 
 /// Sizes and limits of a zoned disk. Build one with [`ZonedGeometry::new`] (validating) or
 /// [`GeometryOverrides::geometry`].
@@ -75,8 +80,8 @@ pub enum GeometryError {
         "zone capacity of {zone_capacity} sectors exceeds the zone size of {zone_size} sectors"
     )]
     ZoneCapacityTooLarge { zone_capacity: u64, zone_size: u64 },
-    /// More zones than the 32-bit zone counts of Linux can hold.
-    #[error("{0} zones are too many (at most 4294967295)")]
+    /// More zones than [`MAX_ZONES`].
+    #[error("{0} zones are too many (at most 1048576; use a larger zone size)")]
     TooManyZones(u64),
     /// Every zone would be conventional.
     #[error("{conventional} conventional zones leave no sequential zone among {zones} zones")]
@@ -143,7 +148,7 @@ impl ZonedGeometry {
             });
         }
         let zones = g.capacity.div_ceil(g.zone_size);
-        if zones > u64::from(u32::MAX) {
+        if zones > MAX_ZONES {
             return Err(GeometryError::TooManyZones(zones));
         }
         if u64::from(g.conventional_zones) >= zones {

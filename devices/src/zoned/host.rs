@@ -23,7 +23,8 @@ use std::sync::Arc;
 use super::data_path::{AlignedBuffer, DataPath};
 use super::disk::{ZoneStorage, ZonedDisk};
 use super::geometry::{
-    GeometryError, ZonedDiskOptions, ZonedGeometry, DEFAULT_MAX_APPEND_BYTES, SECTOR_SIZE,
+    GeometryError, ZonedDiskOptions, ZonedGeometry, DEFAULT_MAX_APPEND_BYTES, MAX_ZONES,
+    SECTOR_SIZE,
 };
 use super::state::{RestoreError, ZoneCondition, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet};
 
@@ -277,6 +278,12 @@ fn report_all(file: &File, limits: &QueueLimits) -> io::Result<Vec<ReportedZone>
             break;
         };
         let next = last.start.saturating_add(last.len);
+        if (zones.len() + batch.len()) as u64 > MAX_ZONES {
+            return Err(io::Error::other(format!(
+                "the device has more than {MAX_ZONES} zones"
+            )));
+        }
+        zones.try_reserve(batch.len())?;
         zones.extend(batch);
         if next <= sector {
             break;

@@ -579,6 +579,54 @@ fn punch_ranges(plan: &ZoneOpPlan) -> Vec<(u64, u64)> {
     ranges
 }
 
+/// A zero-filled buffer, or an error instead of an abort when memory is short.
+fn zeroed(len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len)?;
+    buf.resize(len, 0);
+    Ok(buf)
+}
+
+/// Creates a new file exclusively (mode 0600 before the umask) under a random temporary name
+/// next to `name` in `dir`; returns it and its path.
+fn create_temporary(dir: &Path, name: &std::ffi::OsStr) -> io::Result<(File, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut attempts = 0;
+    loop {
+        let mut hidden = std::ffi::OsString::from(".");
+        hidden.push(name);
+        hidden.push(format!(".new-{:016x}", random_u64()?));
+        let temp = dir.join(hidden);
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+        {
+            Ok(file) => return Ok((file, temp)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && attempts < 16 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// 64 random bits from the kernel.
+pub(crate) fn random_u64() -> io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer, which is valid
+    // and writable for that length during the call.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != bytes.len() as isize {
+        return Err(if got < 0 {
+            io::Error::last_os_error()
+        } else {
+            io::Error::other("getrandom returned too few bytes")
+        });
+    }
+    Ok(u64::from_ne_bytes(bytes))
+}
+
 fn io_err(path: &Path) -> impl Fn(io::Error) -> ImageError + '_ {
     move |source| ImageError::Io {
         path: path.to_path_buf(),
@@ -608,63 +656,73 @@ impl ZonedDisk<ImageFile> {
     }
 
     /// Creates a new image; refuses to touch an existing file. The file is sparse: only the
-    /// header and zone table take space until data is written.
+    /// header and zone table take space until data is written. It is built under a temporary
+    /// name in the same directory and linked to `path` only when complete, so `path` never
+    /// holds a half-created image, whatever stops vmm on the way.
     pub fn create(path: &Path, geometry: ZonedGeometry) -> Result<Self, ImageError> {
         let geometry = ZonedGeometry::new(geometry).map_err(|source| ImageError::Geometry {
             path: path.to_path_buf(),
             source,
         })?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| match e.kind() {
-                ErrorKind::AlreadyExists => ImageError::Exists(path.to_path_buf()),
-                _ => io_err(path)(e),
-            })?;
-        crate::file_lock::lock(&file, true).map_err(|e| lock_error(path, e))?;
-        let result = Self::initialize(file, path, geometry);
-        if result.is_err() {
-            // We created the file (create_new), so removing the half-written one is ours to do.
-            let _ = std::fs::remove_file(path);
+        let exists = || ImageError::Exists(path.to_path_buf());
+        if path.symlink_metadata().is_ok() {
+            return Err(exists());
         }
-        result
+        let err = io_err(path);
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let name = path.file_name().ok_or_else(|| {
+            err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "the path names no file",
+            ))
+        })?;
+        let (file, temp) = create_temporary(dir, name).map_err(&err)?;
+        let result = crate::file_lock::lock(&file, true)
+            .map_err(|e| lock_error(path, e))
+            .and_then(|()| Self::initialize(file, path, geometry))
+            .and_then(|disk| match std::fs::hard_link(&temp, path) {
+                Ok(()) => Ok(disk),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(exists()),
+                Err(e) => Err(err(e)),
+            });
+        // We created the temporary name (exclusively), so removing it is ours to do; on success
+        // the image lives on under `path`.
+        let _ = std::fs::remove_file(&temp);
+        let disk = result?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(&err)?;
+        Ok(disk)
     }
 
     fn initialize(file: File, path: &Path, geometry: ZonedGeometry) -> Result<Self, ImageError> {
         let layout = Layout::of(&geometry);
         let zones = ZoneSet::new(geometry);
         let n = zones.len();
-        let mut table = vec![0u8; n * 2 * SLOT_SIZE as usize];
+        let err = io_err(path);
+        let mut table = zeroed(n * 2 * SLOT_SIZE as usize).map_err(&err)?;
         for (i, pair) in table.chunks_exact_mut(2 * SLOT_SIZE as usize).enumerate() {
             let (cond, wp) = zones.saved_state(i);
             // Slot A is current (generation 1), slot B an older copy (generation 0).
             pair[..16].copy_from_slice(&encode_slot(i, cond, wp, 1));
             pair[16..].copy_from_slice(&encode_slot(i, cond, wp, 0));
         }
-        let err = io_err(path);
         file.set_len(layout.file_size).map_err(&err)?;
         file.write_all_at(&table, layout.table_offset)
             .map_err(&err)?;
         file.write_all_at(&encode_header(&geometry, &layout), 0)
             .map_err(&err)?;
         file.sync_all().map_err(&err)?;
-        if let Some(dir) = path.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            File::open(dir).and_then(|d| d.sync_all()).map_err(&err)?;
-        }
-        let slots = vec![
+        let mut slots = Vec::new();
+        slots.try_reserve_exact(n).map_err(|e| err(e.into()))?;
+        slots.resize(
+            n,
             SlotInfo {
                 current: 0,
-                generation: 1
-            };
-            n
-        ];
+                generation: 1,
+            },
+        );
         Ok(ZonedDisk::new(
             zones,
             ImageFile::new(file, geometry, layout, slots),
@@ -760,7 +818,7 @@ impl ZonedDisk<ImageFile> {
             }
         }
         let n = geometry.nr_zones() as usize;
-        let mut table = vec![0u8; n * 2 * SLOT_SIZE as usize];
+        let mut table = zeroed(n * 2 * SLOT_SIZE as usize).map_err(&err)?;
         file.read_exact_at(&mut table, layout.table_offset)
             .map_err(&err)?;
         let table_error = |zone: usize, reason: String| ImageError::CorruptZoneTable {
@@ -768,8 +826,10 @@ impl ZonedDisk<ImageFile> {
             zone,
             reason,
         };
-        let mut slots = Vec::with_capacity(n);
-        let mut states = Vec::with_capacity(n);
+        let mut slots = Vec::new();
+        let mut states = Vec::new();
+        slots.try_reserve_exact(n).map_err(|e| err(e.into()))?;
+        states.try_reserve_exact(n).map_err(|e| err(e.into()))?;
         for (zone, pair) in table.chunks_exact(2 * SLOT_SIZE as usize).enumerate() {
             let a = decode_slot(zone, &pair[..16]);
             let b = decode_slot(zone, &pair[16..]);

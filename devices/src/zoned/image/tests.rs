@@ -802,3 +802,63 @@ fn after_a_failed_data_sync_no_flush_commits_a_write_pointer() {
     let d = ZonedImage::open(&path, &none()).unwrap();
     assert_eq!(state(&d, 1), (ZoneCondition::Closed, 264));
 }
+
+#[test]
+fn huge_zone_counts_are_refused_and_leave_no_file_behind() {
+    let dir = Scratch::new("huge");
+    let path = dir.path("huge.img");
+    // 2 Mi zones of one sector: valid for Linux, but every zone costs vmm memory.
+    let options =
+        ZonedDiskOptions::parse(&format!("{},size=1G,zone-size=512", path.display())).unwrap();
+    let msg = match ZonedImage::open_or_create(&options) {
+        Ok(_) => panic!("an image with 2 Mi zones was created"),
+        Err(err) => err.to_string(),
+    };
+    assert!(msg.contains("2097152 zones are too many"), "{msg}");
+    assert_eq!(
+        std::fs::read_dir(&dir.0).unwrap().count(),
+        0,
+        "nothing created"
+    );
+    // The same geometry in a crafted image whose checksum is right.
+    let huge = ZonedGeometry {
+        capacity: 1 << 21,
+        zone_size: 1,
+        zone_capacity: 1,
+        conventional_zones: 0,
+        max_open: 0,
+        max_active: 0,
+        max_append_sectors: 1,
+        write_granularity: 512,
+    };
+    let layout = Layout::of(&huge);
+    let crafted = dir.path("crafted.img");
+    let f = File::create(&crafted).unwrap();
+    f.write_all_at(&encode_header(&huge, &layout), 0).unwrap();
+    f.set_len(layout.file_size).unwrap();
+    drop(f);
+    let msg = open_fails(&crafted, &none());
+    assert!(msg.contains("2097152 zones are too many"), "{msg}");
+}
+
+#[test]
+fn a_create_that_fails_midway_leaves_no_file_behind() {
+    let dir = Scratch::new("create-fails");
+    let path = dir.path("disk.img");
+    // 64 Ti sectors of 512 bytes: more than ext4 (16 TiB) or tmpfs let a file grow to.
+    let big = ZonedGeometry::new(ZonedGeometry {
+        capacity: 1 << 45,
+        zone_size: 1 << 30,
+        zone_capacity: 1 << 30,
+        ..geometry()
+    })
+    .unwrap();
+    if let Err(err) = ZonedImage::create(&path, big) {
+        assert!(err.to_string().contains("disk.img"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(&dir.0).unwrap().count(),
+            0,
+            "nothing left"
+        );
+    }
+}
