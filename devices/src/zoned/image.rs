@@ -655,6 +655,43 @@ impl ZonedDisk<ImageFile> {
         Ok(disk)
     }
 
+    /// A throwaway image for this run only (`--zoned-disk tmp`), in `dir`: created without a
+    /// name (O_TMPFILE) or, where the file system cannot, exclusively under a random name that
+    /// is unlinked at once; mode 0600. Nothing at a predictable path is ever opened, no other
+    /// process can open the image, and nothing is left behind, even after a SIGKILL.
+    pub fn create_throwaway(dir: &Path, options: &ZonedDiskOptions) -> Result<Self, ImageError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = options.path.as_path();
+        let geometry = options
+            .overrides
+            .geometry()
+            .map_err(|source| ImageError::Geometry {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let err = io_err(path);
+        let unnamed = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(dir);
+        let file = match unnamed {
+            Ok(file) => file,
+            // No O_TMPFILE in this kernel or file system.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+                let (file, temp) =
+                    create_temporary(dir, std::ffi::OsStr::new("vmm-zoned.img")).map_err(&err)?;
+                std::fs::remove_file(&temp).map_err(&err)?;
+                file
+            }
+            Err(e) => return Err(err(e)),
+        };
+        let mut disk = Self::initialize(file, path, geometry)?;
+        disk.storage_mut().punch_holes = options.reclaim.unwrap_or(true);
+        Ok(disk)
+    }
+
     /// Creates a new image; refuses to touch an existing file. The file is sparse: only the
     /// header and zone table take space until data is written. It is built under a temporary
     /// name in the same directory and linked to `path` only when complete, so `path` never

@@ -862,3 +862,47 @@ fn a_create_that_fails_midway_leaves_no_file_behind() {
         );
     }
 }
+
+#[test]
+fn throwaway_images_have_no_name_and_open_nothing_planted() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Scratch::new("throwaway");
+    // Another user plants an image with data where a predictable name would be.
+    let options = ZonedDiskOptions::parse("tmp,size=8M,zone-size=1M").unwrap();
+    let planted = dir.path(&format!("vmm-zoned-{}-0.img", std::process::id()));
+    let mut other = ZonedImage::create(&planted, options.overrides.geometry().unwrap()).unwrap();
+    other.write(2048, &pattern(2048, 8, 9)).unwrap();
+    other.flush().unwrap();
+    drop(other);
+    let before = std::fs::read(&planted).unwrap();
+    let mut disk = ZonedImage::create_throwaway(&dir.0, &options).unwrap();
+    assert_eq!(
+        state(&disk, 1),
+        (ZoneCondition::Empty, 2048),
+        "a fresh image"
+    );
+    disk.write(2048, &pattern(2048, 4, 1)).unwrap();
+    assert!(read(&mut disk, 2048, 4) == pattern(2048, 4, 1));
+    let names: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![planted.file_name().unwrap().to_owned()]);
+    assert!(
+        std::fs::read(&planted).unwrap() == before,
+        "planted file untouched"
+    );
+    let meta = disk.storage().file.metadata().unwrap();
+    assert_eq!(meta.nlink(), 0, "no name another process could open");
+    assert_eq!(meta.mode() & 0o077, 0, "mode {:o}", meta.mode());
+}
+
+#[test]
+fn new_images_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("mode");
+    let path = dir.path("disk.img");
+    drop(ZonedImage::create(&path, geometry()).unwrap());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+}
