@@ -16,6 +16,10 @@
 //! open limit is reached, the implicitly-open zone that became implicitly open the longest ago
 //! is closed (FIFO order). If there is none, the request fails with OPEN_RESOURCE.
 //!
+//! Reads: past the end of the disk (IOERR); crossing a zone boundary unless all zones touched
+//! are conventional (INVALID_CMD); touching an OFFLINE zone (INVALID_CMD). Above a write
+//! pointer they read zeros.
+//!
 //! Check order of a write (first failing check wins): past the end of the disk (IOERR); zone
 //! READ_ONLY/OFFLINE/FULL (INVALID_CMD); crossing into another zone, unless all zones touched are
 //! conventional (INVALID_CMD); for sequential zones: sector != wp or length not a multiple of the
@@ -616,12 +620,22 @@ impl ZoneSet {
         }
     }
 
-    /// Splits a read into data-backed parts and parts above the write pointer. Reads may cross
-    /// zone boundaries; past the end of the disk is IOERR, touching an OFFLINE zone INVALID_CMD.
+    /// Splits a read into data-backed parts and parts above the write pointer. Past the end of
+    /// the disk is IOERR; crossing a zone boundary is INVALID_CMD unless every zone touched is
+    /// conventional (virtio 1.3 5.2.6.3; Linux splits reads at zone boundaries anyway);
+    /// touching an OFFLINE zone is INVALID_CMD.
     pub fn check_read(&self, sector: u64, nr_sectors: u64) -> Result<Vec<ReadSegment>, ZoneError> {
         let end = sector.checked_add(nr_sectors).ok_or(ZoneError::Io)?;
         if end > self.geometry.capacity {
             return Err(ZoneError::Io);
+        }
+        if nr_sectors > 0 {
+            let first = self.geometry.zone_index(sector).ok_or(ZoneError::Io)?;
+            let last = self.geometry.zone_index(end - 1).ok_or(ZoneError::Io)?;
+            // Conventional zones come first, so the last zone touched decides.
+            if first != last && !self.geometry.is_conventional(last) {
+                return Err(ZoneError::InvalidCommand);
+            }
         }
         let mut segments: Vec<ReadSegment> = Vec::new();
         let mut push = |sector: u64, nr_sectors: u64, has_data: bool| {
