@@ -18,10 +18,13 @@ work=$root/build/fuzz
 
 die() { echo "make fuzz: $*" >&2; exit 2; }
 
+# Before anything logs there: a fresh clone has no build/ yet.
+mkdir -p "$work"
+
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "make fuzz: installing cargo-fuzz (cargo install cargo-fuzz --locked)"
-    cargo install cargo-fuzz --locked >"$work-install.log" 2>&1 \
-        || die "cannot install cargo-fuzz (see $work-install.log)"
+    cargo install cargo-fuzz --locked >"$work/install.log" 2>&1 \
+        || die "cannot install cargo-fuzz (see $work/install.log)"
 fi
 
 if [[ ${FUZZ_TOOLCHAIN:-} != stable ]] && cargo +nightly --version >/dev/null 2>&1; then
@@ -35,7 +38,6 @@ else
     toolchain="stable with RUSTC_BOOTSTRAP=1, no sanitizer"
 fi
 
-mkdir -p "$work"
 echo "make fuzz: building the targets ($toolchain)"
 "${fuzz[@]}" build -O "${sanitizer[@]}" >"$work/build.log" 2>&1 \
     || die "building the fuzz targets failed ($toolchain): see $work/build.log"

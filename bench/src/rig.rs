@@ -123,6 +123,8 @@ impl Rig {
         memory
             .write_slice(&pattern, DATA)
             .map_err(|e| format!("cannot fill guest memory: {e}"))?;
+        // As a transport does at FEATURES_OK.
+        block.set_acked_features(block.avail_features());
         block
             .activate(memory.clone(), vec![queue], Arc::new(PolledInterrupt))
             .map_err(|e| format!("cannot activate the device: {e}"))?;

@@ -235,22 +235,14 @@ impl DeviceManager {
             let disk = HostZonedDevice::open(options).map_err(|e| zoned_error(&e))?;
             zoned_block(disk, options, &serial)?
         } else {
-            // `tmp`: a fresh image in the temporary directory, unlinked as soon as it is open:
-            // the open file keeps it alive for this run, and nothing is left behind, even after
-            // a SIGKILL.
-            let throwaway = options.path.as_os_str() == THROWAWAY_IMAGE;
-            let mut image_options = options.clone();
-            if throwaway {
-                image_options.path = std::env::temp_dir().join(format!(
-                    "vmm-zoned-{}-{}.img",
-                    std::process::id(),
-                    self.slots.len()
-                ));
+            // `tmp`: a fresh image in the temporary directory that has no name, so nothing
+            // planted there is opened and nothing is left behind, even after a SIGKILL.
+            let image = if options.path.as_os_str() == THROWAWAY_IMAGE {
+                ZonedImage::create_throwaway(&std::env::temp_dir(), options)
+            } else {
+                ZonedImage::open_or_create(options)
             }
-            let image = ZonedImage::open_or_create(&image_options).map_err(|e| zoned_error(&e))?;
-            if throwaway {
-                let _ = std::fs::remove_file(&image_options.path);
-            }
+            .map_err(|e| zoned_error(&e))?;
             zoned_block(image, options, &serial)?
         };
         self.add_virtio(vm, memory, bus, Box::new(block))

@@ -4,7 +4,7 @@
 //!
 //! Two filters: the main thread (event loop, device I/O, shutdown) and the vCPU threads (KVM_RUN,
 //! and device code reached through register writes). No thread may open a file, create a
-//! process or thread, map executable memory, or use the network. A forbidden call traps (SIGSYS);
+//! process (threads, which inherit the filter, it may), map executable memory, or use the network. A forbidden call traps (SIGSYS);
 //! the handler installed here prints one line naming the call and the thread and exits with
 //! [`VIOLATION_EXIT_STATUS`]. `--seccomp off` turns the filters off for debugging.
 //!
@@ -146,14 +146,13 @@ fn common_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
     .collect();
     rules.insert(libc::SYS_mmap, not_executable(2)?);
     rules.insert(libc::SYS_mprotect, not_executable(2)?);
-    // abort(): SIGABRT to this process only.
+    // abort(): SIGABRT to this process only (its thread group id is its pid; any thread).
     rules.insert(
         libc::SYS_tgkill,
-        vec![rule(vec![dword(
-            2,
-            SeccompCmpOp::Eq,
-            libc::SIGABRT as u64,
-        )?])?],
+        vec![rule(vec![
+            dword(0, SeccompCmpOp::Eq, u64::from(std::process::id()))?,
+            dword(2, SeccompCmpOp::Eq, libc::SIGABRT as u64)?,
+        ])?],
     );
     // Closing a descriptor in a debug build first checks that it is open (F_GETFD).
     rules.insert(
@@ -473,6 +472,25 @@ mod tests {
         );
     }
 
+    /// docs/seccomp.md lists every call a filter allows, and no longer claims that a filtered
+    /// thread cannot create threads.
+    #[test]
+    fn the_seccomp_doc_names_every_allowed_call() {
+        let doc = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/seccomp.md"),
+        )
+        .unwrap();
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu] {
+            for call in thread_rules(kind).unwrap().into_keys() {
+                let name = syscall_name(call);
+                let named =
+                    doc.contains(&format!("`{name}`")) || doc.contains(&format!("`{name}("));
+                assert!(named, "{name} is not in the doc");
+            }
+        }
+        assert!(!doc.contains("forbids creating threads"));
+    }
+
     #[test]
     fn syscall_names_follow_the_kernel_numbers() {
         assert_eq!(syscall_name(libc::SYS_read), "read");
@@ -508,12 +526,13 @@ mod tests {
     /// Forks a child that installs the `kind` filter, then runs `body`; returns the child's exit
     /// status (or 1000 + signal) and what it wrote to stderr.
     fn in_filtered_child(kind: ThreadKind, body: impl FnOnce()) -> (i32, String) {
-        let program = compile(kind).unwrap();
         let mut pipe = [0; 2];
         // SAFETY: pipe fills the two descriptors.
         assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
-        // SAFETY: the child makes only raw system calls and the filter install (no allocation),
-        // then `body`, and leaves with _exit; the parent waits for it.
+        // SAFETY: the child makes raw system calls, compiles and installs the filter (which
+        // allocates: glibc's malloc is usable after fork), then runs `body`, and leaves with
+        // _exit; the parent waits for it. The filter is compiled in the child because it names
+        // the process's own thread group.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
@@ -522,7 +541,11 @@ mod tests {
                 libc::dup2(pipe[1], libc::STDERR_FILENO);
                 libc::close(pipe[0]);
             }
-            if install_violation_handler().is_err() || apply(&program, kind).is_err() {
+            let program = compile(kind);
+            let installed = program.as_ref().is_ok_and(|program| {
+                install_violation_handler().is_ok() && apply(program, kind).is_ok()
+            });
+            if !installed {
                 // SAFETY: _exit ends the child.
                 unsafe { libc::_exit(99) };
             }
@@ -613,6 +636,32 @@ mod tests {
                 stderr.contains(&format!("system call {call} (")),
                 "{stderr}"
             );
+        }
+    }
+
+    #[test]
+    fn abort_may_signal_vmm_itself_and_no_other_process() {
+        // A process to aim at: the filter used to let any process be sent SIGABRT.
+        let mut target = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let other = target.id() as libc::pid_t;
+        let signal_other = move || {
+            // SAFETY: tgkill with integer arguments; the filter must refuse it.
+            unsafe { libc::syscall(libc::SYS_tgkill, other, other, libc::SIGABRT) };
+        };
+        let (status, stderr) = in_filtered_child(ThreadKind::Main, signal_other);
+        let alive = target.try_wait().unwrap().is_none();
+        let _ = target.kill();
+        let _ = target.wait();
+        assert_eq!(status, VIOLATION_EXIT_STATUS, "{stderr}");
+        assert!(stderr.contains("system call tgkill ("), "{stderr}");
+        assert!(alive, "the other process got the signal");
+        // An abort in vmm itself still aborts.
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu] {
+            let (status, stderr) = in_filtered_child(kind, || std::process::abort());
+            assert_eq!(status, 1000 + libc::SIGABRT, "{kind:?}: {stderr}");
         }
     }
 

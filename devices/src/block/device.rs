@@ -77,6 +77,13 @@ pub trait RequestHandler: Send {
         0
     }
 
+    /// The subset of `features` the driver must accept: without them the device refuses
+    /// FEATURES_OK, and should it run anyway the handler serves nothing (its request types get
+    /// UNSUPP from the plain device).
+    fn required_features(&self) -> u64 {
+        0
+    }
+
     /// Fills the config fields the handler owns (e.g. from `config_offset::ZONED` on).
     fn fill_config(&self, _config: &mut [u8; CONFIG_SIZE]) {}
 
@@ -115,6 +122,8 @@ pub trait RequestHandler: Send {
 struct RequestServer {
     backend: Box<dyn BlockBackend>,
     handler: Option<Box<dyn RequestHandler>>,
+    /// The driver accepted the handler's required features.
+    handler_enabled: bool,
     serial: [u8; SERIAL_BYTES],
     /// Usable size: whole sectors only.
     capacity_bytes: u64,
@@ -151,8 +160,10 @@ impl RequestServer {
     fn serve_batch(&mut self, memory: &GuestMemoryMmap) -> &[(u16, u32)] {
         let mut batch = std::mem::take(&mut self.batch);
         let mut handled = match self.handler.as_mut() {
-            Some(handler) => handler.handle_batch(&batch.requests, memory, self.backend.as_mut()),
-            None => Vec::new(),
+            Some(handler) if self.handler_enabled => {
+                handler.handle_batch(&batch.requests, memory, self.backend.as_mut())
+            }
+            _ => Vec::new(),
         };
         handled.resize(batch.requests.len(), None);
         batch.used.clear();
@@ -374,6 +385,7 @@ impl Block {
             server: RequestServer {
                 backend,
                 handler,
+                handler_enabled: false,
                 serial: serial_bytes,
                 capacity_bytes: capacity_sectors * SECTOR_SIZE,
                 batch: Batch::default(),
@@ -488,6 +500,16 @@ impl VirtioDevice for Block {
 
     fn set_acked_features(&mut self, features: u64) {
         self.acked_features = features & self.avail_features;
+        self.server.handler_enabled = self.accepts_features(self.acked_features);
+    }
+
+    fn accepts_features(&self, features: u64) -> bool {
+        let required = self
+            .server
+            .handler
+            .as_ref()
+            .map_or(0, |handler| handler.required_features());
+        features & required == required
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -530,6 +552,7 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
+        self.server.handler_enabled = false;
     }
 
     fn process_queue(&mut self, queue_index: u16) -> Result<(), QueueError> {
@@ -680,6 +703,7 @@ mod tests {
             let interrupt = Arc::new(CountingInterrupt::default());
             let mut device_queue = queue.create_queue::<Queue>().unwrap();
             device_queue.set_event_idx(event_idx);
+            block.set_acked_features(block.avail_features());
             block
                 .activate(memory.clone(), vec![device_queue], interrupt.clone())
                 .unwrap();

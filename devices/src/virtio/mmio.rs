@@ -506,10 +506,12 @@ impl MmioTransport {
     }
 
     /// FEATURES_OK is accepted only for a subset of the offered features that includes
-    /// VERSION_1 (virtio-mmio version 2 is a modern-only interface).
+    /// VERSION_1 (virtio-mmio version 2 is a modern-only interface) and that the device can
+    /// work with.
     fn features_acceptable(&self) -> bool {
         self.driver_features & !self.device.avail_features() == 0
             && self.driver_features & VIRTIO_F_VERSION_1 != 0
+            && self.device.accepts_features(self.driver_features)
     }
 
     /// Validates every queue and hands copies to the device. Returns false if the device could
@@ -608,6 +610,8 @@ mod tests {
         fail_processing: bool,
         unserved: Option<(u16, u16)>,
         unseen: Option<(u16, u16, u16)>,
+        /// Features the fake refuses to work without.
+        required: u64,
     }
 
     struct FakeDevice {
@@ -630,6 +634,10 @@ mod tests {
         }
         fn set_acked_features(&mut self, features: u64) {
             self.observed.lock().unwrap().acked = features;
+        }
+        fn accepts_features(&self, features: u64) -> bool {
+            let required = self.observed.lock().unwrap().required;
+            features & required == required
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             crate::virtio::read_config_bytes(&CONFIG, offset, data);
@@ -942,6 +950,24 @@ mod tests {
             0
         );
         assert_eq!(h.observed.lock().unwrap().activations, 0);
+    }
+
+    #[test]
+    fn features_ok_is_refused_when_the_device_vetoes_the_features() {
+        // The fake device needs FEATURE_X, as a host-managed zoned disk needs
+        // VIRTIO_BLK_F_ZONED (virtio 1.3, 5.2.5).
+        let mut h = harness();
+        h.observed.lock().unwrap().required = FEATURE_X;
+        let status = negotiate(&mut h.transport, VIRTIO_F_VERSION_1);
+        assert_eq!(status & status::FEATURES_OK, 0);
+        assert_eq!(h.observed.lock().unwrap().acked, 0);
+        write32(&mut h.transport, regs::VIRTIO_MMIO_STATUS, RUNNING);
+        assert_eq!(h.observed.lock().unwrap().activations, 0);
+
+        let mut h = harness();
+        h.observed.lock().unwrap().required = FEATURE_X;
+        let status = negotiate(&mut h.transport, VIRTIO_F_VERSION_1 | FEATURE_X);
+        assert_ne!(status & status::FEATURES_OK, 0);
     }
 
     #[test]

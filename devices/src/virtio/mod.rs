@@ -103,6 +103,13 @@ pub trait VirtioDevice: Send {
     /// Records the features the driver accepted. The transport only calls this with a subset of
     /// `avail_features`.
     fn set_acked_features(&mut self, features: u64);
+    /// Whether the device can work with `features`, a subset of `avail_features` the driver
+    /// wants to accept. `false` makes the transport refuse FEATURES_OK, as a device must when
+    /// the driver left out a feature it cannot do without (a host-managed zoned block device
+    /// without VIRTIO_BLK_F_ZONED, virtio 1.3 5.2.5).
+    fn accepts_features(&self, _features: u64) -> bool {
+        true
+    }
     /// Reads `data.len()` bytes of config space at `offset`. Bytes past the end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes config space. Read-only fields ignore writes.

@@ -221,7 +221,8 @@ impl<S: ZoneStorage> ZonedDisk<S> {
 
     /// Second half of a write or append: `stored` is what storage said. On failure the zone
     /// takes the state storage reports (a host zoned device may have taken part of the data)
-    /// or, if storage cannot tell, goes back to where it was before the reservation. Returns
+    /// or, if storage cannot tell, its write pointer goes back to where it was before the
+    /// reservation (see `ZoneSet::roll_back_write`). Returns
     /// the sector where the data landed.
     pub fn complete(
         &mut self,
@@ -241,9 +242,10 @@ impl<S: ZoneStorage> ZonedDisk<S> {
                     .is_ok(),
                 _ => false,
             };
-            // No report, or one that contradicts the geometry: back to the state before.
+            // No report, or one that contradicts the geometry: the write pointer goes back to
+            // where it was, without reopening a zone that other requests closed meanwhile.
             if !taken {
-                let _ = self.zones.resync_zone(index, cond, wp);
+                self.zones.roll_back_write(index, (cond, wp));
             }
         }
         Err(io_error(error))
@@ -523,6 +525,47 @@ mod tests {
         assert_eq!(d.zone_op(ZoneOp::Open, 16), Err(ZoneError::Io));
         assert_eq!(d.zones().saved_state(2), (ZoneCondition::Closed, 33));
         assert_eq!(d.zones().open_zones(), 0);
+    }
+
+    #[test]
+    fn a_failed_write_rolls_back_without_reopening_a_zone_closed_meanwhile() {
+        let g = ZonedGeometry::new(ZonedGeometry {
+            capacity: 64,
+            zone_size: 16,
+            zone_capacity: 16,
+            conventional_zones: 0,
+            max_open: 1,
+            max_active: 0,
+            max_append_sectors: 8,
+            write_granularity: 512,
+        })
+        .unwrap();
+        let storage = MemStorage {
+            data: vec![0; 64 * 512],
+            ..Default::default()
+        };
+        let mut d = ZonedDisk::new(ZoneSet::new(g), storage);
+        d.write(0, &[1u8; 512]).unwrap();
+        // Lane A reserves a write into the implicitly-open zone 0; lane B's write to zone 1
+        // closes zone 0 implicitly; then A's write fails.
+        let a = d.reserve_write(1, 1).unwrap();
+        d.write(16, &[1u8; 512]).unwrap();
+        assert_eq!(d.zones().saved_state(0), (ZoneCondition::Closed, 2));
+        let failed = d.complete(a, Err(io::Error::from_raw_os_error(libc::EIO)));
+        assert_eq!(failed, Err(ZoneError::Io));
+        assert_eq!(d.zones().saved_state(0), (ZoneCondition::Closed, 1));
+        assert_eq!(d.zones().open_zones(), 1, "max-open=1 holds");
+        // A write that filled its zone (releasing its open resource) fails after another zone
+        // took that resource: the zone gets its write pointer back, but not an open resource.
+        d.write(32, &[1u8; 15 * 512]).unwrap();
+        let a = d.reserve_write(47, 1).unwrap();
+        assert_eq!(d.zones().saved_state(2), (ZoneCondition::Full, 48));
+        d.write(17, &[1u8; 512]).unwrap();
+        let failed = d.complete(a, Err(io::Error::from_raw_os_error(libc::EIO)));
+        assert_eq!(failed, Err(ZoneError::Io));
+        assert_eq!(d.zones().saved_state(2), (ZoneCondition::Closed, 47));
+        assert_eq!(d.zones().open_zones(), 1, "max-open=1 holds");
+        assert_eq!(d.zones().saved_state(1), (ZoneCondition::ImplicitOpen, 18));
     }
 
     #[test]

@@ -20,6 +20,15 @@ pub const DEFAULT_ZONE_SIZE_BYTES: u64 = 64 << 20;
 pub const DEFAULT_MAX_APPEND_BYTES: u64 = 1 << 20;
 /// Default write granularity: one 512-byte sector, so every Linux write size works.
 pub const DEFAULT_WRITE_GRANULARITY: u32 = 512;
+/// Most zones a disk may have. Every zone costs vmm memory (about 30 bytes of zone state, and
+/// 32 bytes of image zone table read at open), so an unbounded count would let an option or a
+/// crafted image make vmm allocate without limit; 1 Mi zones are 4 PiB in 4 GiB zones, or 64 TiB
+/// in the default 64 MiB ones, and more than the largest host zoned devices have.
+pub const MAX_ZONES: u64 = 1 << 20;
+/// Largest ZONE_APPEND in sectors: virtio 1.3 5.2.5 says max_append_sectors must not exceed
+/// seg_max * size_max / 512, the most data one request can carry (254 x 256 KiB here).
+pub const MAX_APPEND_SECTORS: u32 =
+    (crate::block::SEG_MAX as u64 * crate::block::SIZE_MAX as u64 / SECTOR_SIZE) as u32;
 
 /// Sizes and limits of a zoned disk. Build one with [`ZonedGeometry::new`] (validating) or
 /// [`GeometryOverrides::geometry`].
@@ -75,8 +84,8 @@ pub enum GeometryError {
         "zone capacity of {zone_capacity} sectors exceeds the zone size of {zone_size} sectors"
     )]
     ZoneCapacityTooLarge { zone_capacity: u64, zone_size: u64 },
-    /// More zones than the 32-bit zone counts of Linux can hold.
-    #[error("{0} zones are too many (at most 4294967295)")]
+    /// More zones than [`MAX_ZONES`].
+    #[error("{0} zones are too many (at most 1048576; use a larger zone size)")]
     TooManyZones(u64),
     /// Every zone would be conventional.
     #[error("{conventional} conventional zones leave no sequential zone among {zones} zones")]
@@ -105,6 +114,9 @@ pub enum GeometryError {
         max_append_sectors: u32,
         granularity: u32,
     },
+    /// max_append_sectors exceeds seg_max * size_max / 512.
+    #[error("max-append of {max_append_sectors} sectors exceeds what one request can carry ({limit} sectors: seg_max x size_max)")]
+    MaxAppendTooLarge { max_append_sectors: u32, limit: u32 },
 }
 
 impl ZonedGeometry {
@@ -143,7 +155,7 @@ impl ZonedGeometry {
             });
         }
         let zones = g.capacity.div_ceil(g.zone_size);
-        if zones > u64::from(u32::MAX) {
+        if zones > MAX_ZONES {
             return Err(GeometryError::TooManyZones(zones));
         }
         if u64::from(g.conventional_zones) >= zones {
@@ -177,6 +189,12 @@ impl ZonedGeometry {
         }
         if g.max_append_sectors == 0 {
             return Err(GeometryError::ZeroMaxAppend);
+        }
+        if g.max_append_sectors > MAX_APPEND_SECTORS {
+            return Err(GeometryError::MaxAppendTooLarge {
+                max_append_sectors: g.max_append_sectors,
+                limit: MAX_APPEND_SECTORS,
+            });
         }
         if u64::from(g.max_append_sectors) * SECTOR_SIZE < u64::from(gran) {
             return Err(GeometryError::MaxAppendBelowGranularity {
@@ -788,6 +806,34 @@ mod tests {
         let mut g = base();
         g.max_open = 9;
         assert!(ZonedGeometry::new(g).is_ok());
+    }
+
+    #[test]
+    fn max_append_is_capped_at_seg_max_times_size_max() {
+        // Virtio 1.3 5.2.5: max_append_sectors <= seg_max * size_max / 512 (254 * 256 KiB).
+        assert_eq!(MAX_APPEND_SECTORS, 130_048);
+        let mut g = ZonedGeometry {
+            capacity: 1 << 20,
+            zone_size: 1 << 18,
+            zone_capacity: 1 << 18,
+            conventional_zones: 0,
+            max_open: 0,
+            max_active: 0,
+            max_append_sectors: MAX_APPEND_SECTORS,
+            write_granularity: 512,
+        };
+        assert!(ZonedGeometry::new(g).is_ok());
+        g.max_append_sectors = 262_144;
+        assert_eq!(
+            ZonedGeometry::new(g),
+            Err(GeometryError::MaxAppendTooLarge {
+                max_append_sectors: 262_144,
+                limit: MAX_APPEND_SECTORS,
+            })
+        );
+        let o = ZonedDiskOptions::parse("x.img,size=1G,zone-size=128M,max-append=128M").unwrap();
+        let msg = o.overrides.geometry().unwrap_err().to_string();
+        assert!(msg.contains("262144") && msg.contains("130048"), "{msg}");
     }
 
     #[test]

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use super::data_path::{AlignedBuffer, DataPath};
 use super::disk::{ZoneStorage, ZonedDisk};
 use super::geometry::{
-    GeometryError, ZonedDiskOptions, ZonedGeometry, DEFAULT_MAX_APPEND_BYTES, SECTOR_SIZE,
+    GeometryError, ZonedDiskOptions, ZonedGeometry, DEFAULT_MAX_APPEND_BYTES, MAX_APPEND_SECTORS,
+    MAX_ZONES, SECTOR_SIZE,
 };
 use super::state::{RestoreError, ZoneCondition, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet};
 
@@ -277,6 +278,12 @@ fn report_all(file: &File, limits: &QueueLimits) -> io::Result<Vec<ReportedZone>
             break;
         };
         let next = last.start.saturating_add(last.len);
+        if (zones.len() + batch.len()) as u64 > MAX_ZONES {
+            return Err(io::Error::other(format!(
+                "the device has more than {MAX_ZONES} zones"
+            )));
+        }
+        zones.try_reserve(batch.len())?;
         zones.extend(batch);
         if next <= sector {
             break;
@@ -329,7 +336,10 @@ pub fn geometry_from(
         conventional_zones: u32::try_from(conventional).map_err(|e| e.to_string())?,
         max_open: limits.max_open,
         max_active: limits.max_active,
-        max_append_sectors: u32::try_from(append / SECTOR_SIZE).unwrap_or(u32::MAX),
+        // What the host allows, but never more than one request can carry (virtio 5.2.5).
+        max_append_sectors: u32::try_from(append / SECTOR_SIZE)
+            .unwrap_or(u32::MAX)
+            .min(MAX_APPEND_SECTORS),
         write_granularity: u32::try_from(granularity).map_err(|e| e.to_string())?,
     })
     .map_err(|e| e.to_string())?;
@@ -646,6 +656,16 @@ mod tests {
         assert_eq!(states[3], (ZoneCondition::Full, 0x6000 + 0x1800));
         let set = ZoneSet::from_reported(g, states.into_iter()).unwrap();
         assert_eq!(set.open_zones(), 2);
+
+        // A device allowing larger appends than one request can carry is clamped to
+        // seg_max * size_max (virtio 1.3 5.2.5).
+        let mut large = limits();
+        large.zone_append_max_bytes = 256 << 20;
+        let g = geometry_from(&large, &zones).unwrap();
+        assert_eq!(
+            g.max_append_sectors,
+            crate::zoned::geometry::MAX_APPEND_SECTORS
+        );
 
         let mut short = limits();
         short.nr_zones = 5;

@@ -5,6 +5,7 @@
 //! completes, so a write pointer read back after a crash never points past durable data written
 //! since that zone's last reset.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
@@ -228,8 +229,40 @@ pub struct ImageFile {
     /// Give reset zones' blocks back to the host file system (best effort; `reclaim=off` turns
     /// it off for a run).
     punch_holes: bool,
+    /// Zones whose non-current slot may hold a state that a failed persist wrote and that must
+    /// not win at the next open; every later persist writes that slot again.
+    unsettled: BTreeSet<usize>,
+    /// An fdatasync failed: written data may be lost without a trace (the host may have
+    /// dropped the pages), so no write pointer is committed any more in this run.
+    sync_failed: bool,
     #[cfg(test)]
     io_hook: Option<IoHook>,
+    /// Test-only storage failures: the n-th next fdatasync / zone-table write fails with EIO.
+    #[cfg(test)]
+    fail: InjectedFailures,
+}
+
+/// Countdowns to an injected EIO (`Some(0)`: the next one fails), for tests of failing storage.
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct InjectedFailures {
+    sync_in: Option<u32>,
+    table_write_in: Option<u32>,
+}
+
+#[cfg(test)]
+fn injected(countdown: &mut Option<u32>) -> io::Result<()> {
+    match countdown {
+        Some(0) => {
+            *countdown = None;
+            Err(io::Error::from_raw_os_error(libc::EIO))
+        }
+        Some(n) => {
+            *n -= 1;
+            Ok(())
+        }
+        None => Ok(()),
+    }
 }
 
 impl ImageFile {
@@ -240,8 +273,12 @@ impl ImageFile {
             layout,
             slots,
             punch_holes: true,
+            unsettled: BTreeSet::new(),
+            sync_failed: false,
             #[cfg(test)]
             io_hook: None,
+            #[cfg(test)]
+            fail: InjectedFailures::default(),
         }
     }
 }
@@ -279,11 +316,72 @@ impl ImageFile {
         self.layout.data_offset + sector * SECTOR_SIZE
     }
 
+    /// fdatasync; a failure is sticky (see `sync_failed`).
     fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()?;
+        #[cfg(test)]
+        let result = injected(&mut self.fail.sync_in).and_then(|()| self.file.sync_data());
+        #[cfg(not(test))]
+        let result = self.file.sync_data();
+        if let Err(error) = result {
+            if !self.sync_failed {
+                log::warn!(
+                    "zoned image: fdatasync failed ({error}); data written before may be lost, so \
+                     every later flush and reset of this run fails"
+                );
+            }
+            self.sync_failed = true;
+            return Err(error);
+        }
         #[cfg(test)]
         self.event(IoEvent::Sync);
         Ok(())
+    }
+
+    /// The state in the current (newest durable) slot of `zone`.
+    fn durable_state(&self, zone: usize) -> io::Result<(ZoneCondition, u64)> {
+        let mut slot = [0u8; SLOT_SIZE as usize];
+        self.file
+            .read_exact_at(&mut slot, self.slot_pos(zone, self.slots[zone].current))?;
+        decode_slot(zone, &slot)
+            .map(|(cond, wp, _)| (cond, wp))
+            .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "current zone slot is corrupt"))
+    }
+
+    fn slot_pos(&self, zone: usize, slot: u8) -> u64 {
+        self.layout.table_offset + (zone as u64 * 2 + u64::from(slot)) * SLOT_SIZE
+    }
+
+    /// Appends the unsettled zones not in `states` with their last durable state, so that a
+    /// persist of `states` also supersedes what failed persists left in their other slot.
+    fn with_unsettled_as_durable(
+        &self,
+        mut states: Vec<(usize, ZoneCondition, u64)>,
+    ) -> io::Result<Vec<(usize, ZoneCondition, u64)>> {
+        for &zone in &self.unsettled {
+            if !states.iter().any(|s| s.0 == zone) {
+                let (cond, wp) = self.durable_state(zone)?;
+                states.push((zone, cond, wp));
+            }
+        }
+        Ok(states)
+    }
+
+    /// After a failed fdatasync: writes the last durable state over what failed persists left
+    /// (best effort), and returns the error every flush and reset gets from now on.
+    fn sticky_error(&mut self) -> io::Error {
+        if !self.unsettled.is_empty() {
+            let settled = self
+                .with_unsettled_as_durable(Vec::new())
+                .and_then(|states| self.persist(&states));
+            if let Err(error) = settled {
+                log::warn!(
+                    "zoned image: cannot rewrite the zone table after a failed fdatasync: {error}"
+                );
+            }
+        }
+        io::Error::other(
+            "an earlier fdatasync of the image failed; nothing more is committed in this run",
+        )
     }
 
     #[cfg(test)]
@@ -294,20 +392,25 @@ impl ImageFile {
     }
 
     /// Writes the given zone states into each zone's older slot and makes them durable. Only
-    /// after the fdatasync succeeded do those slots become current; on failure the next attempt
-    /// writes the same (still non-current) slots again.
+    /// after the fdatasync succeeded do those slots become current; on failure those zones are
+    /// unsettled, and later persists write the same (still non-current) slots again.
     fn persist(&mut self, states: &[(usize, ZoneCondition, u64)]) -> io::Result<()> {
         if states.is_empty() {
             return Ok(());
         }
-        let mut flips = Vec::with_capacity(states.len());
+        let mut flips = Vec::new();
+        flips.try_reserve(states.len())?;
         for &(zone, cond, wp) in states {
             let info = self.slots[zone];
             let target = 1 - info.current;
             let generation = info.generation.wrapping_add(1);
             let (cond, wp) = persisted(self.geometry.zone_start(zone), cond, wp);
             let slot = encode_slot(zone, cond, wp, generation);
-            let pos = self.layout.table_offset + (zone as u64 * 2 + u64::from(target)) * SLOT_SIZE;
+            let pos = self.slot_pos(zone, target);
+            // Before the write: a write that fails may still have changed the slot.
+            self.unsettled.insert(zone);
+            #[cfg(test)]
+            injected(&mut self.fail.table_write_in)?;
             self.file.write_all_at(&slot, pos)?;
             #[cfg(test)]
             self.event(IoEvent::Write {
@@ -326,6 +429,7 @@ impl ImageFile {
         self.sync()?;
         for (zone, info) in flips {
             self.slots[zone] = info;
+            self.unsettled.remove(&zone);
         }
         Ok(())
     }
@@ -387,27 +491,20 @@ impl ZoneStorage for ImageFile {
         if !is_reset {
             return Ok(());
         }
+        if self.sync_failed {
+            return Err(self.sticky_error());
+        }
         let resets: Vec<(usize, ZoneCondition, u64)> = plan
             .updates
             .iter()
             .map(|u| (u.index, u.cond, u.wp))
             .collect();
-        self.persist(&resets)?;
+        // No data sync comes first, so zones a failed persist left behind get their last
+        // durable state, not their state in memory.
+        let states = self.with_unsettled_as_durable(resets)?;
+        self.persist(&states)?;
         if self.punch_holes {
-            // Only what was written. After a reset-all no sequential zone holds data, so one
-            // call covers the first written zone to the end of the last: thousands of zones
-            // cost one fallocate, not one each.
-            let written: Vec<(u64, u64)> = plan
-                .updates
-                .iter()
-                .filter(|u| u.old_wp > u.start)
-                .map(|u| (u.start, u.old_wp))
-                .collect();
-            let ranges = match (plan.kind, written.first(), written.last()) {
-                (ZoneOpKind::ResetAll, Some(&(from, _)), Some(&(_, to))) => vec![(from, to)],
-                _ => written,
-            };
-            for (from, to) in ranges {
+            for (from, to) in punch_ranges(plan) {
                 self.punch_hole(from, to - from);
             }
         }
@@ -426,19 +523,108 @@ impl ZoneStorage for ImageFile {
         ))
     }
 
+    /// A failed fdatasync is sticky: the host may have dropped the pages it could not write,
+    /// and a later fdatasync would succeed without them, so committing write pointers then
+    /// could cover lost data. Slots a failed persist left are rewritten by the next successful
+    /// flush (with the zones' state now) or after a sticky failure (with their durable state).
     fn flush(&mut self, zones: &ZoneSet) -> io::Result<()> {
+        if self.sync_failed {
+            return Err(self.sticky_error());
+        }
         // Data first: a slot must never describe data that is not durable yet.
-        self.sync()?;
-        let states: Vec<(usize, ZoneCondition, u64)> = zones
-            .changed_zones()
-            .iter()
-            .map(|&i| {
-                let (cond, wp) = zones.saved_state(i);
-                (i, cond, wp)
-            })
-            .collect();
+        if let Err(error) = self.sync() {
+            let _ = self.sticky_error();
+            return Err(error);
+        }
+        let changed = zones.changed_zones();
+        let mut states = Vec::new();
+        states.try_reserve(changed.len() + self.unsettled.len())?;
+        let unsettled = self.unsettled.iter().filter(|i| !zones.is_changed(**i));
+        for &i in changed.iter().chain(unsettled) {
+            let (cond, wp) = zones.saved_state(i);
+            states.push((i, cond, wp));
+        }
         self.persist(&states)
     }
+}
+
+/// The sector ranges a reset plan may give back: only what the reset zones held. A RESET_ALL
+/// merges the ranges of neighbouring reset zones, also across zones it skipped because they
+/// hold nothing (EMPTY), so thousands of zones cost one fallocate, not one each; it never
+/// reaches across a zone it keeps (READ_ONLY, OFFLINE), whose data must survive.
+fn punch_ranges(plan: &ZoneOpPlan) -> Vec<(u64, u64)> {
+    let written = plan.updates.iter().filter(|u| u.old_wp > u.start);
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    let mut last_index = None;
+    let mut kept = plan.kept.iter().peekable();
+    for update in written {
+        // Kept zones below this one; one of them between the previous range and this zone
+        // ends the range.
+        let mut separated = false;
+        while let Some(&&k) = kept.peek() {
+            if k >= update.index {
+                break;
+            }
+            separated |= last_index.is_some_and(|last| k > last);
+            kept.next();
+        }
+        match ranges.last_mut() {
+            Some(range) if plan.kind == ZoneOpKind::ResetAll && !separated => {
+                range.1 = update.old_wp
+            }
+            _ => ranges.push((update.start, update.old_wp)),
+        }
+        last_index = Some(update.index);
+    }
+    ranges
+}
+
+/// A zero-filled buffer, or an error instead of an abort when memory is short.
+fn zeroed(len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len)?;
+    buf.resize(len, 0);
+    Ok(buf)
+}
+
+/// Creates a new file exclusively (mode 0600 before the umask) under a random temporary name
+/// next to `name` in `dir`; returns it and its path.
+fn create_temporary(dir: &Path, name: &std::ffi::OsStr) -> io::Result<(File, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut attempts = 0;
+    loop {
+        let mut hidden = std::ffi::OsString::from(".");
+        hidden.push(name);
+        hidden.push(format!(".new-{:016x}", random_u64()?));
+        let temp = dir.join(hidden);
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+        {
+            Ok(file) => return Ok((file, temp)),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && attempts < 16 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// 64 random bits from the kernel.
+pub(crate) fn random_u64() -> io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer, which is valid
+    // and writable for that length during the call.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != bytes.len() as isize {
+        return Err(if got < 0 {
+            io::Error::last_os_error()
+        } else {
+            io::Error::other("getrandom returned too few bytes")
+        });
+    }
+    Ok(u64::from_ne_bytes(bytes))
 }
 
 fn io_err(path: &Path) -> impl Fn(io::Error) -> ImageError + '_ {
@@ -469,64 +655,111 @@ impl ZonedDisk<ImageFile> {
         Ok(disk)
     }
 
+    /// A throwaway image for this run only (`--zoned-disk tmp`), in `dir`: created without a
+    /// name (O_TMPFILE) or, where the file system cannot, exclusively under a random name that
+    /// is unlinked at once; mode 0600. Nothing at a predictable path is ever opened, no other
+    /// process can open the image, and nothing is left behind, even after a SIGKILL.
+    pub fn create_throwaway(dir: &Path, options: &ZonedDiskOptions) -> Result<Self, ImageError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = options.path.as_path();
+        let geometry = options
+            .overrides
+            .geometry()
+            .map_err(|source| ImageError::Geometry {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let err = io_err(path);
+        let unnamed = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(dir);
+        let file = match unnamed {
+            Ok(file) => file,
+            // No O_TMPFILE in this kernel or file system.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+                let (file, temp) =
+                    create_temporary(dir, std::ffi::OsStr::new("vmm-zoned.img")).map_err(&err)?;
+                std::fs::remove_file(&temp).map_err(&err)?;
+                file
+            }
+            Err(e) => return Err(err(e)),
+        };
+        let mut disk = Self::initialize(file, path, geometry)?;
+        disk.storage_mut().punch_holes = options.reclaim.unwrap_or(true);
+        Ok(disk)
+    }
+
     /// Creates a new image; refuses to touch an existing file. The file is sparse: only the
-    /// header and zone table take space until data is written.
+    /// header and zone table take space until data is written. It is built under a temporary
+    /// name in the same directory and linked to `path` only when complete, so `path` never
+    /// holds a half-created image, whatever stops vmm on the way.
     pub fn create(path: &Path, geometry: ZonedGeometry) -> Result<Self, ImageError> {
         let geometry = ZonedGeometry::new(geometry).map_err(|source| ImageError::Geometry {
             path: path.to_path_buf(),
             source,
         })?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| match e.kind() {
-                ErrorKind::AlreadyExists => ImageError::Exists(path.to_path_buf()),
-                _ => io_err(path)(e),
-            })?;
-        crate::file_lock::lock(&file, true).map_err(|e| lock_error(path, e))?;
-        let result = Self::initialize(file, path, geometry);
-        if result.is_err() {
-            // We created the file (create_new), so removing the half-written one is ours to do.
-            let _ = std::fs::remove_file(path);
+        let exists = || ImageError::Exists(path.to_path_buf());
+        if path.symlink_metadata().is_ok() {
+            return Err(exists());
         }
-        result
+        let err = io_err(path);
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let name = path.file_name().ok_or_else(|| {
+            err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "the path names no file",
+            ))
+        })?;
+        let (file, temp) = create_temporary(dir, name).map_err(&err)?;
+        let result = crate::file_lock::lock(&file, true)
+            .map_err(|e| lock_error(path, e))
+            .and_then(|()| Self::initialize(file, path, geometry))
+            .and_then(|disk| match std::fs::hard_link(&temp, path) {
+                Ok(()) => Ok(disk),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(exists()),
+                Err(e) => Err(err(e)),
+            });
+        // We created the temporary name (exclusively), so removing it is ours to do; on success
+        // the image lives on under `path`.
+        let _ = std::fs::remove_file(&temp);
+        let disk = result?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(&err)?;
+        Ok(disk)
     }
 
     fn initialize(file: File, path: &Path, geometry: ZonedGeometry) -> Result<Self, ImageError> {
         let layout = Layout::of(&geometry);
         let zones = ZoneSet::new(geometry);
         let n = zones.len();
-        let mut table = vec![0u8; n * 2 * SLOT_SIZE as usize];
+        let err = io_err(path);
+        let mut table = zeroed(n * 2 * SLOT_SIZE as usize).map_err(&err)?;
         for (i, pair) in table.chunks_exact_mut(2 * SLOT_SIZE as usize).enumerate() {
             let (cond, wp) = zones.saved_state(i);
             // Slot A is current (generation 1), slot B an older copy (generation 0).
             pair[..16].copy_from_slice(&encode_slot(i, cond, wp, 1));
             pair[16..].copy_from_slice(&encode_slot(i, cond, wp, 0));
         }
-        let err = io_err(path);
         file.set_len(layout.file_size).map_err(&err)?;
         file.write_all_at(&table, layout.table_offset)
             .map_err(&err)?;
         file.write_all_at(&encode_header(&geometry, &layout), 0)
             .map_err(&err)?;
         file.sync_all().map_err(&err)?;
-        if let Some(dir) = path.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            File::open(dir).and_then(|d| d.sync_all()).map_err(&err)?;
-        }
-        let slots = vec![
+        let mut slots = Vec::new();
+        slots.try_reserve_exact(n).map_err(|e| err(e.into()))?;
+        slots.resize(
+            n,
             SlotInfo {
                 current: 0,
-                generation: 1
-            };
-            n
-        ];
+                generation: 1,
+            },
+        );
         Ok(ZonedDisk::new(
             zones,
             ImageFile::new(file, geometry, layout, slots),
@@ -622,7 +855,7 @@ impl ZonedDisk<ImageFile> {
             }
         }
         let n = geometry.nr_zones() as usize;
-        let mut table = vec![0u8; n * 2 * SLOT_SIZE as usize];
+        let mut table = zeroed(n * 2 * SLOT_SIZE as usize).map_err(&err)?;
         file.read_exact_at(&mut table, layout.table_offset)
             .map_err(&err)?;
         let table_error = |zone: usize, reason: String| ImageError::CorruptZoneTable {
@@ -630,8 +863,10 @@ impl ZonedDisk<ImageFile> {
             zone,
             reason,
         };
-        let mut slots = Vec::with_capacity(n);
-        let mut states = Vec::with_capacity(n);
+        let mut slots = Vec::new();
+        let mut states = Vec::new();
+        slots.try_reserve_exact(n).map_err(|e| err(e.into()))?;
+        states.try_reserve_exact(n).map_err(|e| err(e.into()))?;
         for (zone, pair) in table.chunks_exact(2 * SLOT_SIZE as usize).enumerate() {
             let a = decode_slot(zone, &pair[..16]);
             let b = decode_slot(zone, &pair[16..]);

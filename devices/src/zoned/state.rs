@@ -16,6 +16,10 @@
 //! open limit is reached, the implicitly-open zone that became implicitly open the longest ago
 //! is closed (FIFO order). If there is none, the request fails with OPEN_RESOURCE.
 //!
+//! Reads: past the end of the disk (IOERR); crossing a zone boundary unless all zones touched
+//! are conventional (INVALID_CMD); touching an OFFLINE zone (INVALID_CMD). Above a write
+//! pointer they read zeros.
+//!
 //! Check order of a write (first failing check wins): past the end of the disk (IOERR); zone
 //! READ_ONLY/OFFLINE/FULL (INVALID_CMD); crossing into another zone, unless all zones touched are
 //! conventional (INVALID_CMD); for sequential zones: sector != wp or length not a multiple of the
@@ -217,6 +221,9 @@ pub struct ZoneOpPlan {
     /// Zones whose state changes, in order of application (an implicit close comes first).
     /// Empty for idempotent successes.
     pub updates: Vec<ZoneUpdate>,
+    /// RESET_ALL only: the sequential zones it leaves alone although they may hold data
+    /// (READ_ONLY and OFFLINE), by index in ascending order. Storage must keep their blocks.
+    pub kept: Vec<usize>,
     generation: u64,
 }
 
@@ -400,6 +407,50 @@ impl ZoneSet {
         Ok(())
     }
 
+    /// Undoes the write pointer move of a write to sequential zone `index` whose data storage
+    /// failed; `before` is the zone's (condition, write pointer) when the write was reserved.
+    /// Other requests may have changed the zone since, so it never takes back a resource it
+    /// gave up: a zone closed meanwhile (say, implicitly, by another lane's write) stays
+    /// closed, one the write filled becomes CLOSED only if an active resource is free (else it
+    /// stays FULL), an open one keeps its condition unless the write had opened it implicitly
+    /// (then it goes back to EMPTY or CLOSED). A zone
+    /// reset or taken offline meanwhile is left alone. Any plan prepared before is invalidated.
+    pub fn roll_back_write(&mut self, index: usize, before: (ZoneCondition, u64)) {
+        let Some(&now) = self.entries.get(index) else {
+            return;
+        };
+        let (before_cond, wp) = before;
+        let start = self.geometry.zone_start(index);
+        if self.geometry.is_conventional(index) || wp < start || wp > now.wp {
+            return;
+        }
+        let closed = if wp == start {
+            ZoneCondition::Empty
+        } else {
+            ZoneCondition::Closed
+        };
+        let cond = match now.cond {
+            // Opened explicitly, or open already before the write: it keeps its resources.
+            ZoneCondition::ExplicitOpen => now.cond,
+            ZoneCondition::ImplicitOpen if before_cond.is_open() => now.cond,
+            ZoneCondition::ImplicitOpen | ZoneCondition::Closed => closed,
+            ZoneCondition::Full => {
+                let g = &self.geometry;
+                if closed == ZoneCondition::Closed
+                    && g.max_active != 0
+                    && self.nr_active >= g.max_active
+                {
+                    ZoneCondition::Full
+                } else {
+                    closed
+                }
+            }
+            _ => return,
+        };
+        self.generation += 1;
+        self.set_state(index, cond, wp);
+    }
+
     /// The geometry.
     pub fn geometry(&self) -> &ZonedGeometry {
         &self.geometry
@@ -480,6 +531,11 @@ impl ZoneSet {
     /// Zone indices whose state changed since the last [`ZoneSet::clear_changed`], each once.
     pub fn changed_zones(&self) -> &[usize] {
         &self.changed
+    }
+
+    /// Whether zone `index` is among [`ZoneSet::changed_zones`].
+    pub fn is_changed(&self, index: usize) -> bool {
+        self.changed_mark.get(index).copied().unwrap_or(false)
     }
 
     /// Forgets the changed zones (after a backend persisted them).
@@ -564,12 +620,22 @@ impl ZoneSet {
         }
     }
 
-    /// Splits a read into data-backed parts and parts above the write pointer. Reads may cross
-    /// zone boundaries; past the end of the disk is IOERR, touching an OFFLINE zone INVALID_CMD.
+    /// Splits a read into data-backed parts and parts above the write pointer. Past the end of
+    /// the disk is IOERR; crossing a zone boundary is INVALID_CMD unless every zone touched is
+    /// conventional (virtio 1.3 5.2.6.3; Linux splits reads at zone boundaries anyway);
+    /// touching an OFFLINE zone is INVALID_CMD.
     pub fn check_read(&self, sector: u64, nr_sectors: u64) -> Result<Vec<ReadSegment>, ZoneError> {
         let end = sector.checked_add(nr_sectors).ok_or(ZoneError::Io)?;
         if end > self.geometry.capacity {
             return Err(ZoneError::Io);
+        }
+        if nr_sectors > 0 {
+            let first = self.geometry.zone_index(sector).ok_or(ZoneError::Io)?;
+            let last = self.geometry.zone_index(end - 1).ok_or(ZoneError::Io)?;
+            // Conventional zones come first, so the last zone touched decides.
+            if first != last && !self.geometry.is_conventional(last) {
+                return Err(ZoneError::InvalidCommand);
+            }
         }
         let mut segments: Vec<ReadSegment> = Vec::new();
         let mut push = |sector: u64, nr_sectors: u64, has_data: bool| {
@@ -830,6 +896,7 @@ impl ZoneSet {
         Ok(ZoneOpPlan {
             kind: ZoneOpKind::Single(op),
             updates,
+            kept: Vec::new(),
             generation: self.generation,
         })
     }
@@ -843,9 +910,20 @@ impl ZoneSet {
             .filter(|(_, e)| e.cond.is_active() || e.cond == ZoneCondition::Full)
             .map(|(i, _)| self.update(i, ZoneCondition::Empty, self.geometry.zone_start(i)))
             .collect();
+        let kept = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|&(i, e)| {
+                !self.geometry.is_conventional(i)
+                    && matches!(e.cond, ZoneCondition::ReadOnly | ZoneCondition::Offline)
+            })
+            .map(|(i, _)| i)
+            .collect();
         ZoneOpPlan {
             kind: ZoneOpKind::ResetAll,
             updates,
+            kept,
             generation: self.generation,
         }
     }

@@ -614,6 +614,12 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
         1 << wire::VIRTIO_BLK_F_ZONED
     }
 
+    /// The model is always host-managed, which a driver without VIRTIO_BLK_F_ZONED cannot
+    /// drive (virtio 1.3 5.2.5: the device must then refuse FEATURES_OK).
+    fn required_features(&self) -> u64 {
+        1 << wire::VIRTIO_BLK_F_ZONED
+    }
+
     fn fill_config(&self, config: &mut [u8; CONFIG_SIZE]) {
         wire::fill_zoned_config(self.disk.geometry(), config);
     }
@@ -774,6 +780,67 @@ mod tests {
         assert_eq!(u32::from_le_bytes(config[84..88].try_into().unwrap()), 256);
         assert_eq!(config[92], wire::MODEL_HOST_MANAGED);
         assert_eq!(f.backend.size(), 8 * ZONE * 512);
+    }
+
+    #[test]
+    fn a_driver_without_the_zoned_feature_is_refused_and_gets_unsupp() {
+        use crate::block::{Block, BlockBackend as _};
+        use crate::test_support::{Buffer, SplitQueueDriver};
+        use crate::virtio::{InterruptSignal, VirtioDevice, VIRTIO_F_VERSION_1};
+
+        struct NoInterrupt;
+        impl InterruptSignal for NoInterrupt {
+            fn signal_used_queue(&self, _queue_index: u16) -> io::Result<()> {
+                Ok(())
+            }
+            fn signal_config_change(&self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+
+        // The fixture's image, but the handler goes into a whole device.
+        let mut f = fixture("no-zoned-feature");
+        let memory = f.memory.clone();
+        let path = f.path.with_extension("device.img");
+        let _ = std::fs::remove_file(&path);
+        let geometry = *f.handler.disk.geometry();
+        f.backend = ZonedCapacity::new(0);
+        let disk = ZonedImage::create(&path, geometry).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let handler = ZonedHandler::new(disk);
+        let capacity = handler.capacity_backend();
+        assert_eq!(capacity.size(), 8 * ZONE * 512);
+        let mut block = Block::with_handler(Box::new(capacity), "z", Box::new(handler));
+        let zoned = 1u64 << wire::VIRTIO_BLK_F_ZONED;
+        // Spec 5.2.5: a host-managed device refuses FEATURES_OK without VIRTIO_BLK_F_ZONED.
+        assert!(!block.accepts_features(VIRTIO_F_VERSION_1));
+        assert!(block.accepts_features(VIRTIO_F_VERSION_1 | zoned));
+        // Should a device run anyway, zone requests get UNSUPP (5.2.6).
+        block.set_acked_features(VIRTIO_F_VERSION_1);
+        let (mut driver, queue) =
+            SplitQueueDriver::new(&memory, GuestAddress(0x8_0000), 8).unwrap();
+        block
+            .activate(
+                memory.clone(),
+                vec![queue],
+                std::sync::Arc::new(NoInterrupt),
+            )
+            .unwrap();
+        let header = GuestAddress(0x1000);
+        memory
+            .write_obj(zone_request::ZONE_RESET_ALL, header)
+            .unwrap();
+        memory.write_obj(0u64, GuestAddress(0x1008)).unwrap();
+        memory.write_obj(0xffu8, GuestAddress(0x2000)).unwrap();
+        driver
+            .add_chain(&[
+                Buffer::readable(header, 16),
+                Buffer::writable(GuestAddress(0x2000), 1),
+            ])
+            .unwrap();
+        block.process_queue(0).unwrap();
+        let status: u8 = memory.read_obj(GuestAddress(0x2000)).unwrap();
+        assert_eq!(status, status::UNSUPP);
     }
 
     #[test]

@@ -67,6 +67,17 @@ fn read(d: &mut ZonedImage, sector: u64, nr: u64) -> Vec<u8> {
     buf
 }
 
+impl ImageFile {
+    /// The bytes stored for `nr` sectors at `sector`, whatever the zone state says.
+    fn read_raw(&self, sector: u64, nr: u64) -> Vec<u8> {
+        let mut buf = vec![0u8; (nr * 512) as usize];
+        self.file
+            .read_exact_at(&mut buf, self.data_pos(sector))
+            .unwrap();
+        buf
+    }
+}
+
 fn state(d: &ZonedImage, i: usize) -> (ZoneCondition, u64) {
     d.zones().saved_state(i)
 }
@@ -685,4 +696,213 @@ fn with_reclaim_off_resets_punch_nothing_and_reads_above_the_write_pointer_stay_
     let mut buf = vec![0xaau8; 8 * 512];
     d.read(256, &mut buf).unwrap();
     assert!(buf.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn reset_all_keeps_the_data_of_read_only_and_offline_zones() {
+    let dir = Scratch::new("reset-all-kept");
+    let path = dir.path("disk.img");
+    let geometry = ZonedGeometry::new(ZonedGeometry {
+        max_open: 0,
+        max_active: 0,
+        ..geometry()
+    })
+    .unwrap();
+    let mut d = ZonedImage::create(&path, geometry).unwrap();
+    for zone in 1..6u64 {
+        d.write(zone * 256, &pattern(zone * 256, 8, 0)).unwrap();
+    }
+    d.flush().unwrap();
+    // Zone 2 read-only for this run only, zone 4 offline for good; both between written zones.
+    d.inject_condition(512, ZoneCondition::ReadOnly).unwrap();
+    d.set_zone_condition(1024, ZoneCondition::Offline).unwrap();
+    d.reset_all().unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Empty, 256));
+    assert_eq!(state(&d, 5), (ZoneCondition::Empty, 1280));
+    assert!(read(&mut d, 512, 8) == pattern(512, 8, 0), "read-only zone");
+    assert!(
+        d.storage().read_raw(1024, 8) == pattern(1024, 8, 0),
+        "offline zone"
+    );
+    d.flush().unwrap();
+    drop(d);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 2), (ZoneCondition::Closed, 520));
+    assert!(read(&mut d, 512, 8) == pattern(512, 8, 0), "next run");
+    assert_eq!(state(&d, 4).0, ZoneCondition::Offline);
+    assert!(d.storage().read_raw(1024, 8) == pattern(1024, 8, 0));
+}
+
+#[test]
+fn a_reset_whose_sync_failed_is_superseded_and_later_flushes_fail() {
+    let dir = Scratch::new("failed-reset-sync");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    d.write(256, &pattern(256, 8, 0)).unwrap();
+    d.flush().unwrap();
+    // The fdatasync after the EMPTY slot was written fails: the reset fails and the zone keeps
+    // its data; the slot that says EMPTY must not win in the next run.
+    d.storage_mut().fail.sync_in = Some(0);
+    assert_eq!(d.zone_op(ZoneOp::Reset, 256), Err(ZoneError::Io));
+    assert_eq!(state(&d, 1), (ZoneCondition::ImplicitOpen, 264));
+    // A failed fdatasync may have dropped written data: no later flush commits anything.
+    d.write(264, &pattern(264, 8, 0)).unwrap();
+    assert_eq!(d.flush(), Err(ZoneError::Io));
+    assert_eq!(d.flush(), Err(ZoneError::Io), "the error is sticky");
+    drop(d);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 264));
+    assert!(read(&mut d, 256, 8) == pattern(256, 8, 0));
+}
+
+#[test]
+fn a_reset_all_whose_later_slot_write_failed_is_superseded_by_the_next_flush() {
+    let dir = Scratch::new("failed-reset-all");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    d.write(256, &pattern(256, 8, 0)).unwrap();
+    d.write(512, &pattern(512, 8, 0)).unwrap();
+    d.flush().unwrap();
+    // Zone 1's EMPTY slot is written, zone 2's write fails.
+    d.storage_mut().fail.table_write_in = Some(1);
+    assert_eq!(d.reset_all(), Err(ZoneError::Io));
+    assert_eq!(state(&d, 1), (ZoneCondition::ImplicitOpen, 264));
+    d.flush().unwrap();
+    drop(d);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 264));
+    assert_eq!(state(&d, 2), (ZoneCondition::Closed, 520));
+    assert!(read(&mut d, 256, 8) == pattern(256, 8, 0));
+    // A later successful reset of another zone supersedes it too.
+    d.storage_mut().fail.table_write_in = Some(1);
+    assert_eq!(d.reset_all(), Err(ZoneError::Io));
+    d.zone_op(ZoneOp::Reset, 512).unwrap();
+    drop(d);
+    let d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 264));
+    assert_eq!(state(&d, 2), (ZoneCondition::Empty, 512));
+}
+
+#[test]
+fn after_a_failed_data_sync_no_flush_commits_a_write_pointer() {
+    let dir = Scratch::new("failed-data-sync");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    d.write(256, &pattern(256, 8, 0)).unwrap();
+    d.flush().unwrap();
+    d.write(264, &pattern(264, 8, 0)).unwrap();
+    d.storage_mut().fail.sync_in = Some(0);
+    assert_eq!(d.flush(), Err(ZoneError::Io));
+    // The host may have dropped the pages whose write-back failed; a second fdatasync would
+    // succeed without them.
+    assert_eq!(d.flush(), Err(ZoneError::Io));
+    assert_eq!(d.zone_op(ZoneOp::Reset, 512), Ok(()), "nothing to reset");
+    assert_eq!(d.zone_op(ZoneOp::Reset, 256), Err(ZoneError::Io));
+    drop(d);
+    let d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 264));
+}
+
+#[test]
+fn huge_zone_counts_are_refused_and_leave_no_file_behind() {
+    let dir = Scratch::new("huge");
+    let path = dir.path("huge.img");
+    // 2 Mi zones of one sector: valid for Linux, but every zone costs vmm memory.
+    let options =
+        ZonedDiskOptions::parse(&format!("{},size=1G,zone-size=512", path.display())).unwrap();
+    let msg = match ZonedImage::open_or_create(&options) {
+        Ok(_) => panic!("an image with 2 Mi zones was created"),
+        Err(err) => err.to_string(),
+    };
+    assert!(msg.contains("2097152 zones are too many"), "{msg}");
+    assert_eq!(
+        std::fs::read_dir(&dir.0).unwrap().count(),
+        0,
+        "nothing created"
+    );
+    // The same geometry in a crafted image whose checksum is right.
+    let huge = ZonedGeometry {
+        capacity: 1 << 21,
+        zone_size: 1,
+        zone_capacity: 1,
+        conventional_zones: 0,
+        max_open: 0,
+        max_active: 0,
+        max_append_sectors: 1,
+        write_granularity: 512,
+    };
+    let layout = Layout::of(&huge);
+    let crafted = dir.path("crafted.img");
+    let f = File::create(&crafted).unwrap();
+    f.write_all_at(&encode_header(&huge, &layout), 0).unwrap();
+    f.set_len(layout.file_size).unwrap();
+    drop(f);
+    let msg = open_fails(&crafted, &none());
+    assert!(msg.contains("2097152 zones are too many"), "{msg}");
+}
+
+#[test]
+fn a_create_that_fails_midway_leaves_no_file_behind() {
+    let dir = Scratch::new("create-fails");
+    let path = dir.path("disk.img");
+    // 64 Ti sectors of 512 bytes: more than ext4 (16 TiB) or tmpfs let a file grow to.
+    let big = ZonedGeometry::new(ZonedGeometry {
+        capacity: 1 << 45,
+        zone_size: 1 << 30,
+        zone_capacity: 1 << 30,
+        ..geometry()
+    })
+    .unwrap();
+    if let Err(err) = ZonedImage::create(&path, big) {
+        assert!(err.to_string().contains("disk.img"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(&dir.0).unwrap().count(),
+            0,
+            "nothing left"
+        );
+    }
+}
+
+#[test]
+fn throwaway_images_have_no_name_and_open_nothing_planted() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = Scratch::new("throwaway");
+    // Another user plants an image with data where a predictable name would be.
+    let options = ZonedDiskOptions::parse("tmp,size=8M,zone-size=1M").unwrap();
+    let planted = dir.path(&format!("vmm-zoned-{}-0.img", std::process::id()));
+    let mut other = ZonedImage::create(&planted, options.overrides.geometry().unwrap()).unwrap();
+    other.write(2048, &pattern(2048, 8, 9)).unwrap();
+    other.flush().unwrap();
+    drop(other);
+    let before = std::fs::read(&planted).unwrap();
+    let mut disk = ZonedImage::create_throwaway(&dir.0, &options).unwrap();
+    assert_eq!(
+        state(&disk, 1),
+        (ZoneCondition::Empty, 2048),
+        "a fresh image"
+    );
+    disk.write(2048, &pattern(2048, 4, 1)).unwrap();
+    assert!(read(&mut disk, 2048, 4) == pattern(2048, 4, 1));
+    let names: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![planted.file_name().unwrap().to_owned()]);
+    assert!(
+        std::fs::read(&planted).unwrap() == before,
+        "planted file untouched"
+    );
+    let meta = disk.storage().file.metadata().unwrap();
+    assert_eq!(meta.nlink(), 0, "no name another process could open");
+    assert_eq!(meta.mode() & 0o077, 0, "mode {:o}", meta.mode());
+}
+
+#[test]
+fn new_images_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("mode");
+    let path = dir.path("disk.img");
+    drop(ZonedImage::create(&path, geometry()).unwrap());
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "mode {mode:o}");
 }
