@@ -86,22 +86,24 @@ impl DataPath {
             .ok_or_else(invalid_input)
     }
 
-    /// Reads `buf.len()` bytes at `sector`.
+    /// Reads `buf.len()` bytes at `sector`. For O_DIRECT this allocates a bounce buffer per
+    /// call: a caller serving requests keeps one and uses `read_with`.
     pub fn read(&self, sector: u64, buf: &mut [u8]) -> io::Result<()> {
-        let mut bounce = self.bounce_for(buf.len())?;
-        self.read_with(sector, buf, &mut bounce)
+        self.read_with(sector, buf, &mut AlignedBuffer::empty())
     }
 
-    /// Writes `data` at `sector`.
+    /// Writes `data` at `sector` (a bounce buffer per call for O_DIRECT, as `read`).
     pub fn write(&self, sector: u64, data: &[u8]) -> io::Result<()> {
-        let mut bounce = self.bounce_for(data.len())?;
-        self.write_with(sector, data, &mut bounce)
+        self.write_with(sector, data, &mut AlignedBuffer::empty())
     }
 
-    /// A bounce buffer for `len` bytes of O_DIRECT I/O; a page only for buffered I/O, which
-    /// does not use it.
-    fn bounce_for(&self, len: usize) -> io::Result<AlignedBuffer> {
-        AlignedBuffer::new(if self.direct_block.is_some() { len } else { 0 })
+    /// The bounce buffer bytes that O_DIRECT I/O of `len` bytes at any sector needs (a read is
+    /// widened to the logical blocks around it); 0 for buffered I/O, which needs none.
+    pub fn bounce_len(&self, len: u64) -> u64 {
+        match self.direct_block {
+            None => 0,
+            Some(block) => len.div_ceil(block).saturating_add(1).saturating_mul(block),
+        }
     }
 
     /// `read`, reusing `bounce` for O_DIRECT (a caller on one thread keeps one buffer).
@@ -138,30 +140,34 @@ impl DataPath {
     }
 
     /// Writes `buffers` at `sector`: straight from guest memory, or for O_DIRECT copied once
-    /// into an aligned buffer.
-    pub fn write_from_guest(&self, sector: u64, buffers: &GuestBuffers<'_>) -> io::Result<()> {
+    /// into `bounce` (grown if it is too short, never shrunk).
+    pub fn write_from_guest(
+        &self,
+        sector: u64,
+        buffers: &GuestBuffers<'_>,
+        bounce: &mut AlignedBuffer,
+    ) -> io::Result<()> {
         let len = buffers.len();
         let Some(block) = self.direct_block else {
             self.before_write(sector);
             return buffers.write_to(&self.file, self.offset(sector)?);
         };
-        let mut bounce = AlignedBuffer::new(len)?;
-        self.write_direct(block, sector, len, &mut bounce, |into| {
-            buffers.copy_out(into)
-        })
+        self.write_direct(block, sector, len, bounce, |into| buffers.copy_out(into))
     }
 
     /// Reads `buffers.len()` bytes at `sector` into `buffers`: straight into guest memory, or
-    /// for O_DIRECT copied once out of an aligned buffer.
-    pub fn read_into_guest(&self, sector: u64, buffers: &GuestBuffers<'_>) -> io::Result<()> {
+    /// for O_DIRECT copied once out of `bounce`.
+    pub fn read_into_guest(
+        &self,
+        sector: u64,
+        buffers: &GuestBuffers<'_>,
+        bounce: &mut AlignedBuffer,
+    ) -> io::Result<()> {
         let len = buffers.len();
         let Some(block) = self.direct_block else {
             return buffers.read_from(&self.file, self.offset(sector)?);
         };
-        let mut bounce = AlignedBuffer::new(len)?;
-        self.read_direct(block, sector, len, &mut bounce, |data| {
-            buffers.copy_in(data)
-        })
+        self.read_direct(block, sector, len, bounce, |data| buffers.copy_in(data))
     }
 
     /// O_DIRECT read of `len` bytes at `sector`: the enclosing logical blocks go into
@@ -213,9 +219,17 @@ impl DataPath {
     }
 }
 
-/// A heap buffer aligned for O_DIRECT.
+/// The layout of an [`AlignedBuffer`] that has not allocated.
+const NO_ALLOCATION: Layout = match Layout::from_size_align(0, BUFFER_ALIGNMENT) {
+    Ok(layout) => layout,
+    Err(_) => panic!("BUFFER_ALIGNMENT is a power of two"),
+};
+
+/// A heap buffer aligned for O_DIRECT. It only grows: whoever serves requests keeps one and
+/// reuses it, so that steady-state I/O allocates nothing.
 pub struct AlignedBuffer {
     ptr: NonNull<u8>,
+    /// Size 0 for a buffer that has not allocated yet.
     layout: Layout,
 }
 
@@ -223,35 +237,60 @@ pub struct AlignedBuffer {
 unsafe impl Send for AlignedBuffer {}
 
 impl AlignedBuffer {
+    /// A buffer of at least `len` bytes, and at least a page.
     pub fn new(len: usize) -> io::Result<Self> {
-        let layout = Layout::from_size_align(len.max(BUFFER_ALIGNMENT), BUFFER_ALIGNMENT)
-            .map_err(|_| invalid_input())?;
-        // SAFETY: the layout has a non-zero size (at least BUFFER_ALIGNMENT).
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-        Ok(AlignedBuffer { ptr, layout })
+        let mut buffer = Self::empty();
+        buffer.reserve(len.max(BUFFER_ALIGNMENT))?;
+        Ok(buffer)
+    }
+
+    /// A buffer that allocates only when first used.
+    pub fn empty() -> Self {
+        AlignedBuffer {
+            ptr: NonNull::dangling(),
+            layout: NO_ALLOCATION,
+        }
     }
 
     pub fn len(&self) -> usize {
         self.layout.size()
     }
 
-    /// Never true: the buffer holds at least one page.
+    /// Whether nothing is allocated yet.
     pub fn is_empty(&self) -> bool {
-        false
+        self.len() == 0
+    }
+
+    /// Grows the buffer to at least `len` bytes (to the next power of two, so a run of
+    /// growing requests reallocates a few times only). The contents are not kept.
+    pub fn reserve(&mut self, len: usize) -> io::Result<()> {
+        if self.len() >= len {
+            return Ok(());
+        }
+        let size = len
+            .checked_next_power_of_two()
+            .ok_or_else(invalid_input)?
+            .max(BUFFER_ALIGNMENT);
+        let layout =
+            Layout::from_size_align(size, BUFFER_ALIGNMENT).map_err(|_| invalid_input())?;
+        // SAFETY: the layout has a non-zero size (at least BUFFER_ALIGNMENT).
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        // The old allocation, if any, is freed by its drop.
+        *self = AlignedBuffer { ptr, layout };
+        Ok(())
     }
 
     /// The first `len` bytes, after growing the buffer if it is shorter.
     pub fn prefix(&mut self, len: usize) -> io::Result<&mut [u8]> {
-        if self.len() < len {
-            *self = AlignedBuffer::new(len)?;
-        }
+        self.reserve(len)?;
         Ok(&mut self.as_mut_slice()[..len])
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: ptr points to layout.size() initialized (zeroed at allocation) bytes owned by
-        // self, and &mut self guarantees no other reference to them.
+        // self, or is a dangling, non-null pointer for size 0; &mut self guarantees no other
+        // reference to them.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
     }
 
@@ -259,10 +298,18 @@ impl AlignedBuffer {
     pub fn is_aligned(&self) -> bool {
         self.ptr.as_ptr() as usize % BUFFER_ALIGNMENT == 0
     }
+
+    /// Where the buffer starts (tests of its reuse).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
 }
 
 impl Drop for AlignedBuffer {
     fn drop(&mut self) {
+        if self.layout.size() == 0 {
+            return;
+        }
         // SAFETY: ptr was allocated with exactly this layout and is freed only here.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
@@ -334,14 +381,15 @@ mod tests {
         };
         let source = [seg(0x1000, 1000), seg(0x5000, 3096)];
         let from = GuestBuffers::new(&memory, &source).unwrap();
-        path.write_from_guest(8, &from).unwrap();
+        let mut bounce = AlignedBuffer::empty();
+        path.write_from_guest(8, &from, &mut bounce).unwrap();
         let mut on_disk = vec![0u8; 4096];
         file.read_exact_at(&mut on_disk, 8 * 512).unwrap();
         assert_eq!(on_disk, block);
         // A read inside the block is widened to it and lands in the guest's pieces.
         let target = [seg(0x9000, 100), seg(0xa000, 412)];
         let into = GuestBuffers::new(&memory, &target).unwrap();
-        path.read_into_guest(9, &into).unwrap();
+        path.read_into_guest(9, &into, &mut bounce).unwrap();
         let mut first = vec![0u8; 100];
         let mut second = vec![0u8; 412];
         memory.read_slice(&mut first, GuestAddress(0x9000)).unwrap();
@@ -354,7 +402,9 @@ mod tests {
         let one = [seg(0x1000, 512)];
         let short = GuestBuffers::new(&memory, &one).unwrap();
         assert_eq!(
-            path.write_from_guest(8, &short).unwrap_err().raw_os_error(),
+            path.write_from_guest(8, &short, &mut bounce)
+                .unwrap_err()
+                .raw_os_error(),
             Some(libc::EINVAL)
         );
     }
@@ -369,5 +419,16 @@ mod tests {
         );
         assert!(buffer.len() > 3 * BUFFER_ALIGNMENT);
         assert!(buffer.is_aligned());
+        // Shorter uses keep the allocation.
+        let start = buffer.as_ptr();
+        buffer.prefix(512).unwrap();
+        buffer.prefix(buffer.len()).unwrap();
+        assert_eq!(buffer.as_ptr(), start);
+        // An empty buffer allocates on first use only.
+        let mut empty = AlignedBuffer::empty();
+        assert!(empty.is_empty());
+        assert!(empty.prefix(0).unwrap().is_empty());
+        assert_eq!(empty.prefix(5000).unwrap().len(), 5000);
+        assert!(empty.is_aligned() && empty.len() == 2 * BUFFER_ALIGNMENT);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use log::warn;
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
-use super::data_path::DataPath;
+use super::data_path::{AlignedBuffer, DataPath};
 use super::disk::{Reservation, ZoneStorage, ZonedDisk};
 use super::geometry::SECTOR_SIZE;
 use super::geometry::{FailWrite, FaultInjection};
@@ -82,6 +82,11 @@ pub struct ZonedHandler<S: ZoneStorage> {
     /// The run of lane requests (request index, zone) `handle_batch` is collecting, kept
     /// between batches so that collecting it allocates nothing.
     run: Vec<(usize, usize)>,
+    /// One O_DIRECT bounce buffer per lane, kept between batches: grown to the largest
+    /// request a lane has served, never freed per request. (Lane threads that allocated and
+    /// freed a large buffer per request made glibc trim their malloc arena, which opens
+    /// /proc/sys/vm/overcommit_memory under the seccomp filter.)
+    bounces: Vec<AlignedBuffer>,
 }
 
 impl<S: ZoneStorage> ZonedHandler<S> {
@@ -92,6 +97,7 @@ impl<S: ZoneStorage> ZonedHandler<S> {
             fail_write: None,
             writes_to_failing_zone: 0,
             run: Vec::new(),
+            bounces: (0..MAX_LANES).map(|_| AlignedBuffer::empty()).collect(),
         }
     }
 
@@ -233,9 +239,11 @@ impl<S: ZoneStorage> DiskAccess for ZonedDisk<S> {
 /// A lane of a batch: it takes the zone state only to check and commit; data moves through the
 /// storage's `DataPath`, straight between guest memory and storage, without the zone state and
 /// (for a parallel run) beside the other lanes.
-struct Lane<'a, S> {
+struct Lane<'a, 'b, S> {
     disk: LaneDisk<'a, S>,
     data: &'a DataPath,
+    /// The lane's O_DIRECT bounce buffer.
+    bounce: &'b mut AlignedBuffer,
 }
 
 /// How a lane reaches the zone state.
@@ -246,7 +254,7 @@ enum LaneDisk<'a, S> {
     Shared(&'a Mutex<&'a mut ZonedDisk<S>>),
 }
 
-impl<S> Lane<'_, S> {
+impl<S> Lane<'_, '_, S> {
     /// Runs `f` on the zone state, holding the lock for its duration if the state is shared.
     fn with_disk<R>(&mut self, f: impl FnOnce(&mut ZonedDisk<S>) -> R) -> R {
         match &mut self.disk {
@@ -294,7 +302,7 @@ fn zero_fill(memory: &GuestMemoryMmap, segments: &[Segment]) -> Result<(), ZoneE
     Ok(())
 }
 
-impl<S: ZoneStorage> DiskAccess for Lane<'_, S> {
+impl<S: ZoneStorage> DiskAccess for Lane<'_, '_, S> {
     fn read(
         &mut self,
         memory: &GuestMemoryMmap,
@@ -316,7 +324,7 @@ impl<S: ZoneStorage> DiskAccess for Lane<'_, S> {
             if part.has_data {
                 let buffers = GuestBuffers::new(memory, &target).map_err(|_| ZoneError::Io)?;
                 self.data
-                    .read_into_guest(part.sector, &buffers)
+                    .read_into_guest(part.sector, &buffers, self.bounce)
                     .map_err(|_| ZoneError::Io)?;
             } else {
                 zero_fill(memory, &target)?;
@@ -340,7 +348,7 @@ impl<S: ZoneStorage> DiskAccess for Lane<'_, S> {
     }
 }
 
-impl<S: ZoneStorage> Lane<'_, S> {
+impl<S: ZoneStorage> Lane<'_, '_, S> {
     /// The request's data, resolved in guest memory before the zone state is touched, so a
     /// bad address fails the request whole.
     fn buffers<'m>(
@@ -364,7 +372,10 @@ impl<S: ZoneStorage> Lane<'_, S> {
         if reservation.nr_sectors == 0 {
             return Ok(reservation.landed());
         }
-        match self.data.write_from_guest(reservation.sector, buffers) {
+        match self
+            .data
+            .write_from_guest(reservation.sector, buffers, self.bounce)
+        {
             Ok(()) => Ok(reservation.landed()),
             Err(error) => self.with_disk(|disk| disk.complete(reservation, Err(error))),
         }
@@ -423,13 +434,15 @@ fn serve_data(
     }
 }
 
+/// The data bytes `request` moves (in either direction).
+fn data_bytes(request: &Request) -> u64 {
+    request.readable_len().max(request.writable_len())
+}
+
 /// The data bytes of the requests (index, zone) of `run`.
 fn run_bytes(run: &[(usize, usize)], requests: &[Request]) -> u64 {
     run.iter()
-        .map(|&(index, _)| {
-            let request = &requests[index];
-            request.readable_len().max(request.writable_len())
-        })
+        .map(|&(index, _)| data_bytes(&requests[index]))
         .sum()
 }
 
@@ -560,6 +573,7 @@ impl<S: ZoneStorage + Send> ZonedHandler<S> {
             let mut access = Lane {
                 disk: LaneDisk::Alone(&mut self.disk),
                 data,
+                bounce: &mut self.bounces[0],
             };
             for &(index, _) in run {
                 out[index] = Some(serve_data(&mut access, memory, &requests[index]));
@@ -570,35 +584,52 @@ impl<S: ZoneStorage + Send> ZonedHandler<S> {
         for &(index, zone) in run {
             lanes[zone % MAX_LANES].push(index);
         }
-        lanes.retain(|lane| !lane.is_empty());
+        // Each lane with work, and its bounce buffer grown here for the lane's largest request:
+        // the lane threads only use it (any allocation stays on this long-lived thread).
+        let mut work: Vec<(&[usize], &mut AlignedBuffer)> = Vec::with_capacity(MAX_LANES);
+        for (lane, bounce) in lanes.iter().zip(self.bounces.iter_mut()) {
+            if lane.is_empty() {
+                continue;
+            }
+            let largest = lane
+                .iter()
+                .map(|&index| data.bounce_len(data_bytes(&requests[index])))
+                .max()
+                .unwrap_or(0);
+            // A buffer that cannot grow here fails its requests in the lane (ENOMEM) instead.
+            let _ = bounce.reserve(usize::try_from(largest).unwrap_or(usize::MAX));
+            work.push((lane, bounce));
+        }
         let disk = Mutex::new(&mut self.disk);
         let served: Vec<(usize, Completion)> = std::thread::scope(|scope| {
             let disk = &disk;
-            let serve_lane = move |lane: &[usize]| -> Vec<(usize, Completion)> {
+            let serve_lane = move |lane: &[usize], bounce: &mut AlignedBuffer| {
                 let mut access = Lane {
                     disk: LaneDisk::Shared(disk),
                     data,
+                    bounce,
                 };
                 lane.iter()
                     .map(|&index| (index, serve_data(&mut access, memory, &requests[index])))
-                    .collect()
+                    .collect::<Vec<_>>()
             };
-            let (first, others) = lanes.split_first().expect("two lanes or more");
-            let handles: Vec<_> = others
-                .iter()
-                .map(|lane| {
+            let mut work = work.into_iter();
+            let (first, first_bounce) = work.next().expect("two lanes or more");
+            let handles: Vec<_> = work
+                .map(|(lane, bounce)| {
                     std::thread::Builder::new()
                         .name("zoned-lane".into())
-                        .spawn_scoped(scope, move || serve_lane(lane))
+                        .spawn_scoped(scope, move || serve_lane(lane, bounce))
                         .map_err(|_| lane)
                 })
                 .collect();
-            let mut served = serve_lane(first);
+            let mut served = serve_lane(first, first_bounce);
             for handle in handles {
                 match handle {
                     Ok(handle) => served.extend(handle.join().unwrap_or_default()),
-                    // No thread: this lane runs here, after the others.
-                    Err(lane) => served.extend(serve_lane(lane)),
+                    // No thread: this lane runs here, after the others, with a buffer of its
+                    // own (the lane's went with the thread that never started).
+                    Err(lane) => served.extend(serve_lane(lane, &mut AlignedBuffer::empty())),
                 }
             }
             served
@@ -1307,6 +1338,105 @@ mod tests {
         assert_eq!(zones[1].cond, ZoneCondition::Empty);
         assert_eq!(zones[2].wp, 2 * ZONE);
         assert_eq!(zones[2].cond, ZoneCondition::Empty);
+    }
+
+    /// Counts the allocations that look like O_DIRECT bounce buffers of at least 32 KiB
+    /// (page-aligned): only lane tests over direct storage make them.
+    struct CountingAllocator;
+
+    static BOUNCE_ALLOCATIONS: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
+    // SAFETY: every call is passed on to the system allocator unchanged.
+    unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            if layout.align() == 4096 && layout.size() >= 32 << 10 {
+                BOUNCE_ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            // SAFETY: the caller's contract for `alloc` holds for `System.alloc`.
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            // SAFETY: `ptr` came from `System` with this layout.
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+        unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+            if layout.align() == 4096 && layout.size() >= 32 << 10 {
+                BOUNCE_ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            // SAFETY: as for `alloc`.
+            unsafe { std::alloc::System.alloc_zeroed(layout) }
+        }
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+    /// Lanes over O_DIRECT storage (parallel lane threads) move data through one bounce buffer
+    /// per lane, kept by the handler: after the first batch, no request allocates one. A lane
+    /// thread that allocated and freed a large buffer per request made glibc trim its arena
+    /// and open /proc/sys/vm/overcommit_memory, which the seccomp filter punished (#16).
+    #[test]
+    fn direct_lanes_allocate_no_bounce_buffer_per_request() {
+        let geometry = four_open_zones();
+        let file = vmm_sys_util::tempfile::TempFile::new().unwrap().into_file();
+        file.set_len(4 * ZONE * SECTOR_SIZE).unwrap();
+        // A regular file: the arithmetic and buffers of O_DIRECT without its alignment rules.
+        let storage = HookedStorage {
+            data: DataPath::direct(std::sync::Arc::new(file), 4096),
+        };
+        let mut handler = ZonedHandler::new(ZonedDisk::new(
+            crate::zoned::ZoneSet::new(geometry),
+            storage,
+        ));
+        let mut backend = handler.capacity_backend();
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        memory
+            .write_slice(&[0x5a; 36 << 10], GuestAddress(0x1000))
+            .unwrap();
+        let len = 36u32 << 10;
+        let step = u64::from(len) / SECTOR_SIZE;
+        let batch = |round: u64| {
+            [
+                request(
+                    request_type::OUT,
+                    ZONE + round * step,
+                    &[(0x1000, len)],
+                    &[],
+                ),
+                request(
+                    request_type::OUT,
+                    2 * ZONE + round * step,
+                    &[(0x1000, len)],
+                    &[],
+                ),
+                // Widened to whole blocks: the sector is not on a 4 KiB boundary.
+                request(request_type::IN, ZONE + 1, &[], &[(0x20000, len)]),
+                request(request_type::IN, 2 * ZONE, &[], &[(0x40000, len)]),
+            ]
+        };
+        let expected = vec![
+            Some(Completion::ok(0)),
+            Some(Completion::ok(0)),
+            Some(Completion::ok(len)),
+            Some(Completion::ok(len)),
+        ];
+        assert_eq!(
+            handler.handle_batch(&batch(0), &memory, &mut backend),
+            expected
+        );
+        let before = BOUNCE_ALLOCATIONS.load(std::sync::atomic::Ordering::SeqCst);
+        for round in 1..20 {
+            assert_eq!(
+                handler.handle_batch(&batch(round), &memory, &mut backend),
+                expected
+            );
+        }
+        let after = BOUNCE_ALLOCATIONS.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(after - before, 0, "bounce buffers allocated per request");
+        let mut back = vec![0u8; len as usize];
+        memory.read_slice(&mut back, GuestAddress(0x40000)).unwrap();
+        assert!(back.iter().all(|&b| b == 0x5a));
     }
 
     #[test]
