@@ -128,6 +128,8 @@ fn parse_cpus(text: &str) -> Result<u32, String> {
 const VMM_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
+    // Before any thread starts (vmm::seccomp explains why).
+    vmm::seccomp::use_one_malloc_arena();
     vmm::timing::start();
     vmm::logger::init();
     let parsed = Cli::command()

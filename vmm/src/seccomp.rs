@@ -323,6 +323,22 @@ fn failing_with(calls: &[i64], errno: i32) -> Result<BpfProgram, SeccompError> {
     filter.try_into().map_err(SeccompError::Build)
 }
 
+/// Makes every thread allocate from glibc's main malloc arena. Call it first thing in `main`,
+/// before any thread exists: a thread picks its arena at its first allocation.
+///
+/// A thread arena is trimmed by shrinking its heap, and the first time that happens glibc opens
+/// /proc/sys/vm/overcommit_memory (which the filters refuse, docs/seccomp.md); the main arena is
+/// trimmed by moving the program break, which opens nothing. vmm's threads allocate little once
+/// the VM runs, so one arena's lock costs nothing measurable. Without glibc (no `mallopt`)
+/// this does nothing.
+pub fn use_one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a malloc parameter; M_ARENA_MAX takes any positive count.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Installs `program` on the calling thread (and every thread it creates later).
 pub fn apply(program: &BpfProgram, kind: ThreadKind) -> Result<(), SeccompError> {
     THREAD_FILTER.with(|name| name.set(kind.name()));
