@@ -196,6 +196,7 @@ fn zoned_geometry(capacity_bytes: u64, zone_bytes: u64) -> ZonedGeometry {
         max_active: 0,
         max_append_sectors: (MIB / SECTOR) as u32,
         write_granularity: SECTOR as u32,
+        logical_block_size: 512,
     }
 }
 

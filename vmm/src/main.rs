@@ -51,7 +51,7 @@ struct Cli {
     /// A host-managed zoned virtio-blk disk emulated in an image file, created with the given
     /// geometry if it does not exist: PATH[,size=4G][,zone-size=64M][,zone-capacity=..]
     /// [,conventional-zones=0][,max-open=0][,max-active=0][,max-append=1M][,write-granularity=512]
-    /// (0 = unlimited). An existing image keeps its geometry; a conflicting option is an error.
+    /// [,logical-block-size=512|4096] (0 = unlimited). An existing image keeps its geometry; a conflicting option is an error.
     /// PATH `tmp` is a throwaway image in $TMPDIR, gone when vmm exits; a block device PATH
     /// passes a host-managed zoned device through.
     /// A block device PATH (no options) passes a host-managed zoned device of the host through.

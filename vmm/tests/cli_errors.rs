@@ -187,6 +187,14 @@ fn bad_zoned_disk_options_create_or_touch_nothing() {
         ),
         (format!("{f},write-granularity=100"), "granularity"),
         (format!("{f},size=1M,zone-size=4M"), "zone"),
+        (
+            format!("{f},logical-block-size=1024"),
+            "zoned disk option 'logical-block-size' must be 512 or 4096, not '1024'",
+        ),
+        (
+            format!("{f},logical-block-size=4096,write-granularity=512"),
+            "write granularity of 512 bytes is smaller than the logical block size of 4096 bytes",
+        ),
     ] {
         assert_one_line_error(&["--kernel", k, "--zoned-disk", &option], expected);
         assert!(!fresh.exists(), "{option} must not create the image");
@@ -208,6 +216,37 @@ fn bad_zoned_disk_options_create_or_touch_nothing() {
         b"QFI\xfb this is not a zoned image"
     );
     std::fs::remove_file(foreign).unwrap();
+    std::fs::remove_file(kernel).unwrap();
+}
+
+/// A 4Kn image reopened with another logical block size is refused like any other geometry
+/// conflict, and stays as it was.
+#[test]
+fn a_4kn_image_reopened_as_512_is_a_geometry_conflict() {
+    let kernel = temp_file("fake-bzimage-4kn", &fake_bzimage());
+    let image = std::env::temp_dir().join(format!("vmm-cli-{}-4kn.img", std::process::id()));
+    let _ = std::fs::remove_file(&image);
+    let options = devices::zoned::ZonedDiskOptions::parse(&format!(
+        "{},size=64M,zone-size=4M,logical-block-size=4096",
+        image.display()
+    ))
+    .unwrap();
+    drop(devices::zoned::ZonedImage::open_or_create(&options).unwrap());
+    let before = std::fs::read(&image).unwrap();
+    assert_one_line_error(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--zoned-disk",
+            &format!("{},logical-block-size=512", image.display()),
+        ],
+        "has logical-block-size=4096, but logical-block-size=512 was given",
+    );
+    assert!(
+        std::fs::read(&image).unwrap() == before,
+        "the image changed"
+    );
+    std::fs::remove_file(image).unwrap();
     std::fs::remove_file(kernel).unwrap();
 }
 

@@ -254,11 +254,18 @@ pub fn virtio_blk_chain(data: &[u8]) {
 }
 
 /// A geometry decoded from 9 bytes: small zones (8 to 64 sectors), 1 to 12 of them, any
-/// zone capacity, conventional zones, limits, append size and write granularity. A
-/// combination the geometry refuses becomes `FALLBACK_GEOMETRY`.
+/// zone capacity, conventional zones, limits, append size, write granularity and (the top bit
+/// of the granularity byte, with a 4 KiB granularity) 4096-byte logical blocks. A combination
+/// the geometry refuses becomes `FALLBACK_GEOMETRY`.
 fn decode_geometry(input: &mut Input) -> ZonedGeometry {
     let zone_size = 8u64 << (input.u8() % 4);
-    let granularity = 512u32 << (input.u8() % 3);
+    let granularity_byte = input.u8();
+    let granularity = 512u32 << (granularity_byte % 3);
+    let logical_block_size = if granularity_byte & 0x80 != 0 && granularity == 4096 {
+        4096
+    } else {
+        512
+    };
     let gran_sectors = u64::from(granularity) / SECTOR_SIZE;
     let nr_zones = 1 + u64::from(input.u8() % 12);
     let short_last = (u64::from(input.u8()) % zone_size) & !(gran_sectors - 1);
@@ -276,6 +283,7 @@ fn decode_geometry(input: &mut Input) -> ZonedGeometry {
         max_active,
         max_append_sectors,
         write_granularity: granularity,
+        logical_block_size,
     })
     .unwrap_or(FALLBACK_GEOMETRY)
 }
@@ -290,6 +298,7 @@ pub const FALLBACK_GEOMETRY: ZonedGeometry = ZonedGeometry {
     max_active: 3,
     max_append_sectors: 8,
     write_granularity: 512,
+    logical_block_size: 512,
 };
 
 /// Faults decoded from a flags byte and three argument bytes, on sequential zones only.

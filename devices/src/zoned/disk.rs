@@ -437,6 +437,7 @@ mod tests {
             max_active: 0,
             max_append_sectors: 8,
             write_granularity: 512,
+            logical_block_size: 512,
         })
         .unwrap();
         let storage = MemStorage {
@@ -506,6 +507,7 @@ mod tests {
             max_active: 0,
             max_append_sectors: 8,
             write_granularity: 512,
+            logical_block_size: 512,
         })
         .unwrap();
         let storage = MemStorage {
@@ -538,6 +540,7 @@ mod tests {
             max_active: 0,
             max_append_sectors: 8,
             write_granularity: 512,
+            logical_block_size: 512,
         })
         .unwrap();
         let storage = MemStorage {

@@ -3,8 +3,8 @@
 //! the parser for the `PATH[,key=value...]` command-line option string.
 //!
 //! Units: `capacity`, `zone_size`, `zone_capacity` and `max_append_sectors` are 512-byte sectors
-//! (as on the wire); `write_granularity` is in bytes (as on the wire). The option string takes
-//! byte sizes with optional binary K/M/G/T suffixes.
+//! (as on the wire); `write_granularity` and `logical_block_size` are in bytes (as on the wire).
+//! The option string takes byte sizes with optional binary K/M/G/T suffixes.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -18,8 +18,14 @@ pub const DEFAULT_SIZE_BYTES: u64 = 4 << 30;
 pub const DEFAULT_ZONE_SIZE_BYTES: u64 = 64 << 20;
 /// Default maximum ZONE_APPEND size: 1 MiB, or the zone size if that is smaller.
 pub const DEFAULT_MAX_APPEND_BYTES: u64 = 1 << 20;
-/// Default write granularity: one 512-byte sector, so every Linux write size works.
+/// Default write granularity: one 512-byte sector, so every Linux write size works (or one
+/// logical block, when that is larger).
 pub const DEFAULT_WRITE_GRANULARITY: u32 = 512;
+/// Default logical block size: 512 bytes, as virtio-blk assumes without VIRTIO_BLK_F_BLK_SIZE.
+pub const DEFAULT_LOGICAL_BLOCK_SIZE: u32 = 512;
+/// Logical block sizes an emulated disk may have (`logical-block-size=`): 512e and 4Kn, what
+/// zoned hardware comes with.
+pub const LOGICAL_BLOCK_SIZES: [u32; 2] = [512, 4096];
 /// Most zones a disk may have. Every zone costs vmm memory (about 30 bytes of zone state, and
 /// 32 bytes of image zone table read at open), so an unbounded count would let an option or a
 /// crafted image make vmm allocate without limit; 1 Mi zones are 4 PiB in 4 GiB zones, or 64 TiB
@@ -54,8 +60,13 @@ pub struct ZonedGeometry {
     pub max_active: u32,
     /// Largest ZONE_APPEND in sectors.
     pub max_append_sectors: u32,
-    /// Write alignment of sequential zones in bytes (a power of two, multiple of 512).
+    /// Write alignment of sequential zones in bytes (a power of two, multiple of 512, at least
+    /// the logical block size).
     pub write_granularity: u32,
+    /// Logical block size in bytes (a power of two from 512 to 4096), advertised as blk_size:
+    /// the guest sizes and aligns every request to it, and the device refuses requests that
+    /// are not. Sector fields on the wire stay in 512-byte units.
+    pub logical_block_size: u32,
 }
 
 /// Why a geometry is refused. The message names the offending value.
@@ -114,6 +125,21 @@ pub enum GeometryError {
         max_append_sectors: u32,
         granularity: u32,
     },
+    /// The logical block size is not a power of two from 512 to 4096.
+    #[error("logical block size of {0} bytes is not a power of two from 512 to 4096")]
+    BadLogicalBlockSize(u32),
+    /// The write granularity is smaller than a logical block.
+    #[error("write granularity of {granularity} bytes is smaller than the logical block size of {logical_block_size} bytes")]
+    GranularityBelowLogicalBlock {
+        granularity: u32,
+        logical_block_size: u32,
+    },
+    /// max_append_sectors is not a whole number of logical blocks.
+    #[error("max-append of {max_append_sectors} sectors is not a multiple of the logical block size of {logical_block_size} bytes")]
+    MaxAppendNotBlockMultiple {
+        max_append_sectors: u32,
+        logical_block_size: u32,
+    },
     /// max_append_sectors exceeds seg_max * size_max / 512.
     #[error("max-append of {max_append_sectors} sectors exceeds what one request can carry ({limit} sectors: seg_max x size_max)")]
     MaxAppendTooLarge { max_append_sectors: u32, limit: u32 },
@@ -125,6 +151,10 @@ impl ZonedGeometry {
     /// Conventional zones always have capacity == length here (zone_capacity applies to
     /// sequential zones only), and the last zone is always sequential because at least one
     /// sequential zone is required, so Linux's "conventional capacity != length" case cannot arise.
+    ///
+    /// The write granularity is at least the logical block size, so capacity and zone capacity
+    /// (multiples of the granularity) and the zone size (a power of two at least the zone
+    /// capacity) are whole logical blocks too; so must max-append be.
     pub fn new(geometry: ZonedGeometry) -> Result<Self, GeometryError> {
         let g = geometry;
         if g.capacity == 0 {
@@ -174,6 +204,16 @@ impl ZonedGeometry {
         if gran == 0 || gran & 511 != 0 || !gran.is_power_of_two() {
             return Err(GeometryError::BadWriteGranularity(gran));
         }
+        let block = g.logical_block_size;
+        if !block.is_power_of_two() || !(512..=4096).contains(&block) {
+            return Err(GeometryError::BadLogicalBlockSize(block));
+        }
+        if gran < block {
+            return Err(GeometryError::GranularityBelowLogicalBlock {
+                granularity: gran,
+                logical_block_size: block,
+            });
+        }
         let gran_sectors = u64::from(gran) / SECTOR_SIZE;
         if g.zone_capacity & (gran_sectors - 1) != 0 {
             return Err(GeometryError::ZoneCapacityNotGranular {
@@ -200,6 +240,12 @@ impl ZonedGeometry {
             return Err(GeometryError::MaxAppendBelowGranularity {
                 max_append_sectors: g.max_append_sectors,
                 granularity: gran,
+            });
+        }
+        if u64::from(g.max_append_sectors) % g.block_sectors() != 0 {
+            return Err(GeometryError::MaxAppendNotBlockMultiple {
+                max_append_sectors: g.max_append_sectors,
+                logical_block_size: block,
             });
         }
         Ok(g)
@@ -253,6 +299,17 @@ impl ZonedGeometry {
     pub fn granularity_sectors(&self) -> u64 {
         u64::from(self.write_granularity) / SECTOR_SIZE
     }
+
+    /// Logical block size in sectors (1 or 8).
+    pub fn block_sectors(&self) -> u64 {
+        (u64::from(self.logical_block_size) / SECTOR_SIZE).max(1)
+    }
+
+    /// Whether `nr_sectors` at `sector` are whole logical blocks.
+    pub fn is_block_aligned(&self, sector: u64, nr_sectors: u64) -> bool {
+        let mask = self.block_sectors() - 1;
+        sector & mask == 0 && nr_sectors & mask == 0
+    }
 }
 
 /// One geometry option of the command line, by its key.
@@ -266,11 +323,12 @@ pub enum GeometryOption {
     MaxActive,
     MaxAppend,
     WriteGranularity,
+    LogicalBlockSize,
 }
 
 impl GeometryOption {
     /// Every option, in command-line order.
-    pub const ALL: [GeometryOption; 8] = [
+    pub const ALL: [GeometryOption; 9] = [
         GeometryOption::Size,
         GeometryOption::ZoneSize,
         GeometryOption::ZoneCapacity,
@@ -279,6 +337,7 @@ impl GeometryOption {
         GeometryOption::MaxActive,
         GeometryOption::MaxAppend,
         GeometryOption::WriteGranularity,
+        GeometryOption::LogicalBlockSize,
     ];
 
     /// The option's key in the option string.
@@ -292,6 +351,7 @@ impl GeometryOption {
             GeometryOption::MaxActive => "max-active",
             GeometryOption::MaxAppend => "max-append",
             GeometryOption::WriteGranularity => "write-granularity",
+            GeometryOption::LogicalBlockSize => "logical-block-size",
         }
     }
 
@@ -304,6 +364,7 @@ impl GeometryOption {
                 | GeometryOption::ZoneCapacity
                 | GeometryOption::MaxAppend
                 | GeometryOption::WriteGranularity
+                | GeometryOption::LogicalBlockSize
         )
     }
 
@@ -318,6 +379,7 @@ impl GeometryOption {
             GeometryOption::MaxActive => u64::from(geometry.max_active),
             GeometryOption::MaxAppend => u64::from(geometry.max_append_sectors) * SECTOR_SIZE,
             GeometryOption::WriteGranularity => u64::from(geometry.write_granularity),
+            GeometryOption::LogicalBlockSize => u64::from(geometry.logical_block_size),
         }
     }
 
@@ -338,7 +400,7 @@ impl fmt::Display for GeometryOption {
 /// existing image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GeometryOverrides {
-    values: [Option<u64>; 8],
+    values: [Option<u64>; 9],
 }
 
 impl GeometryOverrides {
@@ -363,7 +425,8 @@ impl GeometryOverrides {
     ///
     /// Defaults: size 4 GiB, zone-size 64 MiB, zone-capacity = zone-size, conventional-zones 0,
     /// max-open 0 and max-active 0 (unlimited), max-append min(1 MiB, zone-size),
-    /// write-granularity 512. No conventional zone by default: Linux does not allow partitions
+    /// logical-block-size 512, write-granularity the logical block size (512 unless
+    /// logical-block-size=4096). No conventional zone by default: Linux does not allow partitions
     /// on host-managed disks, and btrfs and zonefs work without one (f2fs needs
     /// `conventional-zones=N` for its metadata).
     pub fn geometry(&self) -> Result<ZonedGeometry, GeometryError> {
@@ -377,6 +440,12 @@ impl GeometryOverrides {
         let zone_size = sectors(GeometryOption::ZoneSize, DEFAULT_ZONE_SIZE_BYTES);
         let max_append_default = DEFAULT_MAX_APPEND_BYTES.min(zone_size * SECTOR_SIZE);
         let max_append = sectors(GeometryOption::MaxAppend, max_append_default);
+        // Parsing allows only LOGICAL_BLOCK_SIZES.
+        let logical_block_size = self
+            .get(GeometryOption::LogicalBlockSize)
+            .map_or(DEFAULT_LOGICAL_BLOCK_SIZE, |v| {
+                u32::try_from(v).unwrap_or(0)
+            });
         ZonedGeometry::new(ZonedGeometry {
             capacity: sectors(GeometryOption::Size, DEFAULT_SIZE_BYTES),
             zone_size,
@@ -387,9 +456,10 @@ impl GeometryOverrides {
             max_append_sectors: u32::try_from(max_append).unwrap_or(u32::MAX),
             write_granularity: u32::try_from(
                 self.get(GeometryOption::WriteGranularity)
-                    .unwrap_or(u64::from(DEFAULT_WRITE_GRANULARITY)),
+                    .unwrap_or(u64::from(DEFAULT_WRITE_GRANULARITY.max(logical_block_size))),
             )
             .unwrap_or(0),
+            logical_block_size,
         })
     }
 }
@@ -494,6 +564,9 @@ pub enum OptionError {
     /// A value that is not a number (with an optional K/M/G/T suffix for sizes).
     #[error("invalid value '{value}' for zoned disk option '{key}'")]
     BadValue { key: String, value: String },
+    /// A logical block size other than 512 or 4096.
+    #[error("zoned disk option 'logical-block-size' must be 512 or 4096, not '{0}'")]
+    BadLogicalBlockSize(String),
     /// A size that is not a multiple of 512 bytes.
     #[error("value '{value}' for zoned disk option '{key}' is not a multiple of 512 bytes")]
     NotSectorMultiple { key: String, value: String },
@@ -524,8 +597,8 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 impl ZonedDiskOptions {
     /// Parses `PATH[,size=..][,zone-size=..][,zone-capacity=..][,conventional-zones=N]
-    /// [,max-open=N][,max-active=N][,max-append=..][,write-granularity=..][,reclaim=on|off]`
-    /// and the fault injection options.
+    /// [,max-open=N][,max-active=N][,max-append=..][,write-granularity=..]
+    /// [,logical-block-size=512|4096][,reclaim=on|off]` and the fault injection options.
     pub fn parse(text: &str) -> Result<Self, OptionError> {
         let mut parts = text.split(',');
         let path = parts.next().unwrap_or("");
@@ -587,6 +660,13 @@ impl ZonedDiskOptions {
             };
             if number > limit {
                 return Err(bad());
+            }
+            if option == GeometryOption::LogicalBlockSize
+                && !LOGICAL_BLOCK_SIZES
+                    .iter()
+                    .any(|&size| u64::from(size) == number)
+            {
+                return Err(OptionError::BadLogicalBlockSize(value.to_string()));
             }
             overrides.set(option, number);
         }
@@ -673,6 +753,7 @@ mod tests {
             max_active: 0,
             max_append_sectors: 256,
             write_granularity: 512,
+            logical_block_size: 512,
         }
     }
 
@@ -802,6 +883,30 @@ mod tests {
                 granularity: 8192,
             },
         );
+        for block in [0, 256, 3000, 8192] {
+            check(
+                |g| g.logical_block_size = block,
+                GeometryError::BadLogicalBlockSize(block),
+            );
+        }
+        check(
+            |g| g.logical_block_size = 4096,
+            GeometryError::GranularityBelowLogicalBlock {
+                granularity: 512,
+                logical_block_size: 4096,
+            },
+        );
+        check(
+            |g| {
+                g.logical_block_size = 4096;
+                g.write_granularity = 4096;
+                g.max_append_sectors = 12;
+            },
+            GeometryError::MaxAppendNotBlockMultiple {
+                max_append_sectors: 12,
+                logical_block_size: 4096,
+            },
+        );
         // max_open > max_active is fine when max_active is unlimited.
         let mut g = base();
         g.max_open = 9;
@@ -821,6 +926,7 @@ mod tests {
             max_active: 0,
             max_append_sectors: MAX_APPEND_SECTORS,
             write_granularity: 512,
+            logical_block_size: 512,
         };
         assert!(ZonedGeometry::new(g).is_ok());
         g.max_append_sectors = 262_144;
@@ -885,11 +991,51 @@ mod tests {
                 max_active: 6,
                 max_append_sectors: 128,
                 write_granularity: 4096,
+                logical_block_size: 512,
             }
         );
         // A small zone size lowers the default max-append.
         let o = ZonedDiskOptions::parse("d,zone-size=256K,size=1M").unwrap();
         assert_eq!(o.overrides.geometry().unwrap().max_append_sectors, 512);
+    }
+
+    #[test]
+    fn logical_block_size_option() {
+        let geometry = |s: &str| ZonedDiskOptions::parse(s).unwrap().overrides.geometry();
+        let g = geometry("d,size=1G,zone-size=1M,logical-block-size=4096").unwrap();
+        // The write granularity follows unless given.
+        assert_eq!((g.logical_block_size, g.write_granularity), (4096, 4096));
+        assert_eq!(g.block_sectors(), 8);
+        assert!(g.is_block_aligned(16, 8));
+        assert!(!g.is_block_aligned(4, 8) && !g.is_block_aligned(8, 1));
+        let g = geometry("d,logical-block-size=4K,write-granularity=16K").unwrap();
+        assert_eq!((g.logical_block_size, g.write_granularity), (4096, 16384));
+        let g = geometry("d").unwrap();
+        assert_eq!((g.logical_block_size, g.write_granularity), (512, 512));
+        assert_eq!(g.block_sectors(), 1);
+        for bad in ["1024", "8192", "0", "4M"] {
+            let err = ZonedDiskOptions::parse(&format!("d,logical-block-size={bad}")).unwrap_err();
+            assert_eq!(err, OptionError::BadLogicalBlockSize(bad.into()));
+            assert!(err.to_string().contains("must be 512 or 4096"), "{err}");
+        }
+        assert!(matches!(
+            ZonedDiskOptions::parse("d,logical-block-size=big"),
+            Err(OptionError::BadValue { .. })
+        ));
+        assert_eq!(
+            geometry("d,logical-block-size=4096,write-granularity=512"),
+            Err(GeometryError::GranularityBelowLogicalBlock {
+                granularity: 512,
+                logical_block_size: 4096
+            })
+        );
+        assert_eq!(
+            geometry("d,logical-block-size=4096,max-append=6K"),
+            Err(GeometryError::MaxAppendNotBlockMultiple {
+                max_append_sectors: 12,
+                logical_block_size: 4096
+            })
+        );
     }
 
     #[test]

@@ -341,6 +341,8 @@ pub fn geometry_from(
             .unwrap_or(u32::MAX)
             .min(MAX_APPEND_SECTORS),
         write_granularity: u32::try_from(granularity).map_err(|e| e.to_string())?,
+        // What the guest must see, so that it never sends a write the device cannot take.
+        logical_block_size: u32::try_from(logical).map_err(|e| e.to_string())?,
     })
     .map_err(|e| e.to_string())?;
     for (index, z) in zones.iter().enumerate() {
@@ -648,6 +650,7 @@ mod tests {
         assert_eq!(g.conventional_zones, 1);
         assert_eq!(g.zone_capacity, 0x1800);
         assert_eq!(g.write_granularity, 4096, "at least the logical block size");
+        assert_eq!(g.logical_block_size, 4096, "the device's, for blk_size");
         assert_eq!(g.max_append_sectors, 2048, "1 MiB when sysfs says 0");
         assert_eq!((g.max_open, g.max_active), (2, 3));
         let states: Vec<_> = zones.iter().map(|z| zone_state(z).unwrap()).collect();

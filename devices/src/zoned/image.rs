@@ -16,7 +16,8 @@ use std::sync::Arc;
 use super::data_path::DataPath;
 use super::disk::{ZoneStorage, ZonedDisk};
 use super::geometry::{
-    GeometryError, GeometryOverrides, ZonedDiskOptions, ZonedGeometry, SECTOR_SIZE,
+    GeometryError, GeometryOverrides, ZonedDiskOptions, ZonedGeometry, DEFAULT_LOGICAL_BLOCK_SIZE,
+    SECTOR_SIZE,
 };
 use super::state::{ZoneCondition, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet};
 
@@ -167,6 +168,7 @@ fn encode_header(g: &ZonedGeometry, layout: &Layout) -> Vec<u8> {
     h[60..64].copy_from_slice(&(g.nr_zones() as u32).to_le_bytes());
     h[64..72].copy_from_slice(&layout.table_offset.to_le_bytes());
     h[72..80].copy_from_slice(&layout.data_offset.to_le_bytes());
+    h[80..84].copy_from_slice(&g.logical_block_size.to_le_bytes());
     let crc = crc32(&h[..HEADER_CRC_OFFSET]);
     h[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     h
@@ -818,6 +820,11 @@ impl ZonedDisk<ImageFile> {
             max_active: le_u32(&header, 48),
             max_append_sectors: le_u32(&header, 52),
             write_granularity: le_u32(&header, 56),
+            // 0 in images made before the field existed, which had 512-byte blocks.
+            logical_block_size: match le_u32(&header, 80) {
+                0 => DEFAULT_LOGICAL_BLOCK_SIZE,
+                size => size,
+            },
         })
         .map_err(|e| corrupt(e.to_string()))?;
         let layout = Layout::of(&geometry);

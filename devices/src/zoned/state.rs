@@ -16,12 +16,14 @@
 //! open limit is reached, the implicitly-open zone that became implicitly open the longest ago
 //! is closed (FIFO order). If there is none, the request fails with OPEN_RESOURCE.
 //!
-//! Reads: past the end of the disk (IOERR); crossing a zone boundary unless all zones touched
-//! are conventional (INVALID_CMD); touching an OFFLINE zone (INVALID_CMD). Above a write
-//! pointer they read zeros.
+//! Reads: past the end of the disk (IOERR); sector or length not whole logical blocks (IOERR);
+//! crossing a zone boundary unless all zones touched are conventional (INVALID_CMD); touching an
+//! OFFLINE zone (INVALID_CMD). Above a write pointer they read zeros.
 //!
-//! Check order of a write (first failing check wins): past the end of the disk (IOERR); zone
-//! READ_ONLY/OFFLINE/FULL (INVALID_CMD); crossing into another zone, unless all zones touched are
+//! Check order of a write (first failing check wins): past the end of the disk (IOERR); to a
+//! conventional zone, sector or length not whole logical blocks (IOERR; in a sequential zone the
+//! write granularity, at least a block, catches it below); zone READ_ONLY/OFFLINE/FULL
+//! (INVALID_CMD); crossing into another zone, unless all zones touched are
 //! conventional (INVALID_CMD); for sequential zones: sector != wp or length not a multiple of the
 //! write granularity (UNALIGNED_WP); past the zone capacity (INVALID_CMD); resources
 //! (ACTIVE_RESOURCE before OPEN_RESOURCE). A zero-length write in range is a no-op success.
@@ -629,6 +631,10 @@ impl ZoneSet {
         if end > self.geometry.capacity {
             return Err(ZoneError::Io);
         }
+        // Only a device with 512-byte blocks could serve part of a block.
+        if !self.geometry.is_block_aligned(sector, nr_sectors) {
+            return Err(ZoneError::Io);
+        }
         if nr_sectors > 0 {
             let first = self.geometry.zone_index(sector).ok_or(ZoneError::Io)?;
             let last = self.geometry.zone_index(end - 1).ok_or(ZoneError::Io)?;
@@ -693,6 +699,11 @@ impl ZoneSet {
         }
         let index = self.geometry.zone_index(sector).ok_or(ZoneError::Io)?;
         let last = self.geometry.zone_index(end - 1).ok_or(ZoneError::Io)?;
+        if self.geometry.is_conventional(index)
+            && !self.geometry.is_block_aligned(sector, nr_sectors)
+        {
+            return Err(ZoneError::Io);
+        }
         for i in index..=last {
             if matches!(
                 self.entries[i].cond,

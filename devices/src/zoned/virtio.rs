@@ -756,6 +756,7 @@ mod tests {
             max_active: 3,
             max_append_sectors: 256,
             write_granularity: 512,
+            logical_block_size: 512,
         };
         let disk = ZonedImage::create(&path, geometry).unwrap();
         let handler = ZonedHandler::with_faults(disk, faults).unwrap();
@@ -811,6 +812,90 @@ mod tests {
         assert_eq!(u32::from_le_bytes(config[84..88].try_into().unwrap()), 256);
         assert_eq!(config[92], wire::MODEL_HOST_MANAGED);
         assert_eq!(f.backend.size(), 8 * ZONE * 512);
+        // blk_size: 512-byte logical blocks.
+        assert_eq!(u32::from_le_bytes(config[20..24].try_into().unwrap()), 512);
+    }
+
+    /// A 4Kn disk says so in blk_size (VIRTIO_BLK_F_BLK_SIZE, which the plain device offers),
+    /// and refuses requests that are not whole 4 KiB blocks, served alone or in a batch.
+    #[test]
+    fn a_4kn_disk_advertises_its_block_size_and_refuses_partial_blocks() {
+        let path =
+            std::env::temp_dir().join(format!("vmm-zoned-virtio-{}-4kn.img", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let geometry = ZonedGeometry {
+            capacity: 4 * ZONE,
+            zone_size: ZONE,
+            zone_capacity: ZONE,
+            conventional_zones: 1,
+            max_open: 0,
+            max_active: 0,
+            max_append_sectors: 256,
+            write_granularity: 4096,
+            logical_block_size: 4096,
+        };
+        let mut handler = ZonedHandler::new(ZonedImage::create(&path, geometry).unwrap());
+        std::fs::remove_file(&path).unwrap();
+        let mut backend = handler.capacity_backend();
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let block = crate::block::Block::with_handler(
+            Box::new(handler.capacity_backend()),
+            "z",
+            Box::new(ZonedHandler::new(
+                ZonedImage::create(&path, geometry).unwrap(),
+            )),
+        );
+        std::fs::remove_file(&path).unwrap();
+        let mut blk_size = [0u8; 4];
+        crate::virtio::VirtioDevice::read_config(&block, 20, &mut blk_size);
+        assert_eq!(u32::from_le_bytes(blk_size), 4096);
+        assert_ne!(
+            crate::virtio::VirtioDevice::avail_features(&block) & crate::block::feature::BLK_SIZE,
+            0
+        );
+        let requests = [
+            // Conventional zone 0: a sector inside a block, and half a block.
+            request(request_type::OUT, 1, &[(0x1000, 4096)], &[]),
+            request(request_type::OUT, 8, &[(0x1000, 512)], &[]),
+            request(request_type::IN, 4, &[], &[(0x4000, 4096)]),
+            request(request_type::IN, ZONE, &[], &[(0x4000, 2048)]),
+            // Sequential zone 1: the write granularity's status.
+            request(request_type::OUT, ZONE, &[(0x1000, 512)], &[]),
+            request(
+                zone_request::ZONE_APPEND,
+                ZONE,
+                &[(0x1000, 1024)],
+                &[(0x8000, 8)],
+            ),
+            // Whole blocks are fine.
+            request(request_type::OUT, 8, &[(0x1000, 4096)], &[]),
+            request(request_type::IN, 8, &[], &[(0x4000, 4096)]),
+            request(request_type::OUT, ZONE, &[(0x1000, 8192)], &[]),
+        ];
+        let statuses = [
+            status::IOERR,
+            status::IOERR,
+            status::IOERR,
+            status::IOERR,
+            status::ZONE_UNALIGNED_WP,
+            status::ZONE_UNALIGNED_WP,
+            status::OK,
+            status::OK,
+            status::OK,
+        ];
+        let alone: Vec<u8> = requests
+            .iter()
+            .map(|r| handler.handle(r, &memory, &mut backend).unwrap().status)
+            .collect();
+        assert_eq!(alone, statuses);
+        let mut fresh = ZonedHandler::new(ZonedImage::create(&path, geometry).unwrap());
+        std::fs::remove_file(&path).unwrap();
+        let batched: Vec<u8> = fresh
+            .handle_batch(&requests, &memory, &mut backend)
+            .into_iter()
+            .map(|c| c.unwrap().status)
+            .collect();
+        assert_eq!(batched, statuses);
     }
 
     #[test]
@@ -1106,6 +1191,7 @@ mod tests {
             max_active: 0,
             max_append_sectors: 256,
             write_granularity: 512,
+            logical_block_size: 512,
         };
         for (faults, expected) in [
             (
@@ -1244,6 +1330,7 @@ mod tests {
             max_active: 0,
             max_append_sectors: 256,
             write_granularity: 512,
+            logical_block_size: 512,
         })
         .unwrap()
     }

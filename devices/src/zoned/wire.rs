@@ -43,6 +43,8 @@ pub fn status_of<T>(result: &Result<T, ZoneError>) -> u8 {
 
 /// Size of struct virtio_blk_config including the zoned fields.
 pub const CONFIG_SIZE: usize = 96;
+/// Offset of blk_size (le32, bytes) inside struct virtio_blk_config.
+pub const CONFIG_BLK_SIZE: usize = crate::block::device::config_offset::BLK_SIZE;
 /// Offsets of the zoned fields inside struct virtio_blk_config.
 pub const CONFIG_ZONE_SECTORS: usize = 72;
 pub const CONFIG_MAX_OPEN_ZONES: usize = 76;
@@ -80,9 +82,11 @@ fn put_u64(buf: &mut [u8], offset: usize, value: u64) {
     buf[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
 }
 
-/// Fills the zoned fields (bytes 72..96) of a virtio_blk_config image for a host-managed disk.
-/// The capacity field (offset 0) is the device's business: it is `geometry.capacity`.
+/// Fills blk_size (the logical block size; the plain device offers VIRTIO_BLK_F_BLK_SIZE) and
+/// the zoned fields (bytes 72..96) of a virtio_blk_config image for a host-managed disk. The
+/// capacity field (offset 0) is the device's business: it is `geometry.capacity`.
 pub fn fill_zoned_config(geometry: &ZonedGeometry, config: &mut [u8; CONFIG_SIZE]) {
+    put_u32(config, CONFIG_BLK_SIZE, geometry.logical_block_size);
     // A validated geometry has zone_size <= u32::MAX.
     let zone_sectors = u32::try_from(geometry.zone_size).unwrap_or(u32::MAX);
     put_u32(config, CONFIG_ZONE_SECTORS, zone_sectors);
@@ -168,6 +172,7 @@ mod tests {
             max_active: 4,
             max_append_sectors: 256,
             write_granularity: 4096,
+            logical_block_size: 512,
         })
         .unwrap()
     }

@@ -42,6 +42,7 @@ fn geometry() -> ZonedGeometry {
         max_active: 3,
         max_append_sectors: 64,
         write_granularity: 512,
+        logical_block_size: 512,
     })
     .unwrap()
 }
@@ -517,6 +518,7 @@ fn hundred_thousand_zones_open_and_report_fast() {
         max_active: 0,
         max_append_sectors: 8,
         write_granularity: 512,
+        logical_block_size: 512,
     })
     .unwrap();
     let t = Instant::now();
@@ -830,6 +832,7 @@ fn huge_zone_counts_are_refused_and_leave_no_file_behind() {
         max_active: 0,
         max_append_sectors: 1,
         write_granularity: 512,
+        logical_block_size: 512,
     };
     let layout = Layout::of(&huge);
     let crafted = dir.path("crafted.img");
@@ -905,4 +908,59 @@ fn new_images_are_readable_by_their_owner_only() {
     drop(ZonedImage::create(&path, geometry()).unwrap());
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+}
+
+/// A 4Kn image stores its logical block size: it reopens as 4Kn, a conflicting option is
+/// named, an image from before the field (zero there) opens as 512, and a stored size the
+/// geometry refuses is a corrupt header.
+#[test]
+fn the_logical_block_size_is_stored_and_old_images_are_512() {
+    let dir = Scratch::new("lbs");
+    let path = dir.path("4kn.img");
+    let g = ZonedGeometry {
+        write_granularity: 4096,
+        logical_block_size: 4096,
+        ..geometry()
+    };
+    let mut d = ZonedImage::create(&path, g).unwrap();
+    d.write(256, &pattern(256, 8, 0)).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    let header = std::fs::read(&path).unwrap()[..4096].to_vec();
+    assert_eq!(le_u32(&header, 80), 4096);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(*d.geometry(), g);
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 264));
+    assert_eq!(read(&mut d, 256, 8), pattern(256, 8, 0));
+    drop(d);
+    let mut given = none();
+    given.set(GeometryOption::LogicalBlockSize, 4096);
+    drop(ZonedImage::open(&path, &given).unwrap());
+    given.set(GeometryOption::LogicalBlockSize, 512);
+    let msg = open_fails(&path, &given);
+    assert!(
+        msg.contains("logical-block-size=4096") && msg.contains("logical-block-size=512"),
+        "{msg}"
+    );
+
+    let rewrite = |path: &Path, value: u32| {
+        let mut header = std::fs::read(path).unwrap()[..4096].to_vec();
+        header[80..84].copy_from_slice(&value.to_le_bytes());
+        let crc = crc32(&header[..HEADER_CRC_OFFSET]);
+        header[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        patch(path, 0, &header);
+    };
+    // Written before the field existed: 0 there, 512-byte blocks.
+    let old = fresh(&dir, "old.img");
+    assert_eq!(le_u32(&std::fs::read(&old).unwrap(), 80), 512);
+    rewrite(&old, 0);
+    let d = ZonedImage::open(&old, &none()).unwrap();
+    assert_eq!(d.geometry().logical_block_size, 512);
+    drop(d);
+    rewrite(&old, 1000);
+    let msg = open_fails(&old, &none());
+    assert!(
+        msg.contains("corrupt header") && msg.contains("1000"),
+        "{msg}"
+    );
 }

@@ -12,6 +12,7 @@ fn geometry(max_open: u32, max_active: u32) -> ZonedGeometry {
         max_active,
         max_append_sectors: 4,
         write_granularity: 1024,
+        logical_block_size: 512,
     })
     .unwrap()
 }
@@ -1009,6 +1010,7 @@ fn random_sequences_match_reference_model() {
             max_active: 5,
             max_append_sectors: 8,
             write_granularity: 512,
+            logical_block_size: 512,
         })
         .unwrap(),
     ];
@@ -1016,4 +1018,45 @@ fn random_sequences_match_reference_model() {
         let g = geometries[seed as usize % geometries.len()];
         run_random(seed, g, 3000);
     }
+}
+
+/// With 4096-byte logical blocks, reads and writes to conventional zones that are not whole
+/// blocks are IOERR, as a 4Kn device cannot express them; in sequential zones the write
+/// granularity (at least a block) answers first, with UNALIGNED_WP as the spec says.
+#[test]
+fn requests_not_in_whole_logical_blocks_are_refused() {
+    let g = ZonedGeometry::new(ZonedGeometry {
+        capacity: 4 * 64,
+        zone_size: 64,
+        zone_capacity: 64,
+        conventional_zones: 1,
+        max_open: 0,
+        max_active: 0,
+        max_append_sectors: 32,
+        write_granularity: 4096,
+        logical_block_size: 4096,
+    })
+    .unwrap();
+    let mut z = ZoneSet::new(g);
+    for (sector, nr) in [(1, 8), (64, 4), (68, 8), (0, 1)] {
+        assert_eq!(
+            z.check_read(sector, nr).unwrap_err(),
+            ZoneError::Io,
+            "{sector}+{nr}"
+        );
+    }
+    assert!(z.check_read(64, 16).is_ok());
+    // Past the end stays IOERR, before alignment is looked at.
+    assert_eq!(z.check_read(4 * 64, 8).unwrap_err(), ZoneError::Io);
+    fails(&mut z, ZoneError::Io, |z| write(z, 4, 8));
+    fails(&mut z, ZoneError::Io, |z| write(z, 8, 1));
+    write(&mut z, 8, 8).unwrap();
+    fails(&mut z, ZoneError::UnalignedWritePointer, |z| {
+        write(z, 64, 1)
+    });
+    fails(&mut z, ZoneError::UnalignedWritePointer, |z| {
+        append(z, 64, 4).map(|_| ())
+    });
+    write(&mut z, 64, 8).unwrap();
+    assert_eq!(append(&mut z, 64, 8), Ok(72));
 }
