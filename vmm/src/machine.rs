@@ -190,7 +190,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     device_params.extend(share_params);
     let cmdline = config::build_cmdline(&config.cmdline, &device_params);
     // The MP table is always there: a kernel without ACPI (or booted with acpi=off) reads it.
-    mptable::setup_mptable(&vm.memory, config.cpus)?;
+    mptable::setup_mptable(&vm.memory, config.cpus, devices.slots())?;
     let rsdp = if config.discovery.uses_acpi() {
         Some(acpi::setup_acpi(&vm.memory, config.cpus, devices.slots())?)
     } else {
