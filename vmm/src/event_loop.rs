@@ -451,4 +451,10 @@ mod tests {
         );
         assert!(counts.summary().unwrap().starts_with(LOST_EVENT_SUMMARY));
     }
+
+    #[test]
+    fn the_lab_tests_look_for_the_line_vmm_prints() {
+        let helper = include_str!("../../tests/src/lib.rs");
+        assert!(helper.contains(&format!("= \"{LOST_EVENT_SUMMARY}\";")));
+    }
 }
