@@ -21,7 +21,7 @@
 //! # fn wire(memory: GuestMemoryMmap) -> Result<(), Box<dyn std::error::Error>> {
 //! let backend = RawFile::open(Path::new("disk.img"), false)?;
 //! let block = Block::new(Box::new(backend), "disk0");
-//! // The VMM registers this eventfd as an irqfd for the device's GSI.
+//! // The VMM registers this eventfd as a resample irqfd for the device's GSI (level-triggered).
 //! let irqfd = EventFd::new(libc::EFD_NONBLOCK)?;
 //! let transport = MmioTransport::new(memory, Box::new(block), Box::new(irqfd.try_clone()?))?;
 //! let transport = Arc::new(Mutex::new(transport));
@@ -32,6 +32,8 @@
 //! }
 //! // Event loop: when the ioeventfd of queue 0 fires, drain it, then:
 //! transport.lock().unwrap().notify_queue(0);
+//! // When the resample eventfd fires (the guest's EOI lowered the line), drain it, then:
+//! transport.lock().unwrap().interrupt().resample()?;
 //! // On an MMIO exit at base + offset (window size `devices::virtio::mmio::MMIO_WINDOW_SIZE`):
 //! let mut data = [0u8; 4];
 //! transport.lock().unwrap().read(0, &mut data);

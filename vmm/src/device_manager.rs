@@ -1,6 +1,7 @@
 //! Puts virtio devices on the guest's MMIO bus: one 4 KiB window and one IRQ each, queue
-//! notifications through ioeventfds, interrupts through irqfds, and a `virtio_mmio.device=` entry
-//! for the kernel command line (the ACPI description comes from the same list).
+//! notifications through ioeventfds, interrupts through resample irqfds on level-triggered
+//! IOAPIC pins, and a `virtio_mmio.device=` entry for the kernel command line (the ACPI
+//! description and the MP table's interrupt entries come from the same list).
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::block::{Block, RawFile};
 use devices::fs::{FsBackend, VirtioFs};
-use devices::virtio::{MmioTransport, VirtioDevice};
+use devices::virtio::{MmioInterrupt, MmioTransport, VirtioDevice};
 use devices::zoned::{
     self, HostZonedDevice, ZoneStorage, ZonedDisk, ZonedDiskOptions, ZonedHandler, ZonedImage,
 };
@@ -110,12 +111,23 @@ impl BusDevice for MmioTransport {
     }
 }
 
+/// How a device's interrupt pin is triggered, as the MP table and ACPI tell the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerMode {
+    /// Active-high edge: one irqfd write is one edge (the fallback without resample irqfds).
+    Edge,
+    /// Active-high level: a resample irqfd holds the pin up until the guest's EOI, and vmm
+    /// raises it again while the device's InterruptStatus is non-zero.
+    Level,
+}
+
 /// One virtio-mmio device as the guest finds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmioSlot {
     pub base: u64,
     pub size: u64,
     pub irq: u32,
+    pub trigger: TriggerMode,
 }
 
 impl MmioSlot {
@@ -157,6 +169,38 @@ impl MutEventSubscriber for QueueNotifier {
     }
 }
 
+/// Serves a resample irqfd: after the guest's EOI of a level-triggered interrupt KVM lowers the
+/// pin and signals `resample`; the pin goes up again while the device still has a status bit
+/// set (`MmioInterrupt::resample`).
+pub struct InterruptResampler {
+    interrupt: Arc<MmioInterrupt>,
+    resample: EventFd,
+}
+
+impl InterruptResampler {
+    /// Serves `resample`, the resample eventfd of the irqfd that asserts `interrupt`'s line.
+    pub fn new(interrupt: Arc<MmioInterrupt>, resample: EventFd) -> Self {
+        Self {
+            interrupt,
+            resample,
+        }
+    }
+}
+
+impl MutEventSubscriber for InterruptResampler {
+    fn init(&mut self, ops: &mut EventOps) {
+        // Registration only fails for an invalid fd, which an EventFd is not.
+        let _ = ops.add(Events::new(&self.resample, EventSet::IN));
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.resample.read();
+        if let Err(error) = self.interrupt.resample() {
+            log::warn!("cannot raise a virtio interrupt again after its EOI: {error}");
+        }
+    }
+}
+
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 /// The virtio devices of one VM.
@@ -188,7 +232,8 @@ impl DeviceManager {
         self.transports.clone()
     }
 
-    /// Event-loop subscribers for the queue notifications; hand each to the event manager.
+    /// Event-loop subscribers for the queue notifications and the interrupt resample events;
+    /// hand each to the event manager.
     pub fn take_subscribers(&mut self) -> Vec<Subscriber> {
         std::mem::take(&mut self.notifiers)
     }
@@ -339,16 +384,24 @@ impl DeviceManager {
         if irq > layout::IRQ_MAX {
             return Err(DeviceError::OutOfIrqs);
         }
+        let irq_event = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        let resample = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        let trigger = register_interrupt(vm, &irq_event, &resample, irq)?;
         let slot = MmioSlot {
             base: layout::VIRTIO_MMIO_START + u64::from(index) * layout::VIRTIO_MMIO_WINDOW_SIZE,
             size: layout::VIRTIO_MMIO_WINDOW_SIZE,
             irq,
+            trigger,
         };
-        let irq_event = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
-        vm.register_irqfd(&irq_event, irq)
-            .map_err(|e| DeviceError::Kvm("an irqfd", e))?;
         let transport = MmioTransport::new(memory.clone(), device, Box::new(irq_event))
             .map_err(|e| DeviceError::Transport(chain(&e)))?;
+        if trigger == TriggerMode::Level {
+            self.notifiers
+                .push(Arc::new(Mutex::new(InterruptResampler::new(
+                    transport.interrupt(),
+                    resample,
+                ))));
+        }
         let mut queues = Vec::new();
         for (offset, queue) in transport.queue_notify_ioevents() {
             let address = IoEventAddress::Mmio(slot.base + offset);
@@ -377,6 +430,28 @@ impl DeviceManager {
             .push(Arc::new(Mutex::new(QueueNotifier { transport, queues })));
         self.slots.push(slot);
         Ok(slot)
+    }
+}
+
+/// Makes `irq_event` assert `irq`: as a resample irqfd (level-triggered) where KVM takes one,
+/// else as a plain irqfd (edge-triggered), with a note on stderr.
+pub fn register_interrupt(
+    vm: &VmFd,
+    irq_event: &EventFd,
+    resample: &EventFd,
+    irq: u32,
+) -> Result<TriggerMode, DeviceError> {
+    match vm.register_irqfd_with_resample(irq_event, resample, irq) {
+        Ok(()) => Ok(TriggerMode::Level),
+        Err(error) => {
+            log::warn!(
+                "IRQ {irq}: KVM refuses a resample irqfd ({error}); the virtio interrupt is \
+                 edge-triggered, and only the lost-event watcher retries a lost edge"
+            );
+            vm.register_irqfd(irq_event, irq)
+                .map_err(|e| DeviceError::Kvm("an irqfd", e))?;
+            Ok(TriggerMode::Edge)
+        }
     }
 }
 
@@ -455,6 +530,7 @@ mod tests {
             base: 0xd000_0000,
             size: 0x1000,
             irq: 5,
+            trigger: TriggerMode::Level,
         };
         assert_eq!(slot.cmdline_entry(), "virtio_mmio.device=4K@0xd0000000:5");
     }

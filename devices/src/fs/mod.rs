@@ -7,7 +7,9 @@
 //! memfd). Queue notifications go from the guest to the backend without passing through vmm
 //! (`kick_event`: the VMM registers the kick eventfds as ioeventfds); completions come back on
 //! one "call" eventfd per queue, which the device's thread turns into the virtio-mmio interrupt
-//! (the transport's interrupt status register must be set, so the call cannot be an irqfd).
+//! (the transport's interrupt status register must be set, so the call cannot be an irqfd):
+//! it sets VIRTIO_MMIO_INT_VRING and asserts the line like any other device, and the VMM's
+//! resample handler keeps the line asserted until the driver acknowledges it.
 //!
 //! Everything that talks to the backend after setup runs on that thread: the driver's
 //! activation and reset arrive on a vCPU thread, which only queues a command and wakes it, so

@@ -8,6 +8,13 @@
 //! either let `QueueNotify` writes reach `write` or register one ioeventfd per entry of
 //! `queue_notify_ioevents` and call `notify_queue` when it fires. The interrupt is raised through
 //! an `IrqTrigger` (an irqfd `EventFd`).
+//!
+//! InterruptStatus has level semantics: the line is asserted while a bit is set. The VMM makes
+//! the irqfd a resample irqfd on a level-triggered pin: an `IrqTrigger` write asserts the pin,
+//! KVM lowers it again at the guest's EOI and signals the resample eventfd, and the VMM then
+//! calls `MmioInterrupt::resample`, which asserts it again while a bit is still set (an
+//! interrupt the device raised after the driver read InterruptStatus). InterruptACK needs
+//! nothing more: the pin was lowered at the EOI.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -36,9 +43,11 @@ pub const QUEUE_NOTIFY_OFFSET: u64 = regs::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 /// Size of the MMIO window one transport occupies.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 
-/// Raises the device's interrupt line in the guest. The VMM implements it with an irqfd.
+/// Raises the device's interrupt line in the guest. The VMM implements it with an irqfd: on a
+/// level-triggered pin (a resample irqfd) it asserts the pin until the guest's EOI; on an edge
+/// pin it is one edge.
 pub trait IrqTrigger: Send + Sync {
-    /// Raises the interrupt once.
+    /// Asserts the line (or sends one edge). Asserting a line that is asserted does nothing.
     fn trigger(&self) -> io::Result<()>;
 }
 
@@ -70,6 +79,16 @@ impl MmioInterrupt {
     /// Current InterruptStatus bits.
     pub fn status(&self) -> u32 {
         self.status.load(Ordering::SeqCst)
+    }
+
+    /// The guest's EOI lowered a level-triggered line (KVM signalled the resample eventfd):
+    /// asserts it again if a bit is still set, as a level-triggered line stays up until
+    /// InterruptACK clears the last bit. Returns whether it did.
+    pub fn resample(&self) -> io::Result<bool> {
+        if self.status() == 0 {
+            return Ok(false);
+        }
+        self.trigger.trigger().map(|()| true)
     }
 
     fn raise(&self, bit: u32) -> io::Result<()> {
@@ -199,6 +218,12 @@ impl MmioTransport {
         })
     }
 
+    /// The interrupt status register and line, for the VMM's resample handler: it needs no
+    /// transport lock (queue processing holds that one for a while).
+    pub fn interrupt(&self) -> Arc<MmioInterrupt> {
+        self.interrupt.clone()
+    }
+
     /// The device behind the transport.
     pub fn device(&self) -> &dyn VirtioDevice {
         self.device.as_ref()
@@ -254,13 +279,14 @@ impl MmioTransport {
         }
     }
 
-    /// Called periodically by the VMM (every few hundred ms). Interrupts reach the guest as
-    /// edges (KVM irqfds) and notifications reach the device as ioeventfd writes; neither side
-    /// retries, so one lost on the way would stall the guest for good. An interrupt still
-    /// pending and unacknowledged since the last call is raised again (as a level-triggered
-    /// line would still be asserted), a queue whose requests the device has not taken since
-    /// the last call is served, and completions the driver has not consumed since the last
-    /// call (with no interrupt pending) are signalled again.
+    /// Called periodically by the VMM (every few hundred ms) as a diagnostic: with a
+    /// level-triggered line (see the module comment) and ioeventfds nothing should ever be
+    /// lost, and whatever this finds is a bug somewhere that the VMM counts and reports. An
+    /// interrupt still pending and unacknowledged since the last call is raised again (which
+    /// only helps an edge-triggered line: a level-triggered one is still asserted), a queue
+    /// whose requests the device has not taken since the last call is served, and completions
+    /// the driver has not consumed since the last call (with no interrupt pending) are
+    /// signalled again.
     pub fn check_lost_events(&mut self) -> Recovered {
         let mut recovered = Recovered::default();
         let acks = self.interrupt.acks.load(Ordering::SeqCst);
@@ -1225,6 +1251,56 @@ mod tests {
         let mut on_disk = [0u8; 512];
         std::os::unix::fs::FileExt::read_exact_at(file.as_file(), &mut on_disk, 1024).unwrap();
         assert_eq!(on_disk, [0x5a; 512]);
+    }
+
+    #[test]
+    fn after_eoi_the_line_is_asserted_again_while_a_status_bit_is_set() {
+        let mut h = harness();
+        let t = &mut h.transport;
+        start(t);
+        let interrupt = t.interrupt();
+        let irq_count = || h.irqs.load(Ordering::SeqCst);
+        // Nothing pending: the EOI leaves the line low.
+        assert!(!interrupt.resample().unwrap());
+        assert_eq!(irq_count(), 0);
+
+        // The driver's handler read the status and acknowledged it; the EOI that follows needs
+        // no new assertion.
+        interrupt.signal_used_queue(0).unwrap();
+        assert_eq!(irq_count(), 1);
+        let seen = read32(t, regs::VIRTIO_MMIO_INTERRUPT_STATUS);
+        write32(t, regs::VIRTIO_MMIO_INTERRUPT_ACK, seen);
+        assert!(!interrupt.resample().unwrap());
+        assert_eq!(irq_count(), 1);
+
+        // A completion after the driver read the status: its assertion met a line that was
+        // still up, so the EOI must bring the line up again, until InterruptACK.
+        interrupt.signal_used_queue(0).unwrap();
+        let seen = read32(t, regs::VIRTIO_MMIO_INTERRUPT_STATUS);
+        interrupt.signal_config_change().unwrap();
+        write32(t, regs::VIRTIO_MMIO_INTERRUPT_ACK, seen);
+        assert_eq!(
+            read32(t, regs::VIRTIO_MMIO_INTERRUPT_STATUS),
+            regs::VIRTIO_MMIO_INT_CONFIG
+        );
+        assert_eq!(irq_count(), 3);
+        assert!(interrupt.resample().unwrap());
+        assert_eq!(irq_count(), 4);
+        // Handled this time without being acknowledged (a driver bug): still asserted.
+        assert!(interrupt.resample().unwrap());
+        assert_eq!(irq_count(), 5);
+        write32(
+            t,
+            regs::VIRTIO_MMIO_INTERRUPT_ACK,
+            regs::VIRTIO_MMIO_INT_CONFIG,
+        );
+        assert!(!interrupt.resample().unwrap());
+
+        // A reset clears the status: nothing to assert after it.
+        interrupt.signal_used_queue(0).unwrap();
+        write32(t, regs::VIRTIO_MMIO_STATUS, 0);
+        assert!(!interrupt.resample().unwrap());
+        assert_eq!(irq_count(), 6);
     }
 
     #[test]

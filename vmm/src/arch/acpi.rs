@@ -27,7 +27,7 @@ use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{layout, mptable};
-use crate::device_manager::MmioSlot;
+use crate::device_manager::{MmioSlot, TriggerMode};
 use crate::legacy::{ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE};
 
 /// OEM ID in every table header and the RSDP.
@@ -42,7 +42,13 @@ const MADT_REVISION: u8 = 6;
 const MADT_HEADER_LEN: u32 = 44;
 /// MADT flag: the platform also has dual 8259 PICs (KVM's in-kernel irqchip does).
 const MADT_PCAT_COMPAT: u32 = 1;
+const MADT_TYPE_INTERRUPT_SOURCE_OVERRIDE: u8 = 2;
 const MADT_TYPE_LOCAL_APIC_NMI: u8 = 4;
+/// MPS INTI flags of an interrupt source override: polarity (bits 0-1) 01 active high, trigger
+/// mode (bits 2-3) 11 level.
+const INTI_LEVEL_ACTIVE_HIGH: u16 = 0b11 << 2 | 0b01;
+/// Interrupt source overrides name ISA IRQs, which end at 15.
+const ISA_IRQS: u32 = 16;
 /// Processor UID meaning "all processors" in a Local APIC NMI structure.
 const ALL_PROCESSORS: u8 = 0xff;
 /// NMI arrives on LINT1 of every local APIC, as the MP table says too.
@@ -137,17 +143,13 @@ impl Aml for IrqNoFlags {
 /// PIC, so its IRQ numbers are no longer the GSIs, and only a device described with its GSI (the
 /// PNP0501 port, bound by 8250_pnp) gets a working interrupt.
 fn dsdt(slots: &[MmioSlot]) -> Result<Vec<u8>, AcpiError> {
-    // Interrupt choice: edge-triggered, active-high, exclusive. Virtio interrupts reach the
-    // IOAPIC through KVM irqfds, which raise and lower the pin at once (a pulse), and nothing
-    // tells the VMM when the guest acknowledges one: an edge is what such a pulse is. A level-
-    // triggered pin would also latch each pulse, but it would then rely on KVM's remote-IRR
-    // handling of a line that is already low again. QEMU's microvm says Level because its
-    // virtio-mmio holds the line until the guest acknowledges; Firecracker, which also signals
-    // through irqfds, says Edge. Edge, active-high is also what the MP table says (ISA
-    // conforming) and what Linux assumes for the cmdline-announced devices, so the pin is
-    // programmed the same whichever way a device was found. Exclusive: each window has its own
-    // pin.
-    let edge_triggered = true;
+    // Each window's interrupt: active-high, exclusive (each window has its own pin), and
+    // level-triggered where vmm registered a resample irqfd: virtio-mmio's InterruptStatus has
+    // level semantics, and vmm holds the pin up until the guest's EOI and raises it again while
+    // a status bit is set. An extended descriptor's trigger mode is used as it stands (Linux
+    // applies interrupt source overrides only to the small IRQ descriptors); the MADT's
+    // overrides and the MP table say the same, so the pin is programmed alike whichever way the
+    // guest found the device.
     let active_low = false;
     let shared = false;
 
@@ -177,6 +179,7 @@ fn dsdt(slots: &[MmioSlot]) -> Result<Vec<u8>, AcpiError> {
         let size = u32::try_from(slot.size).map_err(|_| too_high())?;
         base.checked_add(size).ok_or_else(too_high)?;
         let memory = Memory32Fixed::new(true, base, size);
+        let edge_triggered = slot.trigger == TriggerMode::Edge;
         let interrupt = Interrupt::new(true, edge_triggered, active_low, shared, slot.irq);
         let crs = ResourceTemplate::new(vec![&memory, &interrupt]);
         // Four-character names VR00..VRFF (at most 256 slots, checked above).
@@ -237,14 +240,17 @@ fn fadt(dsdt_address: u64) -> Vec<u8> {
 }
 
 /// The MADT: one enabled local APIC per vCPU (APIC ID = index), the IOAPIC with the ID after
-/// the last vCPU (as in the MP table) and GSI base 0, and NMI on LINT1.
+/// the last vCPU (as in the MP table) and GSI base 0, an interrupt source override for each
+/// level-triggered virtio IRQ below 16, and NMI on LINT1.
 ///
-/// No interrupt source overrides: KVM's default routing sends GSI n to IOAPIC pin n (and, below
-/// 16, to the PIC), which is ACPI's identity default for ISA IRQs. Linux would use an IRQ0 -> GSI2
-/// override (what QEMU declares, with routing to match) only for the PIT, and a hardware-reduced
-/// ACPI platform has Linux skip the PIT and the 8259 altogether (acpi_generic_reduced_hw_init):
-/// its timer is the local APIC's.
-fn madt(cpus: u32) -> Vec<u8> {
+/// KVM's default routing sends GSI n to IOAPIC pin n (and, below 16, to the PIC), which is
+/// ACPI's identity default for ISA IRQs, so no override moves an IRQ. The overrides only say
+/// "level-triggered, active-high" for the virtio IRQs, which as ISA IRQs would otherwise default
+/// to edge (what a guest that maps IRQs from the MADT, without the DSDT, would use). Linux would
+/// use an IRQ0 -> GSI2 override (what QEMU declares, with routing to match) only for the PIT, and
+/// a hardware-reduced ACPI platform has Linux skip the PIT and the 8259 altogether
+/// (acpi_generic_reduced_hw_init): its timer is the local APIC's.
+fn madt(cpus: u32, slots: &[MmioSlot]) -> Vec<u8> {
     let mut table = Sdt::new(
         *b"APIC",
         MADT_HEADER_LEN,
@@ -268,6 +274,16 @@ fn madt(cpus: u32) -> Vec<u8> {
         layout::IOAPIC_START as u32,
         0,
     )));
+    for slot in slots {
+        if slot.trigger != TriggerMode::Level || slot.irq >= ISA_IRQS {
+            continue;
+        }
+        // Interrupt source override: type, length, bus (0: ISA), source IRQ, GSI, flags.
+        let mut entry = vec![MADT_TYPE_INTERRUPT_SOURCE_OVERRIDE, 10, 0, slot.irq as u8];
+        entry.extend_from_slice(&slot.irq.to_le_bytes());
+        entry.extend_from_slice(&INTI_LEVEL_ACTIVE_HIGH.to_le_bytes());
+        table.append_slice(&entry);
+    }
     // Local APIC NMI: type, length, processor UID, flags (0: conforms to the bus), LINT#.
     table.append_slice(&[MADT_TYPE_LOCAL_APIC_NMI, 6, ALL_PROCESSORS, 0, 0, NMI_LINT]);
     table.as_slice().to_vec()
@@ -284,7 +300,7 @@ pub fn build_tables(cpus: u32, slots: &[MmioSlot]) -> Result<AcpiTables, AcpiErr
     // The XSDT's size is known in advance: a header and two 64-bit entries.
     let xsdt_len = 36 + 2 * 8;
     let fadt_address = align_up(xsdt_address + xsdt_len);
-    let madt = madt(cpus);
+    let madt = madt(cpus, slots);
     let madt_address = align_up(fadt_address + acpi_tables::fadt::FADT::len() as u64);
     let dsdt = dsdt(slots)?;
     let dsdt_address = align_up(madt_address + madt.len() as u64);
@@ -365,6 +381,7 @@ mod tests {
                 base: layout::VIRTIO_MMIO_START + u64::from(i) * layout::VIRTIO_MMIO_WINDOW_SIZE,
                 size: layout::VIRTIO_MMIO_WINDOW_SIZE,
                 irq: layout::VIRTIO_IRQ_BASE + i,
+                trigger: TriggerMode::Level,
             })
             .collect()
     }
@@ -438,11 +455,14 @@ mod tests {
     #[test]
     fn madt_lists_every_cpu_and_one_ioapic() {
         let cpus = 5;
-        let madt = build_tables(cpus, &[]).unwrap().madt.bytes;
+        let mut slots = slots(MAX_DEVICES);
+        slots[1].trigger = TriggerMode::Edge;
+        let madt = build_tables(cpus, &slots).unwrap().madt.bytes;
         assert_eq!(le32(&madt, 36), layout::APIC_START as u32);
         assert_eq!(le32(&madt, 40), MADT_PCAT_COMPAT);
         let mut at = MADT_HEADER_LEN as usize;
         let (mut lapic_ids, mut ioapics, mut nmis) = (Vec::new(), Vec::new(), 0);
+        let mut overrides = Vec::new();
         while at < madt.len() {
             let (kind, len) = (madt[at], madt[at + 1] as usize);
             assert!(len >= 2 && at + len <= madt.len());
@@ -457,6 +477,13 @@ mod tests {
                     assert_eq!(len, 12);
                     ioapics.push((madt[at + 2], le32(&madt, at + 4), le32(&madt, at + 8)));
                 }
+                2 => {
+                    assert_eq!(len, 10);
+                    assert_eq!(madt[at + 2], 0, "ISA bus");
+                    let flags = u16::from_le_bytes([madt[at + 8], madt[at + 9]]);
+                    assert_eq!(flags, 0b1101, "level-triggered, active-high");
+                    overrides.push((madt[at + 3], le32(&madt, at + 4)));
+                }
                 4 => {
                     assert_eq!(&madt[at + 2..at + 6], &[0xff, 0, 0, 1]);
                     nmis += 1;
@@ -468,6 +495,13 @@ mod tests {
         assert_eq!(lapic_ids, (0..cpus as u8).collect::<Vec<_>>());
         assert_eq!(ioapics, vec![(cpus as u8, layout::IOAPIC_START as u32, 0)]);
         assert_eq!(nmis, 1);
+        // Identity overrides for the level-triggered virtio IRQs that are ISA IRQs (below 16),
+        // none for the edge-triggered one (IRQ 6) or for GSIs from 16 on.
+        let expected: Vec<(u8, u32)> = (layout::VIRTIO_IRQ_BASE..16)
+            .filter(|&irq| irq != 6)
+            .map(|irq| (irq as u8, irq))
+            .collect();
+        assert_eq!(overrides, expected);
     }
 
     #[test]
@@ -480,11 +514,18 @@ mod tests {
             memory.extend_from_slice(&(slot.base as u32).to_le_bytes());
             memory.extend_from_slice(&(slot.size as u32).to_le_bytes());
             assert_eq!(count(&dsdt, &memory), 1, "Memory32Fixed of {slot:?}");
-            // Extended interrupt: consumer, edge-triggered, active-high, exclusive; one IRQ.
-            let mut interrupt = vec![0x89, 6, 0, 0b0011, 1];
+            // Extended interrupt: consumer, level-triggered, active-high, exclusive; one IRQ.
+            let mut interrupt = vec![0x89, 6, 0, 0b0001, 1];
             interrupt.extend_from_slice(&slot.irq.to_le_bytes());
             assert_eq!(count(&dsdt, &interrupt), 1, "Interrupt of {slot:?}");
         }
+        // Without resample irqfds a window's interrupt is edge-triggered.
+        let mut edge = slots[0];
+        edge.trigger = TriggerMode::Edge;
+        let edge_dsdt = build_tables(1, &[edge]).unwrap().dsdt.bytes;
+        let mut interrupt = vec![0x89, 6, 0, 0b0011, 1];
+        interrupt.extend_from_slice(&edge.irq.to_le_bytes());
+        assert_eq!(count(&edge_dsdt, &interrupt), 1, "Interrupt of {edge:?}");
         for name in [b"VR00", b"VR01", b"VR02", b"_SB_", b"COM1", b"_S5_"] {
             assert_eq!(count(&dsdt, name), 1, "{}", String::from_utf8_lossy(name));
         }
@@ -513,9 +554,10 @@ mod tests {
             count(&tables.dsdt.bytes, b"LNRO0005\0"),
             MAX_DEVICES as usize
         );
+        let overrides = (16 - layout::VIRTIO_IRQ_BASE) as usize;
         assert_eq!(
             tables.madt.bytes.len(),
-            44 + 8 * mptable::MAX_CPUS as usize + 12 + 6
+            44 + 8 * mptable::MAX_CPUS as usize + 12 + 10 * overrides + 6
         );
     }
 
@@ -533,6 +575,7 @@ mod tests {
             base: 0x1_0000_0000,
             size: 0x1000,
             irq: 5,
+            trigger: TriggerMode::Level,
         };
         assert!(matches!(
             build_tables(1, &[high]),
@@ -542,6 +585,7 @@ mod tests {
             base: 0xffff_f000,
             size: 0x2000,
             irq: 5,
+            trigger: TriggerMode::Level,
         };
         assert!(matches!(
             build_tables(1, &[straddling]),

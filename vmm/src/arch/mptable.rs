@@ -1,9 +1,11 @@
 //! MP specification 1.4 tables: tell a guest without ACPI how many CPUs there are, where the
-//! IOAPIC is, and that ISA IRQ n arrives on IOAPIC pin n (KVM's default routing).
+//! IOAPIC is, that ISA IRQ n arrives on IOAPIC pin n (KVM's default routing), and which pins are
+//! level-triggered (the virtio-mmio devices').
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout;
+use crate::device_manager::{MmioSlot, TriggerMode};
 
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
@@ -16,6 +18,12 @@ const ENTRY_LOCAL_INTERRUPT: u8 = 4;
 const INT_TYPE_INT: u8 = 0;
 const INT_TYPE_NMI: u8 = 1;
 const INT_TYPE_EXTINT: u8 = 3;
+/// I/O interrupt entry flags (MP 1.4 table 4-10): polarity and trigger mode conform to the bus,
+/// for ISA edge-triggered and active-high.
+const IRQ_FLAGS_CONFORMING: u16 = 0;
+/// Polarity (bits 0-1) 01 active high, trigger mode (bits 2-3) 11 level. Linux honours these
+/// for every pin it maps through the MP table, ISA IRQs below 16 included.
+const IRQ_FLAGS_LEVEL_ACTIVE_HIGH: u16 = 0b11 << 2 | 0b01;
 const CPU_ENABLED: u8 = 1;
 const CPU_BOOTSTRAP: u8 = 2;
 /// CPU signature (family 6) and feature flags (FPU, APIC) for processor entries.
@@ -41,8 +49,9 @@ fn checksum(bytes: &[u8]) -> u8 {
         .wrapping_neg()
 }
 
-/// The MP configuration table (header and entries) for `cpus` vCPUs.
-fn config_table(cpus: u32) -> Vec<u8> {
+/// The MP configuration table (header and entries) for `cpus` vCPUs and the virtio-mmio
+/// devices in `slots`.
+fn config_table(cpus: u32, slots: &[MmioSlot]) -> Vec<u8> {
     let ioapic_id = cpus as u8;
     let mut entries = Vec::new();
     let mut count = 0u16;
@@ -61,16 +70,17 @@ fn config_table(cpus: u32) -> Vec<u8> {
     entries.extend_from_slice(&(layout::IOAPIC_START as u32).to_le_bytes());
     count += 1;
     for irq in 0..=layout::IRQ_MAX as u8 {
-        entries.extend_from_slice(&[
-            ENTRY_IO_INTERRUPT,
-            INT_TYPE_INT,
-            0,
-            0,
-            BUS_ID_ISA,
-            irq,
-            ioapic_id,
-            irq,
-        ]);
+        let level = slots
+            .iter()
+            .any(|slot| slot.irq == u32::from(irq) && slot.trigger == TriggerMode::Level);
+        let flags = if level {
+            IRQ_FLAGS_LEVEL_ACTIVE_HIGH
+        } else {
+            IRQ_FLAGS_CONFORMING
+        };
+        entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, INT_TYPE_INT]);
+        entries.extend_from_slice(&flags.to_le_bytes());
+        entries.extend_from_slice(&[BUS_ID_ISA, irq, ioapic_id, irq]);
         count += 1;
     }
     // PIC output on LINT0, NMI on LINT1 of every local APIC (0xff = all).
@@ -114,7 +124,11 @@ fn config_table(cpus: u32) -> Vec<u8> {
 }
 
 /// Writes the MP floating pointer and configuration table at `layout::MPTABLE_START`.
-pub fn setup_mptable(mem: &GuestMemoryMmap, cpus: u32) -> Result<(), MptableError> {
+pub fn setup_mptable(
+    mem: &GuestMemoryMmap,
+    cpus: u32,
+    slots: &[MmioSlot],
+) -> Result<(), MptableError> {
     if cpus == 0 || cpus > MAX_CPUS {
         return Err(MptableError::TooManyCpus(cpus));
     }
@@ -126,7 +140,7 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, cpus: u32) -> Result<(), MptableErro
     floating[10] = checksum(&floating);
     mem.write_slice(&floating, GuestAddress(layout::MPTABLE_START))
         .map_err(|_| MptableError::GuestMemory)?;
-    mem.write_slice(&config_table(cpus), GuestAddress(table_addr))
+    mem.write_slice(&config_table(cpus, slots), GuestAddress(table_addr))
         .map_err(|_| MptableError::GuestMemory)
 }
 
@@ -138,13 +152,13 @@ mod tests {
     #[test]
     fn tables_checksum_to_zero_and_count_entries() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        setup_mptable(&mem, 2).unwrap();
+        setup_mptable(&mem, 2, &[]).unwrap();
         let mut floating = [0u8; 16];
         mem.read_slice(&mut floating, GuestAddress(layout::MPTABLE_START))
             .unwrap();
         assert_eq!(&floating[..4], b"_MP_");
         assert_eq!(floating.iter().fold(0u8, |s, b| s.wrapping_add(*b)), 0);
-        let table = config_table(2);
+        let table = config_table(2, &[]);
         assert_eq!(table.iter().fold(0u8, |s, b| s.wrapping_add(*b)), 0);
         assert_eq!(
             u16::from_le_bytes([table[34], table[35]]),
@@ -159,8 +173,51 @@ mod tests {
     #[test]
     fn cpu_count_is_bounded() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        assert!(setup_mptable(&mem, 0).is_err());
-        assert!(setup_mptable(&mem, MAX_CPUS + 1).is_err());
-        assert!(setup_mptable(&mem, MAX_CPUS).is_ok());
+        assert!(setup_mptable(&mem, 0, &[]).is_err());
+        assert!(setup_mptable(&mem, MAX_CPUS + 1, &[]).is_err());
+        assert!(setup_mptable(&mem, MAX_CPUS, &[]).is_ok());
+    }
+
+    /// The I/O interrupt entries of `table`, as (flags, source bus IRQ, destination pin).
+    fn io_interrupts(table: &[u8]) -> Vec<(u16, u8, u8)> {
+        let mut at = HEADER_LEN;
+        let mut found = Vec::new();
+        while at < table.len() {
+            let len = if table[at] == ENTRY_PROCESSOR { 20 } else { 8 };
+            if table[at] == ENTRY_IO_INTERRUPT {
+                let flags = u16::from_le_bytes([table[at + 2], table[at + 3]]);
+                found.push((flags, table[at + 5], table[at + 7]));
+            }
+            at += len;
+        }
+        found
+    }
+
+    #[test]
+    fn virtio_pins_are_level_triggered_active_high_and_the_rest_conform_to_isa() {
+        let slot = |irq, trigger| MmioSlot {
+            base: layout::VIRTIO_MMIO_START,
+            size: layout::VIRTIO_MMIO_WINDOW_SIZE,
+            irq,
+            trigger,
+        };
+        let slots = [
+            slot(5, TriggerMode::Level),
+            slot(6, TriggerMode::Edge),
+            slot(20, TriggerMode::Level),
+        ];
+        let table = config_table(1, &slots);
+        let entries = io_interrupts(&table);
+        assert_eq!(entries.len(), layout::IRQ_MAX as usize + 1);
+        for (flags, source, pin) in entries {
+            assert_eq!(source, pin, "ISA IRQ n is pin n");
+            let expected = match pin {
+                5 | 20 => 0b1101,
+                _ => 0,
+            };
+            assert_eq!(flags, expected, "flags of pin {pin}");
+        }
+        // The serial port's IRQ stays ISA: edge-triggered.
+        assert_eq!(io_interrupts(&table)[layout::SERIAL_IRQ as usize].0, 0);
     }
 }
