@@ -27,10 +27,10 @@ unit-test:
 # End-to-end tests that boot guests in the lab (resources/lab/run-in-lab): #[ignore]d in plain
 # `cargo test`, run here. One at a time: each boots a VM on this small machine.
 lab-test: guest build host-deps
-	$(CARGO) test -p vmm-tests --tests -- --ignored --test-threads=1 --skip blktests_zbd
+	$(CARGO) test -p vmm-tests --tests -- --ignored --test-threads=1
 
 # blktests' zbd group from a host checkout (a copy of ../shared/blktests under build/blktests)
-# through `vmm --host-root`, in two geometries (tests/tests/blktests.rs); not yet in lab-test.
+# through `vmm --host-root`, in two geometries (tests/tests/blktests.rs); also part of lab-test.
 blktests: guest build host-deps
 	$(CARGO) test -p vmm-tests --test blktests -- --ignored --test-threads=1 --nocapture
 
