@@ -742,7 +742,7 @@ fn a_reset_whose_sync_failed_is_superseded_and_later_flushes_fail() {
     d.flush().unwrap();
     // The fdatasync after the EMPTY slot was written fails: the reset fails and the zone keeps
     // its data; the slot that says EMPTY must not win in the next run.
-    d.storage_mut().fail.sync_in = Some(0);
+    d.storage_mut().fail_storage_op(StorageOp::TableSync, 0);
     assert_eq!(d.zone_op(ZoneOp::Reset, 256), Err(ZoneError::Io));
     assert_eq!(state(&d, 1), (ZoneCondition::ImplicitOpen, 264));
     // A failed fdatasync may have dropped written data: no later flush commits anything.
@@ -764,7 +764,7 @@ fn a_reset_all_whose_later_slot_write_failed_is_superseded_by_the_next_flush() {
     d.write(512, &pattern(512, 8, 0)).unwrap();
     d.flush().unwrap();
     // Zone 1's EMPTY slot is written, zone 2's write fails.
-    d.storage_mut().fail.table_write_in = Some(1);
+    d.storage_mut().fail_storage_op(StorageOp::TableWrite, 1);
     assert_eq!(d.reset_all(), Err(ZoneError::Io));
     assert_eq!(state(&d, 1), (ZoneCondition::ImplicitOpen, 264));
     d.flush().unwrap();
@@ -774,7 +774,7 @@ fn a_reset_all_whose_later_slot_write_failed_is_superseded_by_the_next_flush() {
     assert_eq!(state(&d, 2), (ZoneCondition::Closed, 520));
     assert!(read(&mut d, 256, 8) == pattern(256, 8, 0));
     // A later successful reset of another zone supersedes it too.
-    d.storage_mut().fail.table_write_in = Some(1);
+    d.storage_mut().fail_storage_op(StorageOp::TableWrite, 1);
     assert_eq!(d.reset_all(), Err(ZoneError::Io));
     d.zone_op(ZoneOp::Reset, 512).unwrap();
     drop(d);
@@ -791,7 +791,7 @@ fn after_a_failed_data_sync_no_flush_commits_a_write_pointer() {
     d.write(256, &pattern(256, 8, 0)).unwrap();
     d.flush().unwrap();
     d.write(264, &pattern(264, 8, 0)).unwrap();
-    d.storage_mut().fail.sync_in = Some(0);
+    d.storage_mut().fail_storage_op(StorageOp::DataSync, 0);
     assert_eq!(d.flush(), Err(ZoneError::Io));
     // The host may have dropped the pages whose write-back failed; a second fdatasync would
     // succeed without them.
