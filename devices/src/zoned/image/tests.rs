@@ -906,3 +906,32 @@ fn new_images_are_readable_by_their_owner_only() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o077, 0, "mode {mode:o}");
 }
+
+#[test]
+fn a_zone_made_read_only_for_a_run_keeps_its_active_resource() {
+    let dir = Scratch::new("injected-active");
+    let path = dir.path("disk.img");
+    let geometry = ZonedGeometry::new(ZonedGeometry {
+        max_open: 0,
+        max_active: 2,
+        ..geometry()
+    })
+    .unwrap();
+    let mut d = ZonedImage::create(&path, geometry).unwrap();
+    d.write(256, &pattern(256, 8, 0)).unwrap();
+    d.write(512, &pattern(512, 8, 0)).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    // READ_ONLY for this run only: the zone comes back CLOSED in the next one, so its
+    // active resource is not free for another zone now.
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    d.inject_condition(256, ZoneCondition::ReadOnly).unwrap();
+    assert_eq!(
+        d.write(768, &pattern(768, 8, 0)),
+        Err(ZoneError::ActiveResource)
+    );
+    d.flush().unwrap();
+    drop(d);
+    let d = ZonedImage::open(&path, &none()).unwrap();
+    assert!(d.zones().active_zones() <= 2, "{:?}", d.zones());
+}
