@@ -582,6 +582,18 @@ impl ModelRun {
         };
         let (status, landed) = self.request(request_type, target, &data, reply);
         let ok = status == crate::block::request_status::OK;
+        // A write at a FULL zone's write pointer is one at the start of the next zone.
+        let zone = match self.geometry.zone_index(sector) {
+            Some(index) if !append => index,
+            Some(_) => zone,
+            None => {
+                assert!(
+                    !ok,
+                    "a write at {sector}, past the end of the disk, succeeded"
+                );
+                return;
+            }
+        };
         let conventional = self.geometry.is_conventional(zone);
         let end = sector + nr;
         if ok {
