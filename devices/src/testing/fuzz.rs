@@ -11,7 +11,7 @@ use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_mmio as regs;
@@ -23,12 +23,12 @@ use super::{
 use crate::block::{request_type, Block, QUEUE_SIZE, SECTOR_SIZE};
 use crate::virtio::mmio::IrqTrigger;
 use crate::virtio::{status, GuestMemoryMmap, MmioTransport, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::zoned::image::{crc32, slot_crc, ImageFile};
+use crate::zoned::image::{crc32, slot_crc, ImageFile, StorageOp};
 use crate::zoned::state::{WritePlan, ZoneOpPlan};
 use crate::zoned::wire::request as zone_request;
 use crate::zoned::{
-    FailWrite, FaultInjection, GeometryOverrides, ZoneCondition, ZoneOp, ZoneSet, ZonedDisk,
-    ZonedGeometry, ZonedHandler, ZonedImage,
+    geometry::MAX_ZONES, FailWrite, FaultInjection, GeometryOverrides, ZoneCondition, ZoneOp,
+    ZoneSet, ZonedDisk, ZonedGeometry, ZonedHandler, ZonedImage,
 };
 
 /// Request types a chain picks by index (an index past the table reads a raw type).
@@ -347,32 +347,43 @@ impl Drop for Scratch {
     }
 }
 
-/// The zoned device. The first byte picks the mode: even, requests through the queue; odd,
-/// the zone state machine alone ([`zone_state_machine`]).
+/// The zoned device. The first byte picks the mode (modulo 6): 0, requests from a hostile
+/// driver through the queue; odd, the zone state machine alone ([`zone_state_machine`]); 2,
+/// well-formed requests against a model of what must survive, on failing storage
+/// ([`storage_model`]); 4, huge geometries ([`huge_geometry`]).
 ///
 /// Requests: a geometry (`decode_geometry`, 9 bytes), faults (`decode_faults`, up to 4
-/// bytes), then the input of [`virtio_blk_chain`] from its queue-size byte on (the disk-size
-/// and read-only bits are ignored). The device is `Block` with a `ZonedHandler` over a
-/// `ZonedImage` in a scratch file. Afterwards the image must reopen (a guest cannot make an
-/// image unreadable), with zones that keep the invariants.
+/// bytes), then the input of [`virtio_blk_chain`] from its queue-size byte on; its disk-size
+/// byte is the prefill byte (`prefill`: data written and flushed before the faults are
+/// injected) and its flags byte is ignored. The device is `Block` with a `ZonedHandler` over
+/// a `ZonedImage` in a scratch file. Afterwards the image must reopen (a guest cannot make an
+/// image unreadable), with zones that keep the invariants, and the READ_ONLY and OFFLINE
+/// zones must hold their prefilled state and data: nothing a guest does reaches them.
 pub fn zoned_requests(data: &[u8]) {
     let mut input = Input::new(data);
-    if input.u8() & 1 != 0 {
-        zone_state_machine(&mut input);
-        return;
+    match input.u8() % 6 {
+        1 | 3 | 5 => return zone_state_machine(&mut input),
+        2 => {
+            storage_model(&mut input);
+            return;
+        }
+        4 => return huge_geometry(&mut input),
+        _ => {}
     }
     let geometry = decode_geometry(&mut input);
     let faults = decode_faults(&mut input, &geometry);
+    let size = queue_size(input.u8());
+    let prefill_byte = input.u8();
+    input.u8();
     let scratch = Scratch(scratch_path("zoned"));
-    let disk = ZonedImage::create(&scratch.0, geometry).expect("a fresh scratch image");
+    let mut disk = ZonedImage::create(&scratch.0, geometry).expect("a fresh scratch image");
+    let prefilled = prefill(&mut disk, prefill_byte);
     let handler = ZonedHandler::with_faults(disk, &faults).expect("faults on sequential zones");
     let block = Block::with_handler(
         Box::new(handler.capacity_backend()),
         "fuzz-zoned",
         Box::new(handler),
     );
-    let size = queue_size(input.u8());
-    let _ = (input.u8(), input.u8());
     let memory = guest_memory();
     let mut device = DeviceUnderTest::new(block, &memory, size, false);
     let shape = DiskShape {
@@ -381,9 +392,667 @@ pub fn zoned_requests(data: &[u8]) {
     };
     device.run(&mut input, shape);
     drop(device);
-    let reopened = ZonedImage::open(&scratch.0, &GeometryOverrides::default())
+    let mut reopened = ZonedImage::open(&scratch.0, &GeometryOverrides::default())
         .unwrap_or_else(|error| panic!("the image does not reopen after guest I/O: {error}"));
     check_zone_invariants(reopened.zones());
+    for &zone in faults.read_only_zones.iter().chain(&faults.offline_zones) {
+        let zone = zone as usize;
+        let start = geometry.zone_start(zone);
+        let written = prefilled[zone];
+        assert_eq!(
+            reopened.zones().saved_state(zone).1,
+            start + written,
+            "zone {zone}, READ_ONLY or OFFLINE in the run, lost its write pointer"
+        );
+        for sector in start..start + written {
+            assert!(
+                read_sector(&mut reopened, sector) == sector_pattern(sector, 0),
+                "zone {zone}, READ_ONLY or OFFLINE in the run, lost its data at sector {sector}"
+            );
+        }
+    }
+}
+
+/// What sector `sector` holds after the write of version `version` (the prefill is version 0).
+fn sector_pattern(sector: u64, version: u32) -> Vec<u8> {
+    let mut bytes = vec![(sector as u8) ^ (version as u8) ^ 0x5a; SECTOR_SIZE as usize];
+    bytes[..8].copy_from_slice(&sector.to_le_bytes());
+    bytes[8..12].copy_from_slice(&version.to_le_bytes());
+    bytes
+}
+
+fn read_sector(disk: &mut ZonedImage, sector: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; SECTOR_SIZE as usize];
+    disk.read(sector, &mut bytes)
+        .unwrap_or_else(|error| panic!("sector {sector} of the reopened image: {error}"));
+    bytes
+}
+
+/// Writes data (version 0 of [`sector_pattern`]) from the start of every zone, an amount the
+/// byte picks (none for 0), and flushes; returns the sectors written per zone. A write the
+/// open or active limits refuse is left out.
+fn prefill(disk: &mut ZonedImage, byte: u8) -> Vec<u64> {
+    let geometry = *disk.geometry();
+    let gran = geometry.granularity_sectors();
+    let mut written = vec![0u64; geometry.nr_zones() as usize];
+    if byte == 0 {
+        return written;
+    }
+    for (zone, written) in written.iter_mut().enumerate() {
+        let room = geometry.zone_capacity_of(zone);
+        let sectors = ((u64::from(byte) * (zone as u64 + 1)) % (room + 1)) & !(gran - 1);
+        let start = geometry.zone_start(zone);
+        let data: Vec<u8> = (start..start + sectors)
+            .flat_map(|sector| sector_pattern(sector, 0))
+            .collect();
+        if sectors > 0 && disk.write(start, &data).is_ok() {
+            *written = sectors;
+        }
+    }
+    disk.flush().expect("the prefill flushes");
+    written
+}
+
+/// Opcodes of [`storage_model`]'s request stream.
+pub mod model_op {
+    pub const WRITE: u8 = 0;
+    pub const APPEND: u8 = 1;
+    pub const READ: u8 = 2;
+    pub const FLUSH: u8 = 3;
+    pub const OPEN: u8 = 4;
+    pub const CLOSE: u8 = 5;
+    pub const FINISH: u8 = 6;
+    pub const RESET: u8 = 7;
+    pub const RESET_ALL: u8 = 8;
+    pub const COUNT: u8 = 9;
+}
+
+/// Flags of [`storage_model`]'s failure byte.
+pub mod model_flags {
+    /// Arm an injected EIO (the kind in bits 0-1, see `StorageOp::ALL`).
+    pub const FAIL: u8 = 0x80;
+    /// End the run with a clean shutdown (the device's final flush) instead of a crash.
+    pub const SHUTDOWN: u8 = 0x40;
+}
+
+/// What the model knows about one sector: the versions that may be stored there, oldest
+/// first, each with whether the device acknowledged its write.
+type Candidates = Vec<(u32, bool)>;
+
+/// What a zone must look like after a reopen, from what the device acknowledged.
+#[derive(Clone, Debug)]
+struct ZoneModel {
+    /// The write pointer the device acknowledged (end of the zone for conventional zones).
+    acked: u64,
+    /// At least this write pointer survives: what a completed flush or reset made durable.
+    durable: u64,
+    /// At most this one: the furthest acknowledged since the last durable reset.
+    furthest: u64,
+    /// A reset of this zone failed since the last completed flush: until the next one, a
+    /// crash may show it reset (docs/zoned-image-format.md, failing storage).
+    maybe_reset: bool,
+    /// READ_ONLY or OFFLINE in this run: nothing may change it.
+    kept: bool,
+}
+
+/// The device of [`storage_model`] with its model.
+struct ModelRun {
+    device: DeviceUnderTest,
+    geometry: ZonedGeometry,
+    zones: Vec<ZoneModel>,
+    sectors: Vec<Candidates>,
+    version: u32,
+    /// Raised when the injected storage failure fired.
+    fired: Arc<AtomicBool>,
+    acknowledged: u32,
+    failed: u32,
+}
+
+/// Where [`ModelRun::request`] puts device-writable data.
+const MODEL_REPLY: u64 = layout::DATA + 0x8_0000;
+
+impl ModelRun {
+    /// One well-formed request; returns its status and its device-writable bytes. Checks that
+    /// it completed, and that a request during which the injected failure fired failed.
+    fn request(
+        &mut self,
+        request_type: u32,
+        sector: u64,
+        data: &[u8],
+        reply_len: u32,
+    ) -> (u8, Vec<u8>) {
+        let memory = self.device.memory.clone();
+        write_request_header(&memory, layout::HEADER, request_type, sector);
+        let mut parts = vec![(layout::HEADER, 16, false)];
+        if !data.is_empty() {
+            memory
+                .write_slice(data, GuestAddress(layout::DATA))
+                .expect("request data fits the data area");
+            parts.push((layout::DATA, data.len() as u32, false));
+        }
+        if reply_len > 0 {
+            parts.push((MODEL_REPLY, reply_len, true));
+        }
+        parts.push((layout::STATUS, 1, true));
+        memory
+            .write_obj(0xffu8, GuestAddress(layout::STATUS))
+            .expect("the status byte is in memory");
+        let fired_before = self.fired.load(Ordering::SeqCst);
+        let used = self.device.ring.used_idx();
+        self.device.ring.add_chain(&parts);
+        self.device.notify();
+        assert_eq!(
+            self.device.ring.used_idx(),
+            used.wrapping_add(1),
+            "request type {request_type} at {sector} did not complete"
+        );
+        let status: u8 = memory
+            .read_obj(GuestAddress(layout::STATUS))
+            .expect("the status byte is in memory");
+        assert!(
+            status <= 6,
+            "request type {request_type} at {sector}: status {status}"
+        );
+        if !fired_before && self.fired.load(Ordering::SeqCst) {
+            assert_ne!(
+                status,
+                crate::block::request_status::OK,
+                "request type {request_type} at {sector} met an EIO and succeeded"
+            );
+        }
+        if status == crate::block::request_status::OK {
+            self.acknowledged += 1;
+        } else {
+            self.failed += 1;
+        }
+        let mut reply = vec![0u8; reply_len as usize];
+        memory
+            .read_slice(&mut reply, GuestAddress(MODEL_REPLY))
+            .expect("the reply area is in memory");
+        (status, reply)
+    }
+
+    fn cap_end(&self, zone: usize) -> u64 {
+        self.geometry.zone_start(zone) + self.geometry.zone_capacity_of(zone)
+    }
+
+    /// Writes (or appends, landing at `sector`) `nr` sectors of a new version and records it.
+    fn write(&mut self, zone: usize, sector: u64, nr: u64, append: bool) {
+        self.version += 1;
+        let version = self.version;
+        let data: Vec<u8> = (sector..sector + nr)
+            .flat_map(|s| sector_pattern(s, version))
+            .collect();
+        let (request_type, target, reply) = if append {
+            let start = self.geometry.zone_start(zone);
+            (zone_request::ZONE_APPEND, start, 8)
+        } else {
+            (request_type::OUT, sector, 0)
+        };
+        let (status, landed) = self.request(request_type, target, &data, reply);
+        let ok = status == crate::block::request_status::OK;
+        // A write at a FULL zone's write pointer is one at the start of the next zone.
+        let zone = match self.geometry.zone_index(sector) {
+            Some(index) if !append => index,
+            Some(_) => zone,
+            None => {
+                assert!(
+                    !ok,
+                    "a write at {sector}, past the end of the disk, succeeded"
+                );
+                return;
+            }
+        };
+        let conventional = self.geometry.is_conventional(zone);
+        let end = sector + nr;
+        if ok {
+            let model = &self.zones[zone];
+            assert!(
+                !model.kept,
+                "a write to READ_ONLY/OFFLINE zone {zone} succeeded"
+            );
+            if append {
+                let landed = u64::from_le_bytes(landed[..8].try_into().expect("8 bytes"));
+                assert_eq!(
+                    landed, model.acked,
+                    "append to zone {zone} landed elsewhere"
+                );
+            }
+            if conventional {
+                let last = self.geometry.zone_index(end - 1).expect("inside the disk");
+                assert!(
+                    (zone..=last).all(|z| self.geometry.is_conventional(z)),
+                    "a write from conventional zone {zone} into sequential ones succeeded"
+                );
+            } else {
+                assert_eq!(
+                    sector, model.acked,
+                    "a write off zone {zone}'s write pointer"
+                );
+                assert!(
+                    end <= self.cap_end(zone),
+                    "a write past zone {zone}'s capacity"
+                );
+                let model = &mut self.zones[zone];
+                model.acked = end;
+                model.furthest = model.furthest.max(end);
+            }
+        }
+        let capacity = self.sectors.len() as u64;
+        for s in sector..end.min(capacity) {
+            self.sectors[s as usize].push((version, ok));
+        }
+    }
+
+    /// After a completed flush, everything acknowledged is durable.
+    fn flushed(&mut self) {
+        for model in &mut self.zones {
+            model.durable = model.acked;
+            model.maybe_reset = false;
+        }
+        for candidates in &mut self.sectors {
+            if let Some(last) = candidates.iter().rposition(|&(_, ok)| ok) {
+                candidates.drain(..last);
+            }
+        }
+    }
+
+    /// A reset of `zone` completed (durable) or failed.
+    fn reset(&mut self, zone: usize, ok: bool) {
+        let start = self.geometry.zone_start(zone);
+        let len = self.geometry.zone_len(zone);
+        let model = &mut self.zones[zone];
+        if !ok {
+            model.maybe_reset = true;
+            return;
+        }
+        assert!(
+            !model.kept,
+            "a reset of READ_ONLY/OFFLINE zone {zone} succeeded"
+        );
+        *model = ZoneModel {
+            acked: start,
+            durable: start,
+            furthest: start,
+            maybe_reset: false,
+            kept: false,
+        };
+        for s in start..start + len {
+            self.sectors[s as usize].clear();
+        }
+    }
+
+    fn step(&mut self, input: &mut Input) {
+        let op = input.u8();
+        let zone = usize::from(input.u8()) % self.zones.len();
+        let start = self.geometry.zone_start(zone);
+        let gran = self.geometry.granularity_sectors();
+        let conventional = self.geometry.is_conventional(zone);
+        let ok = |status: u8| status == crate::block::request_status::OK;
+        match op % model_op::COUNT {
+            code @ (model_op::WRITE | model_op::APPEND) => {
+                let nr = gran * (1 + u64::from(input.u8()) % (self.geometry.zone_size / gran * 2));
+                let offset = input.u8();
+                let sector = if code == model_op::APPEND {
+                    self.zones[zone].acked
+                } else if conventional {
+                    start + (u64::from(offset) * gran) % self.geometry.zone_len(zone)
+                } else if offset >= 0xf0 {
+                    // Off the write pointer: must fail.
+                    self.zones[zone].acked + u64::from(offset & 0xf)
+                } else {
+                    self.zones[zone].acked
+                };
+                self.write(zone, sector, nr, code == model_op::APPEND);
+            }
+            model_op::READ => {
+                let len = self.geometry.zone_len(zone);
+                let (status, data) =
+                    self.request(request_type::IN, start, &[], (len * SECTOR_SIZE) as u32);
+                if ok(status) {
+                    let acked = self.zones[zone].acked;
+                    for (s, bytes) in (start..).zip(data.chunks_exact(SECTOR_SIZE as usize)) {
+                        if s >= acked {
+                            assert!(bytes.iter().all(|&b| b == 0), "sector {s} above the wp");
+                        } else {
+                            // Running: what the last acknowledged write (or a later one) left.
+                            let candidates = &self.sectors[s as usize];
+                            let from = candidates.iter().rposition(|&(_, ok)| ok);
+                            if let Some(from) = from {
+                                check_sector(s, bytes, &candidates[from..]);
+                            }
+                        }
+                    }
+                }
+            }
+            model_op::FLUSH => {
+                if ok(self.request(request_type::FLUSH, 0, &[], 0).0) {
+                    self.flushed();
+                }
+            }
+            code @ (model_op::OPEN | model_op::CLOSE) => {
+                let request_type = if code == model_op::OPEN {
+                    zone_request::ZONE_OPEN
+                } else {
+                    zone_request::ZONE_CLOSE
+                };
+                self.request(request_type, start, &[], 0);
+            }
+            model_op::FINISH => {
+                // A FULL zone keeps its write pointer where its data ends (the image stores
+                // it so), so a finish moves nothing the model tracks.
+                if ok(self.request(zone_request::ZONE_FINISH, start, &[], 0).0) {
+                    let model = &self.zones[zone];
+                    assert!(
+                        !model.kept,
+                        "a finish of READ_ONLY/OFFLINE zone {zone} succeeded"
+                    );
+                }
+            }
+            model_op::RESET => {
+                let status = self.request(zone_request::ZONE_RESET, start, &[], 0).0;
+                if !conventional && !self.zones[zone].kept {
+                    self.reset(zone, ok(status));
+                } else {
+                    assert!(!ok(status), "a reset of zone {zone} succeeded");
+                }
+            }
+            _ => {
+                let status = self.request(zone_request::ZONE_RESET_ALL, 0, &[], 0).0;
+                for zone in 0..self.zones.len() {
+                    if !self.geometry.is_conventional(zone) && !self.zones[zone].kept {
+                        self.reset(zone, ok(status));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reopens the image and checks every zone against the model.
+    fn check_reopened(&self, path: &Path, crashed: bool) {
+        let mut disk = ZonedImage::open(path, &GeometryOverrides::default())
+            .unwrap_or_else(|error| panic!("the image does not reopen: {error}"));
+        check_zone_invariants(disk.zones());
+        for (zone, model) in self.zones.iter().enumerate() {
+            let start = self.geometry.zone_start(zone);
+            let len = self.geometry.zone_len(zone);
+            let (cond, wp) = disk.zones().saved_state(zone);
+            let what = || format!("zone {zone} {cond:?} wp {wp}, model {model:?}");
+            if !self.geometry.is_conventional(zone) {
+                let may_be_reset = crashed && model.maybe_reset && wp == start;
+                assert!(
+                    wp >= model.durable || may_be_reset,
+                    "{}: acknowledged and flushed data lost",
+                    what()
+                );
+                assert!(
+                    wp <= model.furthest,
+                    "{}: past what was acknowledged",
+                    what()
+                );
+            }
+            let below = if self.geometry.is_conventional(zone) {
+                start + len
+            } else {
+                wp
+            };
+            for s in start..below {
+                let candidates = &self.sectors[s as usize];
+                if candidates.iter().any(|&(_, ok)| ok) {
+                    check_sector(s, &read_sector(&mut disk, s), candidates);
+                }
+            }
+        }
+    }
+}
+
+/// `bytes` must be one of the `candidates` versions of sector `sector`.
+fn check_sector(sector: u64, bytes: &[u8], candidates: &[(u32, bool)]) {
+    let stored = u32::from_le_bytes(bytes[8..12].try_into().expect("a whole sector"));
+    assert!(
+        candidates.iter().any(|&(version, _)| version == stored)
+            && bytes == sector_pattern(sector, stored).as_slice(),
+        "sector {sector} holds {:02x?}..., not one of the versions {candidates:?}",
+        &bytes[..12]
+    );
+}
+
+/// Well-formed requests into the zoned device on storage that may fail, against a model of
+/// what the device acknowledged. Input after the mode byte: a geometry (`decode_geometry`),
+/// faults (`decode_faults`), the prefill byte (`prefill`), a failure byte ([`model_flags`])
+/// and, when it arms a failure, a byte saying how many operations of that kind succeed
+/// before the one that fails; then requests until the input ends: an opcode byte
+/// ([`model_op`]), a zone byte, and for WRITE and APPEND a length byte (granularity
+/// multiples, up to two zones) and an offset byte (conventional zones: where; sequential
+/// ones: 0xf0 and above miss the write pointer).
+///
+/// Checked: every request completes; a request during which the EIO fired fails; an
+/// acknowledged write was at the write pointer and an append landed there; reads return
+/// the acknowledged data and zeros above the write pointer. After a crash (or a clean
+/// shutdown) the image reopens; no write pointer is behind what a completed flush or reset
+/// made durable (after a crash, a zone whose reset failed may come back reset), or past
+/// what was acknowledged; every sector below it holds a version that was written there.
+pub fn storage_model(input: &mut Input) -> ModelSummary {
+    let geometry = decode_geometry(input);
+    let faults = decode_faults(input, &geometry);
+    let prefill_byte = input.u8();
+    let failure = input.u8();
+    let scratch = Scratch(scratch_path("model"));
+    let mut disk = ZonedImage::create(&scratch.0, geometry).expect("a fresh scratch image");
+    let prefilled = prefill(&mut disk, prefill_byte);
+    let fired = if failure & model_flags::FAIL != 0 {
+        let kind = StorageOp::ALL[usize::from(failure & 3)];
+        disk.storage_mut()
+            .fail_storage_op(kind, u32::from(input.u8()))
+    } else {
+        Arc::new(AtomicBool::new(false))
+    };
+    let mut sectors = vec![Candidates::new(); geometry.capacity as usize];
+    let zones = (0..geometry.nr_zones() as usize)
+        .map(|zone| {
+            let start = geometry.zone_start(zone);
+            for s in start..start + prefilled[zone] {
+                sectors[s as usize].push((0, true));
+            }
+            let acked = if geometry.is_conventional(zone) {
+                start + geometry.zone_len(zone)
+            } else {
+                start + prefilled[zone]
+            };
+            let kept = faults
+                .read_only_zones
+                .iter()
+                .chain(&faults.offline_zones)
+                .any(|&z| z as usize == zone);
+            ZoneModel {
+                acked,
+                durable: acked,
+                furthest: acked,
+                maybe_reset: false,
+                kept,
+            }
+        })
+        .collect();
+    let handler = ZonedHandler::with_faults(disk, &faults).expect("faults on sequential zones");
+    let block = Block::with_handler(
+        Box::new(handler.capacity_backend()),
+        "fuzz-zoned",
+        Box::new(handler),
+    );
+    let memory = guest_memory();
+    let mut run = ModelRun {
+        device: DeviceUnderTest::new(block, &memory, 16, false),
+        geometry,
+        zones,
+        sectors,
+        version: 0,
+        fired,
+        acknowledged: 0,
+        failed: 0,
+    };
+    while !input.is_empty() {
+        run.step(input);
+    }
+    // A clean shutdown flushes; one whose flush failed is as good as a crash.
+    let clean = failure & model_flags::SHUTDOWN != 0 && run.device.block.flush().is_ok();
+    if clean {
+        run.flushed();
+    }
+    drop(std::mem::replace(
+        &mut run.device.block,
+        Block::new(Box::new(MemoryBackend::new(0)), "dropped"),
+    ));
+    run.check_reopened(&scratch.0, !clean);
+    ModelSummary {
+        acknowledged: run.acknowledged,
+        failed: run.failed,
+        fired: run.fired.load(Ordering::SeqCst),
+    }
+}
+
+/// What a [`storage_model`] run did, for tests of its seeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelSummary {
+    /// Requests completed OK, and with an error.
+    pub acknowledged: u32,
+    pub failed: u32,
+    /// Whether the injected EIO fired.
+    pub fired: bool,
+}
+
+/// Most sectors of a huge geometry's disk: 2 TiB.
+const HUGE_MAX_SECTORS: u64 = (2 << 40) / SECTOR_SIZE;
+
+/// Most zones [`huge_geometry`] creates an image with: 2 TiB in 2 GiB zones. Each zone
+/// costs a few tens of microseconds under coverage instrumentation (slot checksums at
+/// creation and open), and an iteration should stay within tens of milliseconds.
+const HUGE_MAX_CREATED_ZONES: u64 = 1 << 10;
+
+/// A geometry of up to 2 TiB and about [`MAX_ZONES`] zones (or more, which must be refused),
+/// not validated: zone-size shift byte, zone-count kind byte and its argument, capacity kind
+/// byte and its argument, le16 zone-capacity shortfall, conventional-zone byte, limits byte,
+/// le16 max-append, granularity byte.
+fn decode_huge_geometry(input: &mut Input) -> ZonedGeometry {
+    let zone_size = 1u64 << (input.u8() % 24);
+    let nr_zones = match input.u8() % 4 {
+        0 => MAX_ZONES - u64::from(input.u16()),
+        1 => MAX_ZONES + u64::from(input.u8()),
+        2 => u64::from(input.u32()),
+        _ => 1 << (input.u8() % 22),
+    };
+    let capacity = match input.u8() % 4 {
+        0 => nr_zones.saturating_mul(zone_size),
+        1 => nr_zones
+            .saturating_mul(zone_size)
+            .saturating_sub(u64::from(input.u16())),
+        2 => HUGE_MAX_SECTORS - u64::from(input.u16()),
+        _ => input.u64(),
+    };
+    let zone_capacity = zone_size.saturating_sub(u64::from(input.u16()));
+    let conventional_zones = match input.u8() {
+        0xff => nr_zones.min(u64::from(u32::MAX)) as u32,
+        byte => u32::from(byte % 4),
+    };
+    let limits = input.u8();
+    ZonedGeometry {
+        capacity,
+        zone_size,
+        zone_capacity,
+        conventional_zones,
+        max_open: u32::from(limits & 7),
+        max_active: u32::from(limits >> 4),
+        max_append_sectors: 1 + u32::from(input.u16()),
+        write_granularity: 512 << (input.u8() % 4),
+        logical_block_size: 512 << (3 * (input.u8() & 1)),
+    }
+}
+
+/// Huge geometries (up to 2 TiB, up to and past [`MAX_ZONES`] zones): validation, creating a
+/// sparse image, a few requests at its far end, and the reopen. Input after the mode byte:
+/// the geometry (`decode_huge_geometry`), then a flags byte (bit 1: end with a RESET_ALL).
+/// Images are created only for up to `HUGE_MAX_CREATED_ZONES` zones, so that an iteration
+/// stays fast.
+///
+/// Checked: a geometry with more than `MAX_ZONES` zones is refused, and an accepted one has
+/// at most that many; a refused creation leaves no file; an image that was created takes no
+/// data blocks, serves the requests, and reopens with the state they left.
+pub fn huge_geometry(input: &mut Input) {
+    let wanted = decode_huge_geometry(input);
+    let flags = input.u8();
+    let geometry = match ZonedGeometry::new(wanted) {
+        Ok(geometry) => geometry,
+        Err(error) => {
+            let message = error.to_string();
+            assert!(!message.contains('\n'), "{message:?}");
+            let zones = wanted.capacity.div_ceil(wanted.zone_size.max(1));
+            if wanted.zone_size.is_power_of_two() && zones <= MAX_ZONES {
+                assert!(
+                    !matches!(
+                        error,
+                        crate::zoned::geometry::GeometryError::TooManyZones(_)
+                    ),
+                    "{zones} zones refused as too many"
+                );
+            }
+            return;
+        }
+    };
+    let nr_zones = geometry.nr_zones();
+    assert!(nr_zones <= MAX_ZONES, "{nr_zones} zones accepted");
+    // Creating and reopening a million zones takes most of a second (with a sanitizer): the
+    // bound itself is checked above, and by image_header's crafted headers.
+    if nr_zones > HUGE_MAX_CREATED_ZONES {
+        return;
+    }
+    let scratch = Scratch(scratch_path("huge"));
+    let mut disk = match ZonedImage::create(&scratch.0, geometry) {
+        Ok(disk) => disk,
+        Err(error) => {
+            // Too large for the file system, say: refused, and nothing is left.
+            let message = error.to_string();
+            assert!(!message.contains('\n'), "{message:?}");
+            assert!(!scratch.0.exists(), "a refused image was left: {message}");
+            return;
+        }
+    };
+    {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(&scratch.0).expect("the image exists");
+        let table = nr_zones * 32;
+        assert!(
+            metadata.blocks() * 512 <= (table + (2 << 20)).next_multiple_of(1 << 20),
+            "the image is not sparse: {} blocks",
+            metadata.blocks()
+        );
+    }
+    let last = nr_zones as usize - 1;
+    let middle = (geometry.conventional_zones as usize + last) / 2;
+    let gran = geometry.granularity_sectors();
+    let data = vec![0xa5u8; (gran * SECTOR_SIZE) as usize];
+    let _ = disk.write(geometry.zone_start(last), &data);
+    let _ = disk.append(geometry.zone_start(middle), &data);
+    let _ = disk.zone_op(ZoneOp::Finish, geometry.zone_start(middle));
+    let mut reply = vec![0u8; 64 + 64 * 4];
+    let _ = disk.report_into(geometry.zone_start(last.saturating_sub(2)), &mut reply);
+    disk.flush().expect("a flush of a huge image");
+    if flags & 2 != 0 {
+        disk.reset_all().expect("a reset-all of a huge image");
+    }
+    let expected: Vec<(ZoneCondition, u64)> = [0, middle, last]
+        .iter()
+        .map(|&zone| disk.zones().saved_state(zone))
+        .collect();
+    drop(disk);
+    let reopened = ZonedImage::open(&scratch.0, &GeometryOverrides::default())
+        .unwrap_or_else(|error| panic!("a huge image does not reopen: {error}"));
+    check_zone_invariants(reopened.zones());
+    for (&zone, &(cond, wp)) in [0, middle, last].iter().zip(&expected) {
+        let (reopened_cond, reopened_wp) = reopened.zones().saved_state(zone);
+        assert_eq!(reopened_wp, wp, "zone {zone}");
+        if !cond.is_open() {
+            assert_eq!(reopened_cond, cond, "zone {zone}");
+        }
+    }
 }
 
 /// A plan kept back to be committed later, after other operations made it stale.
@@ -553,7 +1222,8 @@ pub fn check_zone_invariants(zones: &ZoneSet) {
         let start = g.zone_start(i);
         let end = start + g.zone_len(i);
         let cap_end = start + g.zone_capacity_of(i);
-        let what = format!("zone {i} {cond:?} wp {wp} (start {start}, capacity end {cap_end})");
+        // Formatted only for a failure: a huge disk has a million zones.
+        let what = || format!("zone {i} {cond:?} wp {wp} (start {start}, capacity end {cap_end})");
         if g.is_conventional(i) {
             assert!(
                 matches!(
@@ -562,18 +1232,19 @@ pub fn check_zone_invariants(zones: &ZoneSet) {
                         | ZoneCondition::ReadOnly
                         | ZoneCondition::Offline
                 ),
-                "{what}"
+                "{}",
+                what()
             );
-            assert_eq!(wp, end, "{what}");
+            assert_eq!(wp, end, "{}", what());
         } else {
-            assert_ne!(cond, ZoneCondition::NotWritePointer, "{what}");
-            assert!(start <= wp && wp <= cap_end, "{what}");
+            assert_ne!(cond, ZoneCondition::NotWritePointer, "{}", what());
+            assert!(start <= wp && wp <= cap_end, "{}", what());
             match cond {
-                ZoneCondition::Empty => assert_eq!(wp, start, "{what}"),
+                ZoneCondition::Empty => assert_eq!(wp, start, "{}", what()),
                 ZoneCondition::ImplicitOpen | ZoneCondition::Closed => {
-                    assert!(start < wp && wp < cap_end, "{what}")
+                    assert!(start < wp && wp < cap_end, "{}", what())
                 }
-                ZoneCondition::ExplicitOpen => assert!(wp < cap_end, "{what}"),
+                ZoneCondition::ExplicitOpen => assert!(wp < cap_end, "{}", what()),
                 _ => {}
             }
         }
@@ -816,9 +1487,10 @@ pub mod image_flags {
 
 /// Header bytes that carry fields (the CRC covers 0..124 and sits at 124).
 const HEADER_FIELDS: usize = 128;
-/// Largest file the FIT_SIZE flag creates (sparse), and most zones it allows.
-const FIT_MAX_BYTES: u64 = 1 << 40;
-const FIT_MAX_ZONES: u64 = 1 << 16;
+/// Largest file the FIT_SIZE flag creates (sparse): 2 TiB of data and the largest zone
+/// table; and most zones it allows, past [`MAX_ZONES`] so that the fuzzer sees the bound.
+const FIT_MAX_BYTES: u64 = (2 << 40) + (64 << 20);
+const FIT_MAX_ZONES: u64 = 2 * MAX_ZONES;
 
 /// Builds the scratch file for [`image_header`] from its input.
 fn image_file_bytes(flags: u8, rest: &[u8]) -> (Vec<u8>, u64) {
@@ -1107,10 +1779,157 @@ pub mod seeds {
             e.raw(&[zone, sector_kind, len_kind, len, hold, code]);
         }
         let state = e.finish();
-        vec![
+        // RESET_ALL with data in every zone, zone 3 READ_ONLY and zone 4 OFFLINE between
+        // written zones: no open or active limits, prefill byte 5, queue of 16.
+        e.raw(&[0, 1, 0, 7, 0, 0, 1, 0, 0, 7, 0b011, 2, 3, 4, 5, 0]);
+        e.chain(10, 0, &[Header, Status]);
+        e.chain(9, 48, &[Header, Status]);
+        e.chain(
+            5,
+            0,
+            &[
+                Header,
+                Part::Reply {
+                    unit: 0x100,
+                    len: 64 * 9,
+                },
+                Status,
+            ],
+        );
+        let reset_all_kept = e.finish();
+        let mut seeds = vec![
             ("requests", requests),
             ("faults", faults),
             ("state-machine", state),
+            ("reset-all-kept", reset_all_kept),
+        ];
+        seeds.extend(storage_model_seeds());
+        seeds.extend(huge_geometry_seeds());
+        seeds
+    }
+
+    /// Storage-model inputs (mode 2 of [`zoned_requests`]), one per kind of injected EIO.
+    fn storage_model_seeds() -> Seeds {
+        use model_op::*;
+        // 8 zones of 16 sectors, 1 conventional, no limits; prefill byte 5.
+        let geometry = [1, 0, 7, 0, 0, 1, 0, 0, 7];
+        let mut e = Encoder::default();
+        let mut seed = |faults: &[u8], failure: u8, skip: u8, ops: &[&[u8]]| {
+            e.u8(2).raw(&geometry).raw(faults).u8(5).u8(failure);
+            if failure & model_flags::FAIL != 0 {
+                e.u8(skip);
+            }
+            for op in ops {
+                e.raw(op);
+            }
+            e.finish()
+        };
+        let fail = |kind: StorageOp| model_flags::FAIL | kind as u8;
+        let data_write = seed(
+            &[0],
+            fail(StorageOp::DataWrite),
+            1,
+            &[
+                &[WRITE, 2, 1, 0],
+                &[WRITE, 2, 1, 0],
+                &[READ, 2],
+                &[FLUSH, 0],
+                &[APPEND, 3, 0, 0],
+                &[WRITE, 0, 3, 5],
+                &[FLUSH, 0],
+                &[READ, 0],
+            ],
+        );
+        let data_sync = seed(
+            &[0],
+            fail(StorageOp::DataSync),
+            0,
+            &[
+                &[WRITE, 1, 1, 0],
+                &[FLUSH, 0],
+                &[RESET, 2],
+                &[WRITE, 1, 0, 0],
+                &[FLUSH, 0],
+                &[READ, 1],
+            ],
+        );
+        let table_write = seed(
+            &[0b011, 2, 3],
+            fail(StorageOp::TableWrite) | model_flags::SHUTDOWN,
+            1,
+            &[
+                &[WRITE, 1, 0, 0],
+                &[FINISH, 5],
+                &[RESET_ALL, 0],
+                &[FLUSH, 0],
+                &[RESET_ALL, 0],
+                &[WRITE, 2, 0, 0],
+                &[OPEN, 6],
+                &[CLOSE, 6],
+            ],
+        );
+        let table_sync = seed(
+            &[0b011, 1, 4],
+            fail(StorageOp::TableSync),
+            1,
+            &[
+                &[WRITE, 1, 0, 0],
+                &[FLUSH, 0],
+                &[RESET, 1],
+                &[WRITE, 2, 0, 0xf1],
+                &[RESET, 3],
+                &[READ, 3],
+            ],
+        );
+        vec![
+            ("model-data-write-eio", data_write),
+            ("model-data-sync-eio", data_sync),
+            ("model-table-write-eio", table_write),
+            ("model-table-sync-eio", table_sync),
+        ]
+    }
+
+    /// Huge-geometry inputs (mode 4 of [`zoned_requests`]).
+    fn huge_geometry_seeds() -> Seeds {
+        let mut e = Encoder::default();
+        // Exactly MAX_ZONES one-sector zones: accepted (too many to create here).
+        e.raw(&[4, 0, 0])
+            .u16(0)
+            .u8(0)
+            .u16(0)
+            .raw(&[1, 0])
+            .u16(7)
+            .raw(&[0, 3]);
+        let max_zones = e.finish();
+        // One zone more than MAX_ZONES: refused.
+        e.raw(&[4, 0, 1, 1, 0])
+            .u16(0)
+            .raw(&[1, 0])
+            .u16(7)
+            .raw(&[0, 1]);
+        let too_many = e.finish();
+        // 2 TiB in 2 GiB zones (1 Ki of them): a sparse image, written at its far end,
+        // reset and reopened.
+        e.raw(&[4, 22, 3, 10, 2])
+            .u16(0)
+            .u16(0)
+            .raw(&[2, 0x21])
+            .u16(255)
+            .raw(&[3, 2]);
+        let two_tib = e.finish();
+        // 2 TiB in 4 KiB zones: 512 Mi zones, refused.
+        e.raw(&[4, 3, 3, 21, 2])
+            .u16(0)
+            .u16(0)
+            .raw(&[0, 0])
+            .u16(7)
+            .raw(&[0, 1]);
+        let small_zones = e.finish();
+        vec![
+            ("huge-max-zones", max_zones),
+            ("huge-too-many-zones", too_many),
+            ("huge-2tib-sparse", two_tib),
+            ("huge-2tib-small-zones", small_zones),
         ]
     }
 
@@ -1170,7 +1989,33 @@ pub mod seeds {
         let mut torn = valid.clone();
         torn[0] |= image_flags::FIX_SLOT_CRCS;
         torn[1 + HEADER_FIELDS + 8] = 0x63;
-        vec![("valid", valid), ("repaired-slots", torn)]
+        // Headers of huge geometries (right CRC, sparse file of the size they ask for): the
+        // MAX_ZONES one (its zeroed table is refused) and one zone more (refused before the
+        // table is read).
+        let huge = |zones: u64| {
+            let mut h = vec![0u8; HEADER_FIELDS];
+            h[0..8].copy_from_slice(&crate::zoned::image::MAGIC);
+            h[8..12].copy_from_slice(&1u32.to_le_bytes());
+            h[12..16].copy_from_slice(&(header_size as u32).to_le_bytes());
+            h[16..24].copy_from_slice(&zones.to_le_bytes());
+            h[24..32].copy_from_slice(&1u64.to_le_bytes());
+            h[32..40].copy_from_slice(&1u64.to_le_bytes());
+            h[52..56].copy_from_slice(&1u32.to_le_bytes());
+            h[56..60].copy_from_slice(&512u32.to_le_bytes());
+            h[60..64].copy_from_slice(&(zones as u32).to_le_bytes());
+            h[64..72].copy_from_slice(&(header_size as u64).to_le_bytes());
+            let data_offset = (header_size as u64 + zones * 32).next_multiple_of(1 << 20);
+            h[72..80].copy_from_slice(&data_offset.to_le_bytes());
+            let mut input = vec![image_flags::FIX_HEADER_CRC | image_flags::FIT_SIZE];
+            input.extend_from_slice(&h);
+            input
+        };
+        vec![
+            ("valid", valid),
+            ("repaired-slots", torn),
+            ("huge-max-zones", huge(MAX_ZONES)),
+            ("huge-too-many-zones", huge(MAX_ZONES + 1)),
+        ]
     }
 
     /// Every target's seeds, by target name.
@@ -1289,6 +2134,23 @@ mod tests {
             }
         }
         assert!(replayed >= 9, "only {replayed} seeds replayed");
+    }
+
+    /// The storage-model seeds meet their injected EIO, and requests succeed before and
+    /// after it.
+    #[test]
+    fn storage_model_seeds_meet_their_failure() {
+        for (name, seed) in seeds::zoned_requests() {
+            if !name.starts_with("model-") {
+                continue;
+            }
+            let summary = storage_model(&mut Input::new(&seed[1..]));
+            assert!(summary.fired, "{name}: {summary:?}");
+            assert!(
+                summary.acknowledged >= 3 && summary.failed >= 1,
+                "{name}: {summary:?}"
+            );
+        }
     }
 
     /// The seeds reach what they are meant to: I/O completes, zones change, the transport

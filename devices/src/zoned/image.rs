@@ -214,6 +214,15 @@ fn persisted(zones_start: u64, cond: ZoneCondition, wp: u64) -> (ZoneCondition, 
     }
 }
 
+/// What an fdatasync makes durable.
+#[derive(Clone, Copy, Debug)]
+enum SyncOf {
+    /// Guest data, before the slots that describe it.
+    Data,
+    /// Zone-table slots.
+    Table,
+}
+
 /// Which slot of a zone holds its newest durable state, and that state's generation.
 #[derive(Clone, Copy, Debug)]
 struct SlotInfo {
@@ -239,31 +248,77 @@ pub struct ImageFile {
     sync_failed: bool,
     #[cfg(test)]
     io_hook: Option<IoHook>,
-    /// Test-only storage failures: the n-th next fdatasync / zone-table write fails with EIO.
-    #[cfg(test)]
+    /// Test-only storage failures: the n-th next operation of a kind fails with EIO.
+    #[cfg(any(test, feature = "testing"))]
     fail: InjectedFailures,
 }
 
-/// Countdowns to an injected EIO (`Some(0)`: the next one fails), for tests of failing storage.
-#[cfg(test)]
-#[derive(Debug, Default)]
-struct InjectedFailures {
-    sync_in: Option<u32>,
-    table_write_in: Option<u32>,
+/// A storage operation of the image that tests (and the fuzz targets) can make fail with EIO.
+#[cfg(any(test, feature = "testing"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageOp {
+    /// A pwrite of guest data.
+    DataWrite,
+    /// The fdatasync of guest data that starts a flush.
+    DataSync,
+    /// A pwrite of one zone-table slot.
+    TableWrite,
+    /// The fdatasync that makes written slots durable (in a flush or a reset).
+    TableSync,
 }
 
-#[cfg(test)]
-fn injected(countdown: &mut Option<u32>) -> io::Result<()> {
-    match countdown {
-        Some(0) => {
-            *countdown = None;
-            Err(io::Error::from_raw_os_error(libc::EIO))
+#[cfg(any(test, feature = "testing"))]
+impl StorageOp {
+    pub const ALL: [StorageOp; 4] = [
+        StorageOp::DataWrite,
+        StorageOp::DataSync,
+        StorageOp::TableWrite,
+        StorageOp::TableSync,
+    ];
+}
+
+/// Countdowns to an injected EIO per [`StorageOp`] (`Some(0)`: the next one fails), and a flag
+/// the failure raises when it fires, so that a test can tell which request met it.
+#[cfg(any(test, feature = "testing"))]
+#[derive(Debug, Default)]
+struct InjectedFailures {
+    countdown: [Option<u32>; 4],
+    fired: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[cfg(any(test, feature = "testing"))]
+impl InjectedFailures {
+    /// Err(EIO) if this operation of `kind` is the one to fail.
+    fn check(&mut self, kind: StorageOp) -> io::Result<()> {
+        let countdown = &mut self.countdown[kind as usize];
+        match countdown {
+            Some(0) => {
+                *countdown = None;
+                self.fired.store(true, std::sync::atomic::Ordering::SeqCst);
+                Err(io::Error::from_raw_os_error(libc::EIO))
+            }
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
         }
-        Some(n) => {
-            *n -= 1;
-            Ok(())
-        }
-        None => Ok(()),
+    }
+}
+
+/// Test-only failures of the image's storage (see [`StorageOp`]).
+#[cfg(any(test, feature = "testing"))]
+impl ImageFile {
+    /// Makes the operation of `kind` after the next `skip` ones fail with EIO (once). Returns a
+    /// flag set when it has failed. While a data write failure is pending, data moves through
+    /// this backend, not a shared `DataPath`, so that the failure can be injected.
+    pub fn fail_storage_op(
+        &mut self,
+        kind: StorageOp,
+        skip: u32,
+    ) -> Arc<std::sync::atomic::AtomicBool> {
+        self.fail.countdown[kind as usize] = Some(skip);
+        self.fail.fired.clone()
     }
 }
 
@@ -279,7 +334,7 @@ impl ImageFile {
             sync_failed: false,
             #[cfg(test)]
             io_hook: None,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "testing"))]
             fail: InjectedFailures::default(),
         }
     }
@@ -318,11 +373,18 @@ impl ImageFile {
         self.layout.data_offset + sector * SECTOR_SIZE
     }
 
-    /// fdatasync; a failure is sticky (see `sync_failed`).
-    fn sync(&mut self) -> io::Result<()> {
-        #[cfg(test)]
-        let result = injected(&mut self.fail.sync_in).and_then(|()| self.file.sync_data());
-        #[cfg(not(test))]
+    /// fdatasync (`kind` says of what, for injected failures); a failure is sticky (see
+    /// `sync_failed`).
+    fn sync(&mut self, _kind: SyncOf) -> io::Result<()> {
+        #[cfg(any(test, feature = "testing"))]
+        let result = self
+            .fail
+            .check(match _kind {
+                SyncOf::Data => StorageOp::DataSync,
+                SyncOf::Table => StorageOp::TableSync,
+            })
+            .and_then(|()| self.file.sync_data());
+        #[cfg(not(any(test, feature = "testing")))]
         let result = self.file.sync_data();
         if let Err(error) = result {
             if !self.sync_failed {
@@ -411,8 +473,8 @@ impl ImageFile {
             let pos = self.slot_pos(zone, target);
             // Before the write: a write that fails may still have changed the slot.
             self.unsettled.insert(zone);
-            #[cfg(test)]
-            injected(&mut self.fail.table_write_in)?;
+            #[cfg(any(test, feature = "testing"))]
+            self.fail.check(StorageOp::TableWrite)?;
             self.file.write_all_at(&slot, pos)?;
             #[cfg(test)]
             self.event(IoEvent::Write {
@@ -428,7 +490,7 @@ impl ImageFile {
                 },
             ));
         }
-        self.sync()?;
+        self.sync(SyncOf::Table)?;
         for (zone, info) in flips {
             self.slots[zone] = info;
             self.unsettled.remove(&zone);
@@ -471,6 +533,8 @@ impl ZoneStorage for ImageFile {
     }
 
     fn write(&mut self, sector: u64, data: &[u8]) -> io::Result<()> {
+        #[cfg(any(test, feature = "testing"))]
+        self.fail.check(StorageOp::DataWrite)?;
         self.file.write_all_at(data, self.data_pos(sector))?;
         #[cfg(test)]
         self.event(IoEvent::Write {
@@ -519,6 +583,11 @@ impl ZoneStorage for ImageFile {
         if self.io_hook.is_some() {
             return None;
         }
+        // An injected data write failure must see every write.
+        #[cfg(any(test, feature = "testing"))]
+        if self.fail.countdown[StorageOp::DataWrite as usize].is_some() {
+            return None;
+        }
         Some(DataPath::buffered(
             self.file.clone(),
             self.layout.data_offset,
@@ -534,7 +603,7 @@ impl ZoneStorage for ImageFile {
             return Err(self.sticky_error());
         }
         // Data first: a slot must never describe data that is not durable yet.
-        if let Err(error) = self.sync() {
+        if let Err(error) = self.sync(SyncOf::Data) {
             let _ = self.sticky_error();
             return Err(error);
         }

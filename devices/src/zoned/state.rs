@@ -265,6 +265,9 @@ pub struct ZoneSet {
     entries: Vec<ZoneEntry>,
     nr_open: u32,
     nr_active: u32,
+    /// Zones an injected READ_ONLY or OFFLINE condition took from an active one: they come
+    /// back CLOSED in the next run, so their active resources stay taken in this one.
+    nr_injected_active: u32,
     nr_implicit_open: u32,
     /// Implicitly-open zones in the order they became so; only kept when max_open != 0.
     implicit_open_fifo: VecDeque<usize>,
@@ -283,6 +286,7 @@ impl ZoneSet {
             entries,
             nr_open: 0,
             nr_active: 0,
+            nr_injected_active: 0,
             nr_implicit_open: 0,
             implicit_open_fifo: VecDeque::new(),
             generation: 0,
@@ -440,7 +444,7 @@ impl ZoneSet {
                 let g = &self.geometry;
                 if closed == ZoneCondition::Closed
                     && g.max_active != 0
-                    && self.nr_active >= g.max_active
+                    && self.nr_active + self.nr_injected_active >= g.max_active
                 {
                     ZoneCondition::Full
                 } else {
@@ -601,7 +605,8 @@ impl ZoneSet {
         needs_open: bool,
     ) -> Result<Option<usize>, ZoneError> {
         let g = &self.geometry;
-        if needs_active && g.max_active != 0 && self.nr_active >= g.max_active {
+        let active = self.nr_active + self.nr_injected_active;
+        if needs_active && g.max_active != 0 && active >= g.max_active {
             return Err(ZoneError::ActiveResource);
         }
         if needs_open && g.max_open != 0 && self.nr_open >= g.max_open {
@@ -974,7 +979,9 @@ impl ZoneSet {
     /// Fault injection for one run: like `set_zone_condition`, but the zone stays off the
     /// changed list, so a backend that persists changes never stores the injected condition. A
     /// READ_ONLY or OFFLINE zone accepts no writes or zone operations, so it is never changed
-    /// (and listed) again. Conventional zones are refused.
+    /// (and listed) again. A zone that was active keeps its active resource for the run: it is
+    /// active again in the next one, which must not find more than max_active such zones.
+    /// Conventional zones are refused.
     pub fn inject_condition(
         &mut self,
         zone_start: u64,
@@ -985,7 +992,9 @@ impl ZoneSet {
             return Err(ZoneError::InvalidCommand);
         }
         let already_changed = self.changed_mark[index];
+        let was_active = self.entries[index].cond.is_active();
         self.set_zone_condition(zone_start, cond)?;
+        self.nr_injected_active += u32::from(was_active);
         if !already_changed {
             self.changed_mark[index] = false;
             self.changed.retain(|&i| i != index);

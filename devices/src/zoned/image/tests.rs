@@ -744,7 +744,7 @@ fn a_reset_whose_sync_failed_is_superseded_and_later_flushes_fail() {
     d.flush().unwrap();
     // The fdatasync after the EMPTY slot was written fails: the reset fails and the zone keeps
     // its data; the slot that says EMPTY must not win in the next run.
-    d.storage_mut().fail.sync_in = Some(0);
+    d.storage_mut().fail_storage_op(StorageOp::TableSync, 0);
     assert_eq!(d.zone_op(ZoneOp::Reset, 256), Err(ZoneError::Io));
     assert_eq!(state(&d, 1), (ZoneCondition::ImplicitOpen, 264));
     // A failed fdatasync may have dropped written data: no later flush commits anything.
@@ -766,7 +766,7 @@ fn a_reset_all_whose_later_slot_write_failed_is_superseded_by_the_next_flush() {
     d.write(512, &pattern(512, 8, 0)).unwrap();
     d.flush().unwrap();
     // Zone 1's EMPTY slot is written, zone 2's write fails.
-    d.storage_mut().fail.table_write_in = Some(1);
+    d.storage_mut().fail_storage_op(StorageOp::TableWrite, 1);
     assert_eq!(d.reset_all(), Err(ZoneError::Io));
     assert_eq!(state(&d, 1), (ZoneCondition::ImplicitOpen, 264));
     d.flush().unwrap();
@@ -776,7 +776,7 @@ fn a_reset_all_whose_later_slot_write_failed_is_superseded_by_the_next_flush() {
     assert_eq!(state(&d, 2), (ZoneCondition::Closed, 520));
     assert!(read(&mut d, 256, 8) == pattern(256, 8, 0));
     // A later successful reset of another zone supersedes it too.
-    d.storage_mut().fail.table_write_in = Some(1);
+    d.storage_mut().fail_storage_op(StorageOp::TableWrite, 1);
     assert_eq!(d.reset_all(), Err(ZoneError::Io));
     d.zone_op(ZoneOp::Reset, 512).unwrap();
     drop(d);
@@ -793,7 +793,7 @@ fn after_a_failed_data_sync_no_flush_commits_a_write_pointer() {
     d.write(256, &pattern(256, 8, 0)).unwrap();
     d.flush().unwrap();
     d.write(264, &pattern(264, 8, 0)).unwrap();
-    d.storage_mut().fail.sync_in = Some(0);
+    d.storage_mut().fail_storage_op(StorageOp::DataSync, 0);
     assert_eq!(d.flush(), Err(ZoneError::Io));
     // The host may have dropped the pages whose write-back failed; a second fdatasync would
     // succeed without them.
@@ -963,4 +963,33 @@ fn the_logical_block_size_is_stored_and_old_images_are_512() {
         msg.contains("corrupt header") && msg.contains("1000"),
         "{msg}"
     );
+}
+
+#[test]
+fn a_zone_made_read_only_for_a_run_keeps_its_active_resource() {
+    let dir = Scratch::new("injected-active");
+    let path = dir.path("disk.img");
+    let geometry = ZonedGeometry::new(ZonedGeometry {
+        max_open: 0,
+        max_active: 2,
+        ..geometry()
+    })
+    .unwrap();
+    let mut d = ZonedImage::create(&path, geometry).unwrap();
+    d.write(256, &pattern(256, 8, 0)).unwrap();
+    d.write(512, &pattern(512, 8, 0)).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    // READ_ONLY for this run only: the zone comes back CLOSED in the next one, so its
+    // active resource is not free for another zone now.
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    d.inject_condition(256, ZoneCondition::ReadOnly).unwrap();
+    assert_eq!(
+        d.write(768, &pattern(768, 8, 0)),
+        Err(ZoneError::ActiveResource)
+    );
+    d.flush().unwrap();
+    drop(d);
+    let d = ZonedImage::open(&path, &none()).unwrap();
+    assert!(d.zones().active_zones() <= 2, "{:?}", d.zones());
 }
