@@ -44,6 +44,13 @@ pub trait ZoneStorage {
         None
     }
 
+    /// The smallest write the storage does without a read-modify-write, for the guest's
+    /// physical block size (VIRTIO_BLK_F_TOPOLOGY). The default, right for a file image, is the
+    /// host page: the page cache writes the image in 4 KiB pages. A host device says its own.
+    fn physical_block_size(&self) -> u32 {
+        4096
+    }
+
     /// Makes every completed write durable, then the current state of the zones listed in
     /// `zones.changed_zones()` (those changed since the last successful flush).
     fn flush(&mut self, zones: &ZoneSet) -> io::Result<()>;
@@ -115,6 +122,18 @@ impl<S: ZoneStorage> ZonedDisk<S> {
     /// The disk's geometry (for the config space: see [`wire::fill_zoned_config`]).
     pub fn geometry(&self) -> &ZonedGeometry {
         self.zones.geometry()
+    }
+
+    /// The physical block size the guest is told: the storage's, at least one logical block
+    /// and a power of two (anything else a host reports is taken as one logical block).
+    pub fn physical_block_size(&self) -> u32 {
+        let logical = self.geometry().logical_block_size;
+        let physical = self.storage.physical_block_size();
+        if physical.is_power_of_two() && physical > logical {
+            physical
+        } else {
+            logical
+        }
     }
 
     /// The zone state, read-only.

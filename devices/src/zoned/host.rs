@@ -119,6 +119,7 @@ pub struct QueueLimits {
     pub zone_append_max_bytes: u64,
     pub zone_write_granularity: u32,
     pub logical_block_size: u32,
+    pub physical_block_size: u32,
 }
 
 fn read_attribute(dir: &Path, name: &'static str) -> Result<String, HostError> {
@@ -167,6 +168,7 @@ impl QueueLimits {
             zone_append_max_bytes: read_number(&queue, "zone_append_max_bytes")?,
             zone_write_granularity: read_number(&queue, "zone_write_granularity")?,
             logical_block_size: read_number(&queue, "logical_block_size")?,
+            physical_block_size: read_number(&queue, "physical_block_size")?,
         })
     }
 }
@@ -384,6 +386,8 @@ pub struct HostZonedDevice {
     data: DataPath,
     path: PathBuf,
     geometry: ZonedGeometry,
+    /// queue/physical_block_size, for the guest's topology fields.
+    physical_block_size: u32,
     /// Bounce buffer of the serial I/O path (`ZoneStorage::read/write`).
     buffer: AlignedBuffer,
 }
@@ -466,6 +470,7 @@ impl HostZonedDevice {
             ),
             path: path.to_path_buf(),
             geometry,
+            physical_block_size: limits.physical_block_size,
             buffer: AlignedBuffer::new(1 << 20).map_err(|e| HostError::Open(path.into(), e))?,
         };
         Ok(ZonedDisk::new(zone_set, device))
@@ -510,6 +515,10 @@ impl ZoneStorage for HostZonedDevice {
 
     fn data_path(&self) -> Option<DataPath> {
         Some(self.data.clone())
+    }
+
+    fn physical_block_size(&self) -> u32 {
+        self.physical_block_size
     }
 
     fn apply_zone_op(&mut self, plan: &ZoneOpPlan) -> io::Result<()> {
@@ -624,6 +633,7 @@ mod tests {
             zone_append_max_bytes: 0,
             zone_write_granularity: 512,
             logical_block_size: 4096,
+            physical_block_size: 4096,
         }
     }
 
@@ -698,6 +708,7 @@ mod tests {
             ("zone_append_max_bytes", "524288"),
             ("zone_write_granularity", "512"),
             ("logical_block_size", "512"),
+            ("physical_block_size", "4096"),
         ] {
             std::fs::write(queue.join(name), format!("{value}\n")).unwrap();
         }
@@ -714,6 +725,7 @@ mod tests {
                 zone_append_max_bytes: 524288,
                 zone_write_granularity: 512,
                 logical_block_size: 512,
+                physical_block_size: 4096,
             }
         );
         std::fs::write(queue.join("zoned"), "host-aware\n").unwrap();

@@ -642,7 +642,7 @@ impl<S: ZoneStorage + Send> ZonedHandler<S> {
 
 impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
     fn features(&self) -> u64 {
-        1 << wire::VIRTIO_BLK_F_ZONED
+        1 << wire::VIRTIO_BLK_F_ZONED | 1 << wire::VIRTIO_BLK_F_TOPOLOGY
     }
 
     /// The model is always host-managed, which a driver without VIRTIO_BLK_F_ZONED cannot
@@ -652,7 +652,11 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
     }
 
     fn fill_config(&self, config: &mut [u8; CONFIG_SIZE]) {
-        wire::fill_zoned_config(self.disk.geometry(), config);
+        wire::fill_zoned_config(
+            self.disk.geometry(),
+            self.disk.physical_block_size(),
+            config,
+        );
     }
 
     fn handle(
@@ -800,7 +804,8 @@ mod tests {
     #[test]
     fn offers_zoned_feature_and_config() {
         let f = fixture("config");
-        assert_eq!(f.handler.features(), 1 << 17);
+        // VIRTIO_BLK_F_ZONED and VIRTIO_BLK_F_TOPOLOGY.
+        assert_eq!(f.handler.features(), 1 << 17 | 1 << 10);
         let mut config = [0u8; CONFIG_SIZE];
         f.handler.fill_config(&mut config);
         assert_eq!(
@@ -814,6 +819,9 @@ mod tests {
         assert_eq!(f.backend.size(), 8 * ZONE * 512);
         // blk_size: 512-byte logical blocks.
         assert_eq!(u32::from_le_bytes(config[20..24].try_into().unwrap()), 512);
+        // An image's physical blocks are the host's 4 KiB pages (physical_block_exp 3), so
+        // tools that write in physical blocks (blktests' dd) do not send 512-byte requests.
+        assert_eq!(config[24], 3);
     }
 
     /// A 4Kn disk says so in blk_size (VIRTIO_BLK_F_BLK_SIZE, which the plain device offers),

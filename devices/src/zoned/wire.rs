@@ -8,6 +8,8 @@ use virtio_bindings::virtio_blk;
 
 /// Feature bit VIRTIO_BLK_F_ZONED.
 pub const VIRTIO_BLK_F_ZONED: u32 = virtio_blk::VIRTIO_BLK_F_ZONED;
+/// Feature bit VIRTIO_BLK_F_TOPOLOGY (physical block size and I/O sizes in the config).
+pub const VIRTIO_BLK_F_TOPOLOGY: u32 = virtio_blk::VIRTIO_BLK_F_TOPOLOGY;
 
 /// Request types of the zoned extension.
 pub mod request {
@@ -46,6 +48,12 @@ pub const CONFIG_SIZE: usize = 96;
 /// Offset of blk_size (le32, bytes) inside struct virtio_blk_config.
 pub const CONFIG_BLK_SIZE: usize = crate::block::device::config_offset::BLK_SIZE;
 /// Offsets of the zoned fields inside struct virtio_blk_config.
+/// Topology fields (VIRTIO_BLK_F_TOPOLOGY): log2 of physical blocks per logical block, the
+/// alignment offset, and the minimum and optimal I/O sizes in logical blocks.
+pub const CONFIG_PHYSICAL_BLOCK_EXP: usize = 24;
+pub const CONFIG_ALIGNMENT_OFFSET: usize = 25;
+pub const CONFIG_MIN_IO_SIZE: usize = 26;
+pub const CONFIG_OPT_IO_SIZE: usize = 28;
 pub const CONFIG_ZONE_SECTORS: usize = 72;
 pub const CONFIG_MAX_OPEN_ZONES: usize = 76;
 pub const CONFIG_MAX_ACTIVE_ZONES: usize = 80;
@@ -82,11 +90,24 @@ fn put_u64(buf: &mut [u8], offset: usize, value: u64) {
     buf[offset..offset + 8].copy_from_slice(&value.to_le_bytes());
 }
 
-/// Fills blk_size (the logical block size; the plain device offers VIRTIO_BLK_F_BLK_SIZE) and
-/// the zoned fields (bytes 72..96) of a virtio_blk_config image for a host-managed disk. The
-/// capacity field (offset 0) is the device's business: it is `geometry.capacity`.
-pub fn fill_zoned_config(geometry: &ZonedGeometry, config: &mut [u8; CONFIG_SIZE]) {
-    put_u32(config, CONFIG_BLK_SIZE, geometry.logical_block_size);
+/// Fills blk_size (the logical block size; the plain device offers VIRTIO_BLK_F_BLK_SIZE), the
+/// topology fields (VIRTIO_BLK_F_TOPOLOGY: `physical_block_size`, a power-of-two multiple of
+/// the logical block size, also the minimum I/O size) and the zoned fields (bytes 72..96) of a
+/// virtio_blk_config image for a host-managed disk. The capacity field (offset 0) is the
+/// device's business: it is `geometry.capacity`.
+pub fn fill_zoned_config(
+    geometry: &ZonedGeometry,
+    physical_block_size: u32,
+    config: &mut [u8; CONFIG_SIZE],
+) {
+    let logical = geometry.logical_block_size;
+    put_u32(config, CONFIG_BLK_SIZE, logical);
+    let blocks = (physical_block_size / logical).max(1);
+    config[CONFIG_PHYSICAL_BLOCK_EXP] = blocks.trailing_zeros() as u8;
+    config[CONFIG_ALIGNMENT_OFFSET] = 0;
+    config[CONFIG_MIN_IO_SIZE..CONFIG_MIN_IO_SIZE + 2]
+        .copy_from_slice(&u16::try_from(blocks).unwrap_or(1).to_le_bytes());
+    put_u32(config, CONFIG_OPT_IO_SIZE, 0);
     // A validated geometry has zone_size <= u32::MAX.
     let zone_sectors = u32::try_from(geometry.zone_size).unwrap_or(u32::MAX);
     put_u32(config, CONFIG_ZONE_SECTORS, zone_sectors);
@@ -180,7 +201,13 @@ mod tests {
     #[test]
     fn config_fields() {
         let mut config = [0xAAu8; CONFIG_SIZE];
-        fill_zoned_config(&geometry(), &mut config);
+        fill_zoned_config(&geometry(), 4096, &mut config);
+        assert_eq!(get_u32(&config, 20), 512);
+        // 4 KiB physical blocks of 512-byte logical ones: 2^3, and the minimum I/O is one.
+        assert_eq!(config[24], 3);
+        assert_eq!(config[25], 0);
+        assert_eq!(u16::from_le_bytes([config[26], config[27]]), 8);
+        assert_eq!(get_u32(&config, 28), 0);
         assert_eq!(get_u32(&config, 72), 2048);
         assert_eq!(get_u32(&config, 76), 3);
         assert_eq!(get_u32(&config, 80), 4);
@@ -192,6 +219,16 @@ mod tests {
             config[71], 0xAA,
             "fields before the zoned ones are untouched"
         );
+        // A 4Kn disk's physical block is its logical one.
+        let g = ZonedGeometry {
+            write_granularity: 4096,
+            logical_block_size: 4096,
+            ..geometry()
+        };
+        fill_zoned_config(&g, 4096, &mut config);
+        assert_eq!(get_u32(&config, 20), 4096);
+        assert_eq!(config[24], 0);
+        assert_eq!(u16::from_le_bytes([config[26], config[27]]), 1);
     }
 
     #[test]
