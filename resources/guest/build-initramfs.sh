@@ -122,6 +122,12 @@ for p in "${programs[@]}"; do
   while read -r lib; do copy_file "$lib"; done < <(libraries_of "$path")
 done
 
+# glibc loads libgcc_s.so.1 itself when a thread is cancelled or unwinds (btrfs scrub cancels
+# its workers); ldd does not list it.
+lib=$(library_path libgcc_s.so.1)
+[[ -n $lib ]] || die "libgcc_s.so.1 not found (package libgcc-s1)"
+copy_file "$lib"
+
 cp /bin/busybox "$stage/usr/bin/busybox"
 while read -r applet; do
   [[ -e $stage/$applet || -L $stage/$applet ]] || ln -s /usr/bin/busybox "$stage/$applet"
