@@ -3,8 +3,8 @@
 //! snapshot in ../shared/blktests (test data, never committed) under build/blktests, with its
 //! src/ helpers built there.
 //!
-//! Part of `make lab-test`; `make blktests` runs it alone (see README "Running your own test
-//! suites" for the results and why zbd/007 is not run).
+//! Run by `make blktests`, not by `make lab-test`: in the lab one geometry takes 20-30 minutes
+//! (see README "Running your own test suites" for the results and why zbd/007 is not run).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -91,13 +91,13 @@ fn assert_none_failed(run: &LabRun) {
 }
 
 #[test]
-#[ignore = "boots the guest in the lab; run by `make lab-test` and `make blktests`"]
+#[ignore = "boots the guest in the lab for 20-30 minutes; run by `make blktests`"]
 fn blktests_zbd_group_on_a_plain_zoned_disk() {
     assert_none_failed(&check_zbd("size=2G,zone-size=64M"));
 }
 
 #[test]
-#[ignore = "boots the guest in the lab; run by `make lab-test` and `make blktests`"]
+#[ignore = "boots the guest in the lab for 20-30 minutes; run by `make blktests`"]
 fn blktests_zbd_group_with_conventional_zones_capacity_and_limits() {
     assert_none_failed(&check_zbd(
         "size=2G,zone-size=64M,zone-capacity=48M,conventional-zones=4,max-open=8,max-active=12",
