@@ -963,7 +963,9 @@ fn decode_huge_geometry(input: &mut Input) -> ZonedGeometry {
         max_active: u32::from(limits >> 4),
         max_append_sectors: 1 + u32::from(input.u16()),
         write_granularity: 512 << (input.u8() % 4),
-        logical_block_size: 512 << (3 * (input.u8() & 1)),
+        // The byte layout predates 4Kn geometries (seeds depend on it); the other decoders
+        // cover 4 KiB blocks.
+        logical_block_size: 512,
     }
 }
 
