@@ -177,12 +177,18 @@ impl VirtiofsdBinary {
     fn arguments(&self, share: &ShareSpec, socket: &Path, as_root: bool) -> Vec<String> {
         let socket = socket.display();
         let dir = share.host.display();
+        // What the guest writes to a writable share it reads back through its own cache, so
+        // only changes made on the host could go unseen: the guest revalidates what it cached
+        // there (auto). A read-only share, above all the host's root, is cached without
+        // revalidation (always): each program the command starts would otherwise cost lookups
+        // and attribute round trips to virtiofsd for every path it touches.
+        let cache = if share.read_only { "always" } else { "auto" };
         match self.dialect {
             Dialect::Rust => {
                 let mut args = vec![
                     format!("--socket-path={socket}"),
                     format!("--shared-dir={dir}"),
-                    "--cache=auto".to_string(),
+                    format!("--cache={cache}"),
                     "--announce-submounts".to_string(),
                     "--log-level=error".to_string(),
                     // Without privileges virtiofsd can neither build a namespace nor switch
@@ -199,7 +205,7 @@ impl VirtiofsdBinary {
                 "-o".to_string(),
                 format!("source={dir}"),
                 "-o".to_string(),
-                "cache=auto".to_string(),
+                format!("cache={cache}"),
                 "-o".to_string(),
                 "announce_submounts".to_string(),
                 "-o".to_string(),
@@ -399,6 +405,28 @@ mod tests {
         let args = qemu.arguments(&share, Path::new("/run/s.sock"), true);
         assert!(args.contains(&"source=/srv/x".to_string()));
         assert!(args.contains(&"sandbox=chroot".to_string()));
+        assert!(args.contains(&"cache=always".to_string()));
+    }
+
+    #[test]
+    fn only_read_only_shares_are_cached_without_revalidation() {
+        let mut share = ShareSpec {
+            host: PathBuf::from("/srv/x"),
+            guest: PathBuf::from("/srv/x"),
+            read_only: true,
+        };
+        let rust = VirtiofsdBinary {
+            path: PathBuf::from("/usr/libexec/virtiofsd"),
+            dialect: Dialect::Rust,
+        };
+        let socket = Path::new("/run/s.sock");
+        assert!(rust
+            .arguments(&share, socket, true)
+            .contains(&"--cache=always".to_string()));
+        share.read_only = false;
+        let args = rust.arguments(&share, socket, true);
+        assert!(args.contains(&"--cache=auto".to_string()));
+        assert!(!args.contains(&"--readonly".to_string()));
     }
 
     #[test]
