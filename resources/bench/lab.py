@@ -8,6 +8,11 @@ initramfs, command line, memory and vCPUs, in interleaved repetitions within thi
       time from just before the VMM is started to the console line the guest's /init prints on
       reaching userspace ("vmm-init: userspace reached", the same line under both VMMs), and to
       the VMM's exit.
+  lab.py hostroot --reps N --out FILE.json
+      Our vmm only, same kernel: `vmm -- true` on the project's initramfs against
+      `vmm --host-root -- true` (the outer VM's root over virtio-fs, served by virtiofsd),
+      alternating which goes first, after one unmeasured boot of each. Per boot: the time to the
+      "userspace reached" line (both inits print it) and to vmm's exit after `true` ran.
   lab.py io --reps N --runtime S --write-mib M --out FILE.json
       fio in the guest on a virtio-blk disk backed by the same file under both VMMs (QEMU:
       virtio-blk on virtio-mmio, its -M microvm transport): 4 KiB random reads QD32 for S
@@ -52,6 +57,15 @@ def vmm_command(guest_command, disks=()):
     for kind, spec in disks:
         command += [f"--{kind}", spec]
     return command
+
+
+def run_mode_command(host_root):
+    """`vmm ... -- true`, on the initramfs or on the host's root."""
+    command = [VMM, "--kernel", KERNEL, "--memory", f"{MEMORY_MIB}M", "--cpus", str(CPUS),
+               "--cmdline", CMDLINE]
+    if host_root:
+        command.append("--host-root")
+    return command + ["--", "true"]
 
 
 def qemu_command(guest_command, disk=None):
@@ -112,6 +126,24 @@ def run_boot(args):
             runs[vmm].append({"userspace_ms": marker * 1e3, "exit_ms": exit_at * 1e3})
         print(f"  boot {rep + 1}/{args.reps}: vmm {runs['vmm'][-1]['userspace_ms']:.0f} ms, "
               f"qemu {runs['qemu'][-1]['userspace_ms']:.0f} ms to userspace", file=sys.stderr)
+    return runs
+
+
+def run_hostroot(args):
+    # The lab's outer root is itself virtio-fs; the Rust virtiofsd re-exporting it gives
+    # intermittent ESTALE there (tests/tests/host_root.rs), QEMU's C virtiofsd does not.
+    os.environ.setdefault("VMM_VIRTIOFSD", "/usr/lib/qemu/virtiofsd")
+    modes = {"initramfs": run_mode_command(False), "hostroot": run_mode_command(True)}
+    for command in modes.values():
+        boot("vmm", command)
+    runs = {mode: [] for mode in modes}
+    for rep in range(args.reps):
+        order = list(modes) if rep % 2 == 0 else list(reversed(list(modes)))
+        for mode in order:
+            marker, exit_at, _ = boot("vmm", modes[mode])
+            runs[mode].append({"userspace_ms": marker * 1e3, "exit_ms": exit_at * 1e3})
+        print(f"  host-root boot {rep + 1}/{args.reps}: initramfs {runs['initramfs'][-1]['exit_ms']:.0f} ms, "
+              f"host root {runs['hostroot'][-1]['exit_ms']:.0f} ms to exit", file=sys.stderr)
     return runs
 
 
@@ -192,7 +224,7 @@ def run_io(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("part", choices=("boot", "io"))
+    parser.add_argument("part", choices=("boot", "hostroot", "io"))
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--runtime", type=int, default=5)
     parser.add_argument("--write-mib", type=int, default=128)
@@ -201,7 +233,7 @@ def main():
     for path in (KERNEL, INITRD, VMM):
         if not os.path.exists(path):
             sys.exit(f"lab.py: {path} is missing (make guest build)")
-    runs = run_boot(args) if args.part == "boot" else run_io(args)
+    runs = {"boot": run_boot, "hostroot": run_hostroot, "io": run_io}[args.part](args)
     qemu_version = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
                                   text=True).stdout.splitlines()[0]
     with open(args.out, "w") as out:

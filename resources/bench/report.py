@@ -3,7 +3,7 @@
 
   report.py DIR [--quick]
 
-Reads DIR/{startup,device,lab-boot,lab-io}.json (a missing part is reported as not run) and
+Reads DIR/{startup,device,lab-boot,lab-hostroot,lab-io}.json (a missing part is reported as not run) and
 writes DIR/report.md, DIR/*.png, and DIR/summary.md (the table the README quotes). Every figure
 is a median with [min, max] over the repetitions; every ratio is computed per repetition from
 two figures measured side by side in that repetition, then summarized the same way.
@@ -172,6 +172,29 @@ def boot_section(report, data):
     report.plot("boot.png", figure)
 
 
+def hostroot_section(report, data):
+    report.add("", "## 2b. Boot to the command: `--host-root` against the initramfs (lab)", "")
+    if data is None:
+        report.add("Not run.")
+        return
+    initramfs = [r["exit_ms"] for r in data["runs"]["initramfs"]]
+    hostroot = [r["exit_ms"] for r in data["runs"]["hostroot"]]
+    ratio = [a / b for a, b in zip(hostroot, initramfs)]
+    report.add(
+        f"{len(ratio)} interleaved pairs in one lab boot, vmm only, same bzImage, {data['memory_mib']} MiB, "
+        f"{data['cpus']} vCPU: `vmm -- true` on the project's initramfs against "
+        "`vmm --host-root -- true` (the outer VM's root over virtio-fs through QEMU's virtiofsd, "
+        "udevd started in the background, `true` run in the caller's directory). Time from just before vmm is started "
+        "to its exit after `true` ran.", "",
+        "| figure | median [min, max] | target |", "| --- | --- | --- |",
+        f"| initramfs: to exit | {fmt(initramfs, 0, 'ms')} | |",
+        f"| host root: to exit | {fmt(hostroot, 0, 'ms')} | |",
+        f"| ratio host root/initramfs | {fmt(ratio, 2)} | <= 1.3: {verdict(stats(ratio)[0], 1.3, False)} |",
+    )
+    report.summary.append(("boot to the command, host root/initramfs (lab)", fmt(ratio, 2), "<= 1.3",
+                           verdict(stats(ratio)[0], 1.3, False)))
+
+
 def device_section(report, data):
     report.add("", "## 3. Device model throughput (no guest, no KVM)", "")
     if data is None:
@@ -305,6 +328,7 @@ def main():
     report.add(*machine())
     startup_section(report, load(directory, "startup.json"))
     boot_section(report, load(directory, "lab-boot.json"))
+    hostroot_section(report, load(directory, "lab-hostroot.json"))
     device_section(report, load(directory, "device.json"))
     io_section(report, load(directory, "lab-io.json"))
     table = ["| figure | median [min, max] | target | |", "| --- | --- | --- | --- |"]
