@@ -70,6 +70,8 @@ pub enum ImageError {
         zone: usize,
         reason: String,
     },
+    #[error("zoned image {path} has a corrupt zone table: {reason}")]
+    CorruptZoneStates { path: PathBuf, reason: String },
     #[error("zoned image {path} has {option}={image}, but {option}={given} was given")]
     Conflict {
         path: PathBuf,
@@ -965,12 +967,15 @@ impl ZonedDisk<ImageFile> {
             });
             states.push((cond, wp));
         }
-        let zones = ZoneSet::restore(geometry, states.into_iter()).map_err(|e| {
-            let zone = match &e {
-                super::state::RestoreError::Inconsistent { index, .. } => *index,
-                super::state::RestoreError::Count { .. } => 0,
-            };
-            table_error(zone, e.to_string())
+        let zones = ZoneSet::restore(geometry, states.into_iter()).map_err(|e| match &e {
+            super::state::RestoreError::Inconsistent { index, .. } => {
+                table_error(*index, e.to_string())
+            }
+            super::state::RestoreError::Count { .. }
+            | super::state::RestoreError::TooManyActive { .. } => ImageError::CorruptZoneStates {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            },
         })?;
         Ok(ZonedDisk::new(
             zones,

@@ -256,6 +256,8 @@ pub enum RestoreError {
         cond: ZoneCondition,
         wp: u64,
     },
+    #[error("{active} zones are active (open or closed), more than the device's max-active {max_active}")]
+    TooManyActive { active: u32, max_active: u32 },
 }
 
 /// All zones of a disk with their conditions, write pointers and resource counts.
@@ -345,6 +347,15 @@ impl ZoneSet {
         for (index, (cond, wp)) in states.enumerate() {
             let cond = Self::checked_state(&geometry, index, cond, wp, power_loss)?;
             set.set_state(index, cond, wp);
+        }
+        // vmm never leaves more active zones than max-active (open zones count, and come back
+        // closed), so only a crafted or damaged table has them; a live device keeps its own.
+        let max_active = geometry.max_active;
+        if power_loss && max_active != 0 && set.nr_active > max_active {
+            return Err(RestoreError::TooManyActive {
+                active: set.nr_active,
+                max_active,
+            });
         }
         set.clear_changed();
         Ok(set)

@@ -290,6 +290,30 @@ fn foreign_truncated_and_corrupt_files_are_refused_untouched() {
         &encode_slot(2, ZoneCondition::Closed, 999_999, 6),
     );
     assert!(open_fails(&path, &none()).contains("zone 2"));
+
+    // Valid slots, each state possible, but together more active zones than max-active=3.
+    let path = fresh(&dir, "active.img");
+    for zone in 1..=4u64 {
+        let wp = zone * 256 + 8;
+        for (slot, generation) in [(0, 7), (1, 6)] {
+            patch(
+                &path,
+                HEADER_SIZE + zone * 32 + slot * 16,
+                &encode_slot(zone as usize, ZoneCondition::Closed, wp, generation),
+            );
+        }
+    }
+    let before = std::fs::read(&path).unwrap();
+    let msg = open_fails(&path, &none());
+    assert!(
+        msg.contains("4 zones are active") && msg.contains("max-active 3"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the refused image changed"
+    );
 }
 
 #[test]

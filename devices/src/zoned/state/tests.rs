@@ -603,6 +603,38 @@ fn restore_closes_open_zones() {
 }
 
 #[test]
+fn restore_refuses_more_active_zones_than_max_active() {
+    // Zones 1, 2 and 3 come back CLOSED (open ones are closed by the power loss): 3 active
+    // zones on a device that allows 2 would leave the guest a device already past its limit.
+    let states = || {
+        vec![
+            (NotWritePointer, 16),
+            (ImplicitOpen, 20),
+            (ExplicitOpen, 36),
+            (Closed, 50),
+            (Full, 76),
+            (Empty, 80),
+        ]
+        .into_iter()
+    };
+    let err = ZoneSet::restore(geometry(1, 2), states()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RestoreError::TooManyActive {
+                active: 3,
+                max_active: 2
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("max-active"), "{err}");
+    let z = ZoneSet::restore(geometry(1, 3), states()).unwrap();
+    assert_eq!(z.active_zones(), 3);
+    assert!(ZoneSet::restore(geometry(0, 0), states()).is_ok());
+}
+
+#[test]
 fn from_reported_keeps_open_zones_and_resync_replaces_state() {
     let g = geometry(2, 3);
     let states = vec![
