@@ -2,9 +2,10 @@
 //! in the lab: the outer VM (the only place with zoned block devices) creates zoned null_blk
 //! devices through configfs, the guest checks geometry, zone operations, resource errors and fio
 //! verify on them, and after the VMM exits the host's own zone report and data agree with what
-//! the guest did. Run by `make lab-test`.
+//! the guest did. A plain null_blk device with 4 KiB blocks, attached with `--disk`, shows that
+//! plain host devices keep their block sizes too. Run by `make lab-test`.
 
-use vmm_tests::{run_script_in_lab, LabRun};
+use vmm_tests::{run_script_in_lab, value_of, LabRun};
 
 /// Outer-VM helpers: `nullb NAME ATTR VALUE...` creates and powers on a null_blk device through
 /// configfs (memory_backed=1 so writes are kept); `zones DEV` prints each zone as
@@ -184,6 +185,40 @@ echo "HOST-MD5 4k-blocks $(dd if=/dev/nullb2 bs=1M count=1 skip=4 iflag=direct 2
     for place in ["sequential", "conventional", "4k-blocks"] {
         run.assert_lines(&[&format!("HOST-MD5 {place} {}", md5[0])]);
     }
+}
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn a_plain_4kn_host_device_keeps_its_block_sizes() {
+    // The guest must address the device in 4 KiB blocks as the host does: with 512-byte blocks
+    // advertised, its 512-byte direct writes would reach the host device, which refuses them.
+    let guest = r#"
+q=/sys/block/vda/queue
+echo lbs=$(cat $q/logical_block_size) pbs=$(cat $q/physical_block_size) min_io=$(cat $q/minimum_io_size)
+if dd if=/dev/zero of=/dev/vda bs=512 count=1 seek=1 oflag=direct 2>/dev/null; then echo small=accepted; else echo small=refused; fi
+head -c 8192 /dev/urandom > /tmp/data
+dd if=/tmp/data of=/dev/vda bs=4096 seek=3 oflag=direct 2>/dev/null
+echo guest_md5=$(dd if=/dev/vda bs=4096 count=2 skip=3 iflag=direct 2>/dev/null | md5sum | cut -c1-32)
+echo data_md5=$(md5sum < /tmp/data | cut -c1-32)
+"#;
+    let script = format!(
+        r#"{LAB_HELPERS}
+nullb nullb4 size 64 blocksize 4096 zoned 0 memory_backed 1
+printf '%s' {guest} > /tmp/guest.sh
+script_disk /tmp/guest.sh
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --disk /dev/nullb4 --disk /tmp/guest.sh,ro -- bash /dev/vdb
+echo host_md5=$(dd if=/dev/nullb4 bs=4096 count=2 skip=3 iflag=direct 2>/dev/null | md5sum | cut -c1-32)
+"#,
+        guest = vmm_tests::shell_quote(guest)
+    );
+    let run = run_script_in_lab(180, &script);
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    assert_eq!(value_of(&run, "lbs"), "4096", "{}", run.describe());
+    assert_eq!(value_of(&run, "pbs"), "4096", "{}", run.describe());
+    assert_eq!(value_of(&run, "small"), "refused", "{}", run.describe());
+    let data = value_of(&run, "data_md5");
+    assert_eq!(value_of(&run, "guest_md5"), data, "{}", run.describe());
+    assert_eq!(value_of(&run, "host_md5"), data, "{}", run.describe());
 }
 
 #[test]

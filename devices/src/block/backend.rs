@@ -24,6 +24,15 @@ pub trait BlockBackend: Send {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Makes completed writes durable.
     fn flush(&mut self) -> io::Result<()>;
+    /// The smallest unit the storage can address, in bytes (the guest's blk_size).
+    fn logical_block_size(&self) -> u32 {
+        512
+    }
+    /// The smallest unit the storage writes without reading around it, in bytes (a power-of-two
+    /// multiple of the logical block size; the guest's topology fields).
+    fn physical_block_size(&self) -> u32 {
+        self.logical_block_size()
+    }
 
     /// Writes `len` bytes of guest memory from `address` at `offset`. The default copies
     /// through a buffer; a file writes straight from guest memory.
@@ -125,6 +134,9 @@ pub struct RawFile {
     file: File,
     size: u64,
     read_only: bool,
+    /// A host block device's logical and physical block sizes; 512 for a regular file.
+    logical_block_size: u32,
+    physical_block_size: u32,
 }
 
 impl RawFile {
@@ -158,12 +170,47 @@ impl RawFile {
     /// devices, whose metadata length is 0.
     pub fn new(mut file: File, read_only: bool) -> Result<Self, BackendError> {
         let size = file.seek(SeekFrom::End(0)).map_err(BackendError::Size)?;
+        let (logical_block_size, physical_block_size) = block_sizes(&file);
         Ok(RawFile {
             file,
             size,
             read_only,
+            logical_block_size,
+            physical_block_size,
         })
     }
+}
+
+/// The logical and physical block sizes of a host block device (BLKSSZGET, BLKPBSZGET), so
+/// that a guest on a 4Kn disk addresses it in 4 KiB blocks as the host does; 512 for anything
+/// else, or for sizes the guest's driver could not take (logical: a power of two from 512 to
+/// 4096; physical: a power-of-two multiple of it).
+fn block_sizes(file: &File) -> (u32, u32) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    let is_device = file
+        .metadata()
+        .is_ok_and(|m| m.file_type().is_block_device());
+    if !is_device {
+        return (512, 512);
+    }
+    let (mut logical, mut physical): (libc::c_int, libc::c_uint) = (0, 0);
+    // SAFETY: both ioctls write one int-sized value into the pointed-to variable, which
+    // lives across the call; the descriptor is open.
+    let asked = unsafe {
+        libc::ioctl(file.as_raw_fd(), libc::BLKSSZGET, &mut logical) == 0
+            && libc::ioctl(file.as_raw_fd(), libc::BLKPBSZGET, &mut physical) == 0
+    };
+    let logical = u32::try_from(logical).unwrap_or(0);
+    if !asked || !logical.is_power_of_two() || !(512..=4096).contains(&logical) {
+        return (512, 512);
+    }
+    let physical = if physical.is_power_of_two() && physical >= logical {
+        physical
+    } else {
+        logical
+    };
+    (logical, physical)
 }
 
 impl RawFile {
@@ -202,6 +249,14 @@ impl BlockBackend for RawFile {
             return Ok(());
         }
         self.file.sync_data()
+    }
+
+    fn logical_block_size(&self) -> u32 {
+        self.logical_block_size
+    }
+
+    fn physical_block_size(&self) -> u32 {
+        self.physical_block_size
     }
 
     fn write_from_guest(

@@ -38,10 +38,29 @@ pub mod config_offset {
     pub const SEG_MAX: usize = 12;
     /// le32: logical block size in bytes.
     pub const BLK_SIZE: usize = 20;
+    /// Topology (VIRTIO_BLK_F_TOPOLOGY): u8 log2 of physical blocks per logical block, u8
+    /// alignment offset, le16 minimum and le32 optimal I/O size, both in logical blocks.
+    pub const PHYSICAL_BLOCK_EXP: usize = 24;
+    pub const ALIGNMENT_OFFSET: usize = 25;
+    pub const MIN_IO_SIZE: usize = 26;
+    pub const OPT_IO_SIZE: usize = 28;
     /// le16: number of request queues.
     pub const NUM_QUEUES: usize = 34;
     /// Start of the zoned fields (`zone_sectors` onwards), filled by a zoned handler.
     pub const ZONED: usize = 72;
+}
+
+/// Fills blk_size with the logical block size and the topology fields with the physical one (a
+/// power-of-two multiple of it, also the minimum I/O size), both in bytes. The topology fields
+/// count only with VIRTIO_BLK_F_TOPOLOGY offered.
+pub fn fill_block_sizes(config: &mut [u8; CONFIG_SIZE], logical: u32, physical: u32) {
+    put(config, config_offset::BLK_SIZE, &logical.to_le_bytes());
+    let blocks = (physical / logical.max(1)).max(1);
+    config[config_offset::PHYSICAL_BLOCK_EXP] = blocks.trailing_zeros() as u8;
+    config[config_offset::ALIGNMENT_OFFSET] = 0;
+    let min_io = u16::try_from(blocks).unwrap_or(1);
+    put(config, config_offset::MIN_IO_SIZE, &min_io.to_le_bytes());
+    put(config, config_offset::OPT_IO_SIZE, &0u32.to_le_bytes());
 }
 
 /// The outcome of one request: its status code and how many data bytes were written into
@@ -354,6 +373,10 @@ impl Block {
         if backend.read_only() {
             avail_features |= feature::RO;
         }
+        let (logical, physical) = (backend.logical_block_size(), backend.physical_block_size());
+        if physical > logical {
+            avail_features |= feature::TOPOLOGY;
+        }
         let mut config = [0u8; CONFIG_SIZE];
         put(
             &mut config,
@@ -366,12 +389,7 @@ impl Block {
             &SIZE_MAX.to_le_bytes(),
         );
         put(&mut config, config_offset::SEG_MAX, &SEG_MAX.to_le_bytes());
-        // SECTOR_SIZE is 512, which fits in u32.
-        put(
-            &mut config,
-            config_offset::BLK_SIZE,
-            &(SECTOR_SIZE as u32).to_le_bytes(),
-        );
+        fill_block_sizes(&mut config, logical, physical);
         put(&mut config, config_offset::NUM_QUEUES, &1u16.to_le_bytes());
         if let Some(handler) = handler.as_ref() {
             avail_features |= handler.features();
@@ -1171,6 +1189,54 @@ mod tests {
         assert_eq!(features & feature::RO, 0);
         assert_eq!(block.device_type(), 2);
         assert_eq!(block.queue_max_sizes(), &[QUEUE_SIZE]);
+    }
+
+    /// A backend with the block sizes of a host device.
+    struct Blocks(u32, u32);
+
+    impl BlockBackend for Blocks {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn read_at(&mut self, _: u64, _: &mut [u8]) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_at(&mut self, _: u64, _: &[u8]) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn logical_block_size(&self) -> u32 {
+            self.0
+        }
+        fn physical_block_size(&self) -> u32 {
+            self.1
+        }
+    }
+
+    #[test]
+    fn config_space_has_the_backends_block_sizes() {
+        let config_of = |logical, physical| {
+            let block = Block::new(Box::new(Blocks(logical, physical)), "serial");
+            let mut config = [0u8; CONFIG_SIZE];
+            block.read_config(0, &mut config);
+            let topology = block.avail_features() & feature::TOPOLOGY != 0;
+            let blk_size = u32::from_le_bytes(config[20..24].try_into().unwrap());
+            let min_io = u16::from_le_bytes(config[26..28].try_into().unwrap());
+            (blk_size, topology, config[24], min_io)
+        };
+        // A file, or a 512n device: 512 and no topology.
+        assert_eq!(config_of(512, 512).0, 512);
+        assert!(!config_of(512, 512).1);
+        // 512e: 512-byte blocks, 8 of them to a physical block.
+        assert_eq!(config_of(512, 4096), (512, true, 3, 8));
+        // 4Kn: 4 KiB blocks, nothing more to say about the physical ones.
+        assert_eq!(config_of(4096, 4096).0, 4096);
+        assert!(!config_of(4096, 4096).1);
     }
 
     /// Serves type 16 with a made-up status, to show the delegation seam.

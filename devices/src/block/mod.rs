@@ -73,6 +73,8 @@ pub mod feature {
     pub const RO: u64 = 1 << virtio_blk::VIRTIO_BLK_F_RO;
     /// The device accepts FLUSH requests.
     pub const FLUSH: u64 = 1 << virtio_blk::VIRTIO_BLK_F_FLUSH;
+    /// The topology fields (physical block size, I/O sizes) in config space are valid.
+    pub const TOPOLOGY: u64 = 1 << virtio_blk::VIRTIO_BLK_F_TOPOLOGY;
 }
 
 /// xorshift64: deterministic pseudo-random numbers for the block tests' random requests.

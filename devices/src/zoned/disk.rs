@@ -47,6 +47,8 @@ pub trait ZoneStorage {
     /// The smallest write the storage does without a read-modify-write, for the guest's
     /// physical block size (VIRTIO_BLK_F_TOPOLOGY). The default, right for a file image, is the
     /// host page: the page cache writes the image in 4 KiB pages. A host device says its own.
+    /// Linux's virtio_blk overrides it for zoned disks (physical block size and io_min become
+    /// the write granularity), so today only other drivers see it.
     fn physical_block_size(&self) -> u32 {
         4096
     }

@@ -48,12 +48,6 @@ pub const CONFIG_SIZE: usize = 96;
 /// Offset of blk_size (le32, bytes) inside struct virtio_blk_config.
 pub const CONFIG_BLK_SIZE: usize = crate::block::device::config_offset::BLK_SIZE;
 /// Offsets of the zoned fields inside struct virtio_blk_config.
-/// Topology fields (VIRTIO_BLK_F_TOPOLOGY): log2 of physical blocks per logical block, the
-/// alignment offset, and the minimum and optimal I/O sizes in logical blocks.
-pub const CONFIG_PHYSICAL_BLOCK_EXP: usize = 24;
-pub const CONFIG_ALIGNMENT_OFFSET: usize = 25;
-pub const CONFIG_MIN_IO_SIZE: usize = 26;
-pub const CONFIG_OPT_IO_SIZE: usize = 28;
 pub const CONFIG_ZONE_SECTORS: usize = 72;
 pub const CONFIG_MAX_OPEN_ZONES: usize = 76;
 pub const CONFIG_MAX_ACTIVE_ZONES: usize = 80;
@@ -100,14 +94,11 @@ pub fn fill_zoned_config(
     physical_block_size: u32,
     config: &mut [u8; CONFIG_SIZE],
 ) {
-    let logical = geometry.logical_block_size;
-    put_u32(config, CONFIG_BLK_SIZE, logical);
-    let blocks = (physical_block_size / logical).max(1);
-    config[CONFIG_PHYSICAL_BLOCK_EXP] = blocks.trailing_zeros() as u8;
-    config[CONFIG_ALIGNMENT_OFFSET] = 0;
-    config[CONFIG_MIN_IO_SIZE..CONFIG_MIN_IO_SIZE + 2]
-        .copy_from_slice(&u16::try_from(blocks).unwrap_or(1).to_le_bytes());
-    put_u32(config, CONFIG_OPT_IO_SIZE, 0);
+    crate::block::device::fill_block_sizes(
+        config,
+        geometry.logical_block_size,
+        physical_block_size,
+    );
     // A validated geometry has zone_size <= u32::MAX.
     let zone_sectors = u32::try_from(geometry.zone_size).unwrap_or(u32::MAX);
     put_u32(config, CONFIG_ZONE_SECTORS, zone_sectors);
