@@ -5,7 +5,7 @@
 //! machine without the guest built; `make lab-test` (part of `make test`) builds the guest and
 //! runs them with `--ignored`.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -73,6 +73,45 @@ impl LabRun {
                 self.describe()
             );
         }
+        // A script's summary of every vmm it ran (LOST_EVENTS_TRAP).
+        if let Some((runs, events)) = self.lost_event_totals() {
+            assert_eq!(
+                events,
+                0,
+                "vmm's lost-event watcher recovered {events} events over {runs} runs\n{}",
+                self.describe()
+            );
+        }
+    }
+
+    /// Keeps a script's lost-event summary for the whole test run: one "RUNS EVENTS" line in
+    /// build/lab-lost-events.log.
+    fn record_lost_events(&self) {
+        let Some((runs, events)) = self.lost_event_totals() else {
+            return;
+        };
+        let log = repo_root().join("build/lab-lost-events.log");
+        if let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
+            let _ = writeln!(file, "{runs} {events}");
+        }
+    }
+
+    /// The (vmm runs, recovered events) of a lab script, from its `lab-lost-events:` line.
+    pub fn lost_event_totals(&self) -> Option<(u64, u64)> {
+        let line = self
+            .stdout
+            .lines()
+            .rev()
+            .find_map(|line| line.trim().strip_prefix("lab-lost-events: "))?;
+        let mut numbers = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|word| !word.is_empty())
+            .map(|word| word.parse::<u64>().ok());
+        Some((numbers.next()??, numbers.next()??))
     }
 
     /// Each of `lines` appears on stdout as a whole line (surrounding spaces ignored).
@@ -162,6 +201,7 @@ pub fn run_in_lab_with_progress(
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     };
+    run.record_lost_events();
     run.assert_no_lost_events();
     run
 }
@@ -238,6 +278,13 @@ const SCRIPT_DISK: &str = r#"script_disk() {
     head -c $(( (512 - size % 512) % 512 )) /dev/zero | tr '\0' '\n' >> "$1"
 }"#;
 
+/// Every vmm a lab script runs appends `lost-events=N` to one file (vmm's VMM_LOST_EVENTS_LOG,
+/// world-writable for the unprivileged runs), summed up on stdout when the script ends, so that
+/// the watcher's recoveries count even where a script sends vmm's stderr elsewhere.
+const LOST_EVENTS_TRAP: &str = r#"export VMM_LOST_EVENTS_LOG=$(mktemp /tmp/vmm-lost-events.XXXXXX)
+chmod 666 "$VMM_LOST_EVENTS_LOG"
+trap 'echo "lab-lost-events: $(grep -c . "$VMM_LOST_EVENTS_LOG") runs, $(awk -F= "{ s += \$2 } END { print s + 0 }" "$VMM_LOST_EVENTS_LOG") events"' EXIT"#;
+
 /// Runs a bash `script` in the lab, so that several VMM runs share one lab boot (e.g. to check
 /// that data survives from one guest boot to the next). The script sees `$VMM`, `$KERNEL`,
 /// `$VMLINUX` and `$INITRD` and the function `script_disk` (see `SCRIPT_DISK`), `set -e` is on,
@@ -255,7 +302,7 @@ pub fn run_script_in_lab_with_progress(
 ) -> LabRun {
     assert_guest_built();
     let full = format!(
-        "set -euo pipefail\nVMM={}\nKERNEL={}\nVMLINUX={}\nINITRD={}\n{SCRIPT_DISK}\n{script}",
+        "set -euo pipefail\nVMM={}\nKERNEL={}\nVMLINUX={}\nINITRD={}\n{SCRIPT_DISK}\n{LOST_EVENTS_TRAP}\n{script}",
         vmm_binary().display(),
         guest_kernel().display(),
         guest_vmlinux().display(),
@@ -361,6 +408,22 @@ mod tests {
             stdout: String::new(),
             stderr: stderr.into(),
         }
+    }
+
+    #[test]
+    fn a_scripts_lost_event_summary_is_read_and_fails_the_run_when_not_zero() {
+        let run = |stdout: &str| LabRun {
+            status: Some(0),
+            stdout: stdout.into(),
+            stderr: String::new(),
+        };
+        assert_eq!(run("x=1\n").lost_event_totals(), None);
+        let clean = run("x=1\nlab-lost-events: 3 runs, 0 events\n");
+        assert_eq!(clean.lost_event_totals(), Some((3, 0)));
+        let lossy = run("lab-lost-events: 2 runs, 5 events\r\n");
+        assert_eq!(lossy.lost_event_totals(), Some((2, 5)));
+        let failed = std::panic::catch_unwind(|| lossy.assert_no_lost_events());
+        assert!(failed.is_err(), "5 recovered events must fail the run");
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         return Err(VmmError::MapImagesWithShares);
     }
     let kernel = loader::check_kernel(&config.kernel)?;
+    // Opened now: no thread may open files once the seccomp filters are in place.
+    let lost_events_log = crate::event_loop::LostEventsLog::from_env();
     // A vhost-user backend (virtiofsd) maps guest RAM itself: it must be shared.
     let memory = if config.shares.is_empty() {
         crate::vm::guest_memory(config.memory_mib << 20)?
@@ -271,8 +273,12 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     terminal::restore();
     // Printed whatever the log level: with level-triggered virtio interrupts, a recovery means
     // a bug, and the lab tests fail on this line.
-    if let Some(summary) = crate::bus::lock(&lost_events).counts().summary() {
+    let counts = crate::bus::lock(&lost_events).counts();
+    if let Some(summary) = counts.summary() {
         eprintln!("{summary}");
+    }
+    if let Some(log) = lost_events_log {
+        log.append(&counts);
     }
     result
 }
