@@ -27,8 +27,8 @@ use crate::zoned::image::{crc32, slot_crc, ImageFile, StorageOp};
 use crate::zoned::state::{WritePlan, ZoneOpPlan};
 use crate::zoned::wire::request as zone_request;
 use crate::zoned::{
-    geometry::MAX_ZONES, FailWrite, FaultInjection, GeometryOverrides, ZoneCondition, ZoneOp,
-    ZoneSet, ZonedDisk, ZonedGeometry, ZonedHandler, ZonedImage,
+    geometry::MAX_ZONES, FailWrite, FaultInjection, GeometryOverrides, ImageError, ZoneCondition,
+    ZoneOp, ZoneSet, ZonedDisk, ZonedGeometry, ZonedHandler, ZonedImage,
 };
 
 /// Request types a chain picks by index (an index past the table reads a raw type).
@@ -770,8 +770,22 @@ impl ModelRun {
 
     /// Reopens the image and checks every zone against the model.
     fn check_reopened(&self, path: &Path, crashed: bool) {
-        let mut disk = ZonedImage::open(path, &GeometryOverrides::default())
-            .unwrap_or_else(|error| panic!("the image does not reopen: {error}"));
+        // Another test of this process that forks a child at this moment (the fuzz script
+        // test) gives the child a copy of every descriptor, flock included, until the child
+        // execs: wait out that window rather than fail. A lock that lasts is still an error.
+        let mut tries = 0;
+        let mut disk = loop {
+            match ZonedImage::open(path, &GeometryOverrides::default()) {
+                Err(ImageError::InUse(_)) if tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => {
+                    break opened
+                        .unwrap_or_else(|error| panic!("the image does not reopen: {error}"))
+                }
+            }
+        };
         check_zone_invariants(disk.zones());
         for (zone, model) in self.zones.iter().enumerate() {
             let start = self.geometry.zone_start(zone);
@@ -2074,7 +2088,14 @@ mod tests {
             root.join("bin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let output = std::process::Command::new("bash")
+        // bash by its full path: a program looked up in a changed PATH makes std fork the
+        // whole test process (every other test's image descriptors and locks with it) rather
+        // than posix_spawn it.
+        let bash = ["/bin/bash", "/usr/bin/bash"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("bash");
+        let output = std::process::Command::new(bash)
             .arg(root.join("fuzz/run.sh"))
             .env("PATH", path)
             .env("FUZZ_TARGETS", "virtio_blk_chain")
