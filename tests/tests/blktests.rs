@@ -87,8 +87,9 @@ fn verdicts(run: &LabRun) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Each test's final verdict line and its runtime, on stderr (`make blktests` shows it) and in
-/// build/blktests-NAME.txt (kept after `make test`).
+/// Each test's final verdict line with its runtime, and the reasons blktests gives for a test
+/// it did not run (the indented lines after the verdict), on stderr (`make blktests` shows
+/// it) and in build/blktests-NAME.txt (kept after `make test`).
 fn report(run: &LabRun, name: &str) {
     let plain = plain_output(run);
     let mut lines = plain.lines().map(str::trim_end).peekable();
@@ -100,6 +101,12 @@ fn report(run: &LabRun, name: &str) {
                 .map(str::trim)
                 .unwrap_or("");
             summary.push_str(&format!("{line}  {runtime}\n"));
+            if line.ends_with("[not run]") {
+                while let Some(reason) = lines.next_if(|next| next.starts_with(char::is_whitespace))
+                {
+                    summary.push_str(&format!("    {}\n", reason.trim()));
+                }
+            }
         }
     }
     eprint!("{summary}");
