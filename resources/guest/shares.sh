@@ -2,11 +2,22 @@
 # over virtio-fs (docs/guest-interface.md): vmm.shares64=BASE64 on the kernel command line holds
 # one "TAG ro|rw GUEST_PATH" line per `--share`/`--rwdir`.
 
-# param NAME: the value of NAME=... on the kernel command line; fails if it is not there.
+# param NAME: the value of NAME=... on the kernel command line; fails if it is not there or
+# empty. Shell builtins only: every process the init starts before the command costs boot time.
 param() {
-	local value
-	value=$(echo " $(busybox cat /proc/cmdline) " | busybox sed -n "s/.* $1=\([^ ]*\) .*/\1/p")
-	[ -n "$value" ] && echo "$value"
+	local line word
+	read -r line </proc/cmdline
+	set -f
+	for word in $line; do
+		case $word in "$1="?*)
+			set +f
+			echo "${word#*=}"
+			return 0
+			;;
+		esac
+	done
+	set +f
+	return 1
 }
 
 # param64 NAME: param NAME, base64-decoded.
