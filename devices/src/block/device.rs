@@ -16,10 +16,8 @@ use vm_memory::{Bytes, GuestAddress};
 use super::backend::BlockBackend;
 use super::data::bytes_to_guest;
 use super::guest;
-use super::request::{Malformed, Request};
-use super::{
-    feature, request_status, request_type, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_BYTES, SIZE_MAX,
-};
+use super::request::{Malformed, Request, RequestType};
+use super::{feature, request_status, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_BYTES, SIZE_MAX};
 use crate::virtio::{
     read_config_bytes, ActivateError, GuestMemoryMmap, InterruptSignal, QueueError, VirtioDevice,
     VIRTIO_F_VERSION_1,
@@ -231,24 +229,30 @@ impl RequestServer {
 
     /// The plain block device's own requests.
     fn execute_plain(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-        match request.request_type {
-            request_type::IN => self.read(memory, request),
-            request_type::OUT => self.write(memory, request),
-            request_type::FLUSH => self.flush(request),
-            request_type::GET_ID => self.get_id(memory, request),
-            _ => Completion::with_status(request_status::UNSUPP),
+        let serves = matches!(
+            request.kind,
+            RequestType::In | RequestType::Out | RequestType::Flush | RequestType::GetId
+        );
+        if !serves {
+            return Completion::with_status(request_status::UNSUPP);
+        }
+        if !request.data_fits_type() {
+            return Completion::with_status(request_status::IOERR);
+        }
+        match request.kind {
+            RequestType::In => self.read(memory, request),
+            RequestType::Out => self.write(memory, request),
+            RequestType::Flush => self.flush(),
+            _ => self.get_id(memory, request),
         }
     }
 
-    /// IN: device-writable data only, whole sectors, inside the disk.
+    /// IN: whole sectors, inside the disk.
     fn read(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
         let len = request.writable_len();
         let Some(offset) = request.data_offset(len, self.capacity_bytes) else {
             return Completion::with_status(request_status::IOERR);
         };
-        if !request.readable.is_empty() {
-            return Completion::with_status(request_status::IOERR);
-        }
         match self
             .backend
             .read_segments(memory, &request.writable, offset)
@@ -262,13 +266,13 @@ impl RequestServer {
         }
     }
 
-    /// OUT: device-readable data only, whole sectors, inside the disk, disk writable.
+    /// OUT: whole sectors, inside the disk, disk writable.
     fn write(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
         let len = request.readable_len();
         let Some(offset) = request.data_offset(len, self.capacity_bytes) else {
             return Completion::with_status(request_status::IOERR);
         };
-        if !request.writable.is_empty() || self.backend.read_only() {
+        if self.backend.read_only() {
             return Completion::with_status(request_status::IOERR);
         }
         match self
@@ -283,10 +287,7 @@ impl RequestServer {
         }
     }
 
-    fn flush(&mut self, request: &Request) -> Completion {
-        if !request.readable.is_empty() || !request.writable.is_empty() {
-            return Completion::with_status(request_status::IOERR);
-        }
+    fn flush(&mut self) -> Completion {
         match self.backend.flush() {
             Ok(()) => Completion::ok(0),
             Err(error) => {
@@ -298,9 +299,6 @@ impl RequestServer {
 
     /// GET_ID: the serial, truncated to the buffer the driver gave.
     fn get_id(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-        if !request.readable.is_empty() {
-            return Completion::with_status(request_status::IOERR);
-        }
         match bytes_to_guest(memory, &request.writable, &self.serial) {
             // At most SERIAL_BYTES.
             Ok(written) => Completion::ok(u32::try_from(written).unwrap_or(0)),
@@ -656,6 +654,7 @@ mod tests {
     use super::*;
     use crate::block::backend::RawFile;
     use crate::block::request::HEADER_SIZE;
+    use crate::block::request_type;
     use crate::testing::CountingInterrupt;
 
     const MEMORY_SIZE: usize = 0x10_0000;
@@ -1257,7 +1256,8 @@ mod tests {
             _memory: &GuestMemoryMmap,
             _backend: &mut dyn BlockBackend,
         ) -> Option<Completion> {
-            (request.request_type == EXTRA_TYPE).then_some(Completion::with_status(3))
+            (request.kind == RequestType::from_raw(EXTRA_TYPE))
+                .then_some(Completion::with_status(3))
         }
     }
 

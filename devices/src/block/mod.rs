@@ -15,7 +15,7 @@ use virtio_bindings::virtio_blk;
 pub use backend::{BackendError, BlockBackend, RawFile};
 pub use device::{Block, Completion, RequestHandler};
 
-pub use request::{Malformed, ParseError, Request, Segment};
+pub use request::{Malformed, ParseError, Request, RequestType, Segment};
 
 /// virtio-blk addresses storage in 512-byte sectors, whatever the block size.
 pub const SECTOR_SIZE: u64 = 512;
@@ -45,6 +45,14 @@ pub mod request_type {
     pub const FLUSH: u32 = virtio_blk::VIRTIO_BLK_T_FLUSH;
     /// Return the device serial number.
     pub const GET_ID: u32 = virtio_blk::VIRTIO_BLK_T_GET_ID;
+    /// The zoned extension (VIRTIO_BLK_F_ZONED): append, report, and zone management.
+    pub const ZONE_APPEND: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_APPEND;
+    pub const ZONE_REPORT: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_REPORT;
+    pub const ZONE_OPEN: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_OPEN;
+    pub const ZONE_CLOSE: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_CLOSE;
+    pub const ZONE_FINISH: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_FINISH;
+    pub const ZONE_RESET: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_RESET;
+    pub const ZONE_RESET_ALL: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_RESET_ALL;
 }
 
 /// Request status codes (virtio 1.x §5.2.6), written to the status byte.

@@ -14,12 +14,11 @@ use super::disk::{Reservation, ZoneStorage, ZonedDisk};
 use super::geometry::SECTOR_SIZE;
 use super::geometry::{FailWrite, FaultInjection};
 use super::state::{ZoneCondition, ZoneError};
-use super::wire::{self, request as zone_request, status};
+use super::wire::{self, status};
 use crate::block::data::GuestBuffers;
 use crate::block::device::CONFIG_SIZE;
 use crate::block::{
-    request_type, BlockBackend, Completion, Request, RequestHandler, Segment,
-    MAX_REQUEST_DATA_BYTES,
+    BlockBackend, Completion, Request, RequestHandler, RequestType, Segment, MAX_REQUEST_DATA_BYTES,
 };
 
 /// Bytes of the ZONE_APPEND completion that carry the sector where the data landed.
@@ -390,10 +389,10 @@ fn sectors_of(len: u64) -> Result<u64, ZoneError> {
 }
 
 fn read(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-    let len = request.writable_len();
-    if !request.readable.is_empty() || len > MAX_REQUEST_DATA_BYTES {
+    if !request.data_fits_type() {
         return Completion::with_status(status::IOERR);
     }
+    let len = request.writable_len();
     match disk.read(memory, request, len) {
         Ok(()) => Completion::ok(len as u32),
         Err(error) => Completion::with_status(error.status()),
@@ -401,7 +400,7 @@ fn read(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request)
 }
 
 fn write(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-    if !request.writable.is_empty() {
+    if !request.data_fits_type() {
         return Completion::with_status(status::IOERR);
     }
     completion(&disk.write(memory, request))
@@ -409,7 +408,7 @@ fn write(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request
 
 fn append(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request) -> Completion {
     // The device-writable part before the status byte receives the landed sector.
-    if request.writable_len() < APPEND_SECTOR_BYTES as u64 {
+    if !request.data_fits_type() {
         return Completion::with_status(status::IOERR);
     }
     match disk.append(memory, request) {
@@ -427,9 +426,9 @@ fn serve_data(
     memory: &GuestMemoryMmap,
     request: &Request,
 ) -> Completion {
-    match request.request_type {
-        request_type::IN => read(disk, memory, request),
-        request_type::OUT => write(disk, memory, request),
+    match request.kind {
+        RequestType::In => read(disk, memory, request),
+        RequestType::Out => write(disk, memory, request),
         _ => append(disk, memory, request),
     }
 }
@@ -455,10 +454,10 @@ const PARALLEL_MIN_BYTES: u64 = 512 << 10;
 
 impl<S: ZoneStorage + Send> ZonedHandler<S> {
     fn report(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-        let len = request.writable_len();
-        if !request.readable.is_empty() || len > MAX_REQUEST_DATA_BYTES {
+        if !request.data_fits_type() {
             return Completion::with_status(status::IOERR);
         }
+        let len = request.writable_len();
         let mut reply = vec![0u8; self.disk.report_reply_len(request.sector, len as usize)];
         match self.disk.report_into(request.sector, &mut reply) {
             Ok((_, written)) if scatter(memory, request, &reply[..written]) => {
@@ -470,17 +469,17 @@ impl<S: ZoneStorage + Send> ZonedHandler<S> {
     }
 
     fn flush(&mut self, request: &Request) -> Completion {
-        if !request.readable.is_empty() || !request.writable.is_empty() {
+        if !request.data_fits_type() {
             return Completion::with_status(status::IOERR);
         }
         completion(&self.disk.flush())
     }
 
     fn zone_management(&mut self, request: &Request) -> Completion {
-        let Some(kind) = wire::zone_op_of_request(request.request_type) else {
+        let Some(kind) = wire::zone_op_of_request(request.kind) else {
             return Completion::with_status(status::UNSUPP);
         };
-        if !request.readable.is_empty() || !request.writable.is_empty() {
+        if !request.data_fits_type() {
             return Completion::with_status(status::IOERR);
         }
         completion(&self.disk.zone_management(kind, request.sector))
@@ -489,21 +488,16 @@ impl<S: ZoneStorage + Send> ZonedHandler<S> {
     /// Counts the request and fails it if it is the injected write failure.
     fn admit(&mut self, request: &Request) -> Option<Completion> {
         let counts = &mut self.counts;
-        match request.request_type {
-            request_type::IN => counts.reads += 1,
-            request_type::OUT => counts.writes += 1,
-            request_type::FLUSH => counts.flushes += 1,
-            zone_request::ZONE_APPEND => counts.appends += 1,
-            zone_request::ZONE_REPORT => counts.reports += 1,
-            _ if wire::zone_op_of_request(request.request_type).is_some() => {
-                counts.zone_management += 1
-            }
+        match request.kind {
+            RequestType::In => counts.reads += 1,
+            RequestType::Out => counts.writes += 1,
+            RequestType::Flush => counts.flushes += 1,
+            RequestType::ZoneAppend => counts.appends += 1,
+            RequestType::ZoneReport => counts.reports += 1,
+            kind if wire::zone_op_of_request(kind).is_some() => counts.zone_management += 1,
             _ => {}
         }
-        if matches!(
-            request.request_type,
-            request_type::OUT | zone_request::ZONE_APPEND
-        ) {
+        if matches!(request.kind, RequestType::Out | RequestType::ZoneAppend) {
             if let Some(status) = self.injected_write_failure(request.sector) {
                 log::info!(
                     "zoned disk: failing write {} at sector {} with status {status} (fail-write)",
@@ -518,17 +512,17 @@ impl<S: ZoneStorage + Send> ZonedHandler<S> {
 
     /// Serves an admitted request here; `None` leaves it to the plain device.
     fn serve(&mut self, request: &Request, memory: &GuestMemoryMmap) -> Option<Completion> {
-        Some(match request.request_type {
-            request_type::IN | request_type::OUT | zone_request::ZONE_APPEND => {
+        Some(match request.kind {
+            RequestType::In | RequestType::Out | RequestType::ZoneAppend => {
                 serve_data(&mut self.disk, memory, request)
             }
-            request_type::FLUSH => self.flush(request),
-            zone_request::ZONE_REPORT => self.report(memory, request),
-            zone_request::ZONE_OPEN
-            | zone_request::ZONE_CLOSE
-            | zone_request::ZONE_FINISH
-            | zone_request::ZONE_RESET
-            | zone_request::ZONE_RESET_ALL => self.zone_management(request),
+            RequestType::Flush => self.flush(request),
+            RequestType::ZoneReport => self.report(memory, request),
+            RequestType::ZoneOpen
+            | RequestType::ZoneClose
+            | RequestType::ZoneFinish
+            | RequestType::ZoneReset
+            | RequestType::ZoneResetAll => self.zone_management(request),
             // GET_ID and unknown types: the plain device answers (UNSUPP for unknown ones).
             _ => return None,
         })
@@ -539,10 +533,10 @@ impl<S: ZoneStorage + Send> ZonedHandler<S> {
     /// served alone, between the parallel runs, and gets its error there.
     fn lane_of(&self, request: &Request) -> Option<usize> {
         let geometry = self.disk.geometry();
-        let bytes = match request.request_type {
-            request_type::IN => request.writable_len(),
-            request_type::OUT => request.readable_len(),
-            zone_request::ZONE_APPEND => return geometry.zone_index(request.sector),
+        let bytes = match request.kind {
+            RequestType::In => request.writable_len(),
+            RequestType::Out => request.readable_len(),
+            RequestType::ZoneAppend => return geometry.zone_index(request.sector),
             _ => return None,
         };
         let last = request
@@ -723,6 +717,8 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::block::request_type;
+    use crate::zoned::wire::request as zone_request;
     use crate::zoned::{Zone, ZonedGeometry, ZonedImage};
     use vm_memory::GuestAddress;
 
@@ -785,7 +781,7 @@ mod tests {
             len,
         };
         Request {
-            request_type,
+            kind: RequestType::from_raw(request_type),
             sector,
             readable: readable.iter().map(seg).collect(),
             writable: writable.iter().map(seg).collect(),
