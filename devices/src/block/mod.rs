@@ -1,19 +1,24 @@
-//! virtio-blk: the device (`device`: features, config space, queue processing), the request
-//! parser (`request`: one request from a descriptor chain), data movement between guest memory
-//! and storage (`data`), and the storage seam (`backend`: the `BlockBackend` trait and the
-//! `RawFile` implementation). A zoned device plugs in through `device::RequestHandler`.
+//! virtio-blk: the device (`device`: features, config space, queue processing, completion),
+//! the request parser (`request`: one request from a descriptor chain, its type decoded once),
+//! the seam to what serves requests (`executor`: the `Executor` trait; the zoned disk is the
+//! other implementation, in `crate::zoned`), the plain disk (`plain`: `PlainExecutor` over a
+//! `BlockBackend`), storage (`backend`: the `BlockBackend` trait and `RawFile`), data movement
+//! between guest memory and storage (`data`), and quick guest memory access (`guest`).
 
 pub mod backend;
 pub mod data;
 pub mod device;
+pub mod executor;
 pub mod guest;
-
+pub mod plain;
 pub mod request;
 
 use virtio_bindings::virtio_blk;
 
 pub use backend::{BackendError, BlockBackend, RawFile};
-pub use device::{Block, Completion, RequestHandler};
+pub use device::Block;
+pub use executor::{Completion, Executor};
+pub use plain::PlainExecutor;
 
 pub use request::{Malformed, ParseError, Request, RequestType, Segment};
 
