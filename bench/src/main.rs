@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use devices::block::{request_type, Block, RawFile};
 use devices::zoned::wire::request as zone_request;
-use devices::zoned::{ZonedGeometry, ZonedHandler, ZonedImage};
+use devices::zoned::{ZonedExecutor, ZonedGeometry, ZonedImage};
 
 use rig::{Op, Rig};
 
@@ -204,12 +204,9 @@ fn zoned_block(path: &Path, geometry: ZonedGeometry) -> Result<Block, String> {
     let _ = std::fs::remove_file(path);
     let disk = ZonedImage::create(path, geometry)
         .map_err(|e| format!("cannot create the zoned image {}: {e}", path.display()))?;
-    let handler = ZonedHandler::new(disk);
-    let capacity = handler.capacity_backend();
-    Ok(Block::with_handler(
-        Box::new(capacity),
+    Ok(Block::with_executor(
+        Box::new(ZonedExecutor::new(disk)),
         "bench-zoned",
-        Box::new(handler),
     ))
 }
 

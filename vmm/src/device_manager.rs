@@ -11,7 +11,7 @@ use devices::block::{Block, RawFile};
 use devices::fs::{FsBackend, VirtioFs};
 use devices::virtio::{MmioInterrupt, MmioTransport, VirtioDevice};
 use devices::zoned::{
-    self, HostZonedDevice, ZoneStorage, ZonedDisk, ZonedDiskOptions, ZonedHandler, ZonedImage,
+    self, HostZonedDevice, ZoneStorage, ZonedDisk, ZonedDiskOptions, ZonedExecutor, ZonedImage,
 };
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -462,14 +462,9 @@ fn zoned_block<S: ZoneStorage + Send + 'static>(
     options: &ZonedDiskOptions,
     serial: &str,
 ) -> Result<Block, DeviceError> {
-    let handler =
-        ZonedHandler::with_faults(disk, &options.faults).map_err(DeviceError::ZonedDisk)?;
-    let capacity = handler.capacity_backend();
-    Ok(Block::with_handler(
-        Box::new(capacity),
-        serial,
-        Box::new(handler),
-    ))
+    let executor =
+        ZonedExecutor::with_faults(disk, &options.faults).map_err(DeviceError::ZonedDisk)?;
+    Ok(Block::with_executor(Box::new(executor), serial))
 }
 
 /// An error and its sources on one line.

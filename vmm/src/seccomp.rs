@@ -135,7 +135,7 @@ fn common_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
         // Disks move data straight between guest memory and the file (pwritev/preadv).
         libc::SYS_pwritev,
         libc::SYS_preadv,
-        // Lane threads of a zoned batch (ZonedHandler::handle_batch) start and end: robust
+        // Lane threads of a zoned batch (devices::zoned lanes) start and end: robust
         // futex list and restartable sequences (glibc), the thread's alternate signal stack.
         // clone3 is allowed here only so that `failing_with` below decides: ENOSYS.
         libc::SYS_set_robust_list,

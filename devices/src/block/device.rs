@@ -1,13 +1,13 @@
-//! The virtio-blk device: its feature bits and config space, and serving its one request queue.
-//! It is transport-independent (it implements `VirtioDevice`) and storage-independent (it
-//! talks to a `BlockBackend`). Request types it does not know can be served by a
-//! `RequestHandler`, which is how a zoned layer adds ZONE_* requests.
+//! The virtio-blk device: its feature bits and config space, its one request queue, parsing
+//! and completing requests. It is transport-independent (it implements `VirtioDevice`) and
+//! storage-independent: every parsed batch goes to one `Executor` (a plain disk or a zoned one),
+//! which also gives the storage's features and config fields.
 
 use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use log::{debug, warn};
+use log::debug;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
@@ -15,11 +15,11 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::backend::BlockBackend;
 use super::data::bytes_to_guest;
+use super::executor::{Completion, Executor};
 use super::guest;
-use super::request::{Malformed, Request};
-use super::{
-    feature, request_status, request_type, QUEUE_SIZE, SECTOR_SIZE, SEG_MAX, SERIAL_BYTES, SIZE_MAX,
-};
+use super::plain::PlainExecutor;
+use super::request::{Malformed, Request, RequestType};
+use super::{feature, request_status, QUEUE_SIZE, SEG_MAX, SERIAL_BYTES, SIZE_MAX};
 use crate::virtio::{
     read_config_bytes, ActivateError, GuestMemoryMmap, InterruptSignal, QueueError, VirtioDevice,
     VIRTIO_F_VERSION_1,
@@ -63,114 +63,65 @@ pub fn fill_block_sizes(config: &mut [u8; CONFIG_SIZE], logical: u32, physical: 
     put(config, config_offset::OPT_IO_SIZE, &0u32.to_le_bytes());
 }
 
-/// The outcome of one request: its status code and how many data bytes were written into
-/// device-writable buffers (the status byte is counted separately).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Completion {
-    pub status: u8,
-    pub data_bytes_written: u32,
-}
-
-impl Completion {
-    /// Success after writing `data_bytes_written` bytes into the guest's buffers.
-    pub fn ok(data_bytes_written: u32) -> Self {
-        Completion {
-            status: request_status::OK,
-            data_bytes_written,
-        }
-    }
-
-    /// A completion that wrote no data.
-    pub fn with_status(status: u8) -> Self {
-        Completion {
-            status,
-            data_bytes_written: 0,
-        }
-    }
-}
-
-/// Extra request types layered on the plain block device (e.g. zoned block commands).
-pub trait RequestHandler: Send {
-    /// Feature bits offered on top of the plain block features.
-    fn features(&self) -> u64 {
-        0
-    }
-
-    /// The subset of `features` the driver must accept: without them the device refuses
-    /// FEATURES_OK, and should it run anyway the handler serves nothing (its request types get
-    /// UNSUPP from the plain device).
-    fn required_features(&self) -> u64 {
-        0
-    }
-
-    /// Fills the config fields the handler owns (e.g. from `config_offset::ZONED` on).
-    fn fill_config(&self, _config: &mut [u8; CONFIG_SIZE]) {}
-
-    /// Serves `request` if the handler owns its type, including plain types it must intercept
-    /// (a zoned disk checks writes against write pointers). `None` leaves it to the plain
-    /// block device.
-    fn handle(
-        &mut self,
-        request: &Request,
-        memory: &GuestMemoryMmap,
-        backend: &mut dyn BlockBackend,
-    ) -> Option<Completion>;
-
-    /// Serves requests the guest made available together, returning one entry per request
-    /// (`None`: left to the plain device). They may run in any order or in parallel, provided
-    /// each completes as if served alone in the order given; the default serves them one by one.
-    fn handle_batch(
-        &mut self,
-        requests: &[Request],
-        memory: &GuestMemoryMmap,
-        backend: &mut dyn BlockBackend,
-    ) -> Vec<Option<Completion>> {
-        requests
-            .iter()
-            .map(|request| self.handle(request, memory, backend))
-            .collect()
-    }
-
-    /// Makes everything the handler holds durable (called when the VMM shuts down).
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Executes parsed requests against the backend; the part of the device the queue feeds.
+/// Serves parsed requests; the part of the device the queue feeds.
 struct RequestServer {
-    backend: Box<dyn BlockBackend>,
-    handler: Option<Box<dyn RequestHandler>>,
-    /// The driver accepted the handler's required features.
-    handler_enabled: bool,
+    executor: Box<dyn Executor>,
+    /// The driver accepted the executor's required features.
+    executor_enabled: bool,
     serial: [u8; SERIAL_BYTES],
-    /// Usable size: whole sectors only.
-    capacity_bytes: u64,
     /// The batch being served (kept to reuse its room).
     batch: Batch,
+}
+
+/// What became of one chain of a batch.
+enum Outcome {
+    /// A request for the executor, at this index of `Batch::requests`.
+    Execute(usize),
+    /// A request the device answered itself (GET_ID, or a type it refuses), with the address
+    /// of its status byte and the bytes its device-writable buffers may hold.
+    Answered(GuestAddress, Completion, u64),
+    /// Not a request.
+    Malformed(Malformed),
 }
 
 /// The requests of one batch, with room kept from batch to batch.
 #[derive(Default)]
 struct Batch {
-    /// Well-formed requests, in the order they were made available.
+    /// Well-formed requests for the executor, in the order they were made available.
     requests: Vec<Request>,
-    /// Each chain: its head, and its request's index in `requests` or why it has none.
-    parsed: Vec<(u16, Result<usize, Malformed>)>,
+    /// Each chain: its head, and what became of it.
+    parsed: Vec<(u16, Outcome)>,
+    /// The executor's completions, one per request.
+    completions: Vec<Completion>,
     /// For each chain: its head and the used length to report.
     used: Vec<(u16, u32)>,
 }
 
 impl RequestServer {
-    /// Parses one available chain into the batch.
+    /// Parses one available chain into the batch; answers it at once if the device, not the
+    /// executor, serves it.
     fn add_chain(&mut self, memory: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) {
-        let batch = &mut self.batch;
         let head = chain.head_index();
-        let outcome = Request::parse(memory, chain).map(|request| {
-            batch.requests.push(request);
-            batch.requests.len() - 1
-        });
-        batch.parsed.push((head, outcome));
+        let outcome = match Request::parse(memory, chain) {
+            Ok(request) => self.route(memory, request),
+            Err(malformed) => Outcome::Malformed(malformed),
+        };
+        self.batch.parsed.push((head, outcome));
+    }
+
+    /// GET_ID is the device's identity, not storage: the device answers it. Zoned types from a
+    /// driver that refused the executor's required features get UNSUPP (virtio 1.3 5.2.6).
+    fn route(&mut self, memory: &GuestMemoryMmap, request: Request) -> Outcome {
+        let answer =
+            |completion| Outcome::Answered(request.status, completion, request.writable_len());
+        if request.kind == RequestType::GetId {
+            return answer(self.get_id(memory, &request));
+        }
+        if request.kind.is_zoned() && !self.executor_enabled {
+            return answer(Completion::with_status(request_status::UNSUPP));
+        }
+        self.batch.requests.push(request);
+        Outcome::Execute(self.batch.requests.len() - 1)
     }
 
     /// Serves the chains added since the last call (made available together) and returns,
@@ -178,35 +129,33 @@ impl RequestServer {
     /// 0 for a chain with no status byte to answer in.
     fn serve_batch(&mut self, memory: &GuestMemoryMmap) -> &[(u16, u32)] {
         let mut batch = std::mem::take(&mut self.batch);
-        let mut handled = match self.handler.as_mut() {
-            Some(handler) if self.handler_enabled => {
-                handler.handle_batch(&batch.requests, memory, self.backend.as_mut())
-            }
-            _ => Vec::new(),
-        };
-        handled.resize(batch.requests.len(), None);
+        batch.completions.clear();
+        if !batch.requests.is_empty() {
+            self.executor
+                .execute(&batch.requests, memory, &mut batch.completions);
+        }
         batch.used.clear();
         for (head, outcome) in batch.parsed.drain(..) {
-            let (status_address, completion) = match outcome {
-                Ok(index) => {
+            let (status_address, mut completion, writable) = match outcome {
+                Outcome::Execute(index) => {
                     let request = &batch.requests[index];
-                    let mut completion = match handled[index] {
-                        Some(completion) => completion,
-                        None => self.execute_plain(memory, request),
-                    };
-                    // A handler cannot claim more bytes than the guest offered.
-                    let writable = u32::try_from(request.writable_len()).unwrap_or(u32::MAX);
-                    completion.data_bytes_written = completion.data_bytes_written.min(writable);
-                    (request.status, completion)
+                    // An executor that answered too few requests failed the rest.
+                    let completion = batch
+                        .completions
+                        .get(index)
+                        .copied()
+                        .unwrap_or(Completion::with_status(request_status::IOERR));
+                    (request.status, completion, request.writable_len())
                 }
-                Err(Malformed {
+                Outcome::Answered(address, completion, writable) => (address, completion, writable),
+                Outcome::Malformed(Malformed {
                     error,
                     status: Some(address),
                 }) => {
                     debug!("virtio-blk: malformed request: {error}");
-                    (address, Completion::with_status(request_status::IOERR))
+                    (address, Completion::with_status(request_status::IOERR), 0)
                 }
-                Err(Malformed {
+                Outcome::Malformed(Malformed {
                     error,
                     status: None,
                 }) => {
@@ -215,6 +164,9 @@ impl RequestServer {
                     continue;
                 }
             };
+            // An executor cannot claim more bytes than the guest offered.
+            let writable = u32::try_from(writable).unwrap_or(u32::MAX);
+            completion.data_bytes_written = completion.data_bytes_written.min(writable);
             let len = match guest::write(memory, status_address, &[completion.status]) {
                 Ok(()) => completion.data_bytes_written.saturating_add(1),
                 Err(error) => {
@@ -229,76 +181,9 @@ impl RequestServer {
         &self.batch.used
     }
 
-    /// The plain block device's own requests.
-    fn execute_plain(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-        match request.request_type {
-            request_type::IN => self.read(memory, request),
-            request_type::OUT => self.write(memory, request),
-            request_type::FLUSH => self.flush(request),
-            request_type::GET_ID => self.get_id(memory, request),
-            _ => Completion::with_status(request_status::UNSUPP),
-        }
-    }
-
-    /// IN: device-writable data only, whole sectors, inside the disk.
-    fn read(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-        let len = request.writable_len();
-        let Some(offset) = request.data_offset(len, self.capacity_bytes) else {
-            return Completion::with_status(request_status::IOERR);
-        };
-        if !request.readable.is_empty() {
-            return Completion::with_status(request_status::IOERR);
-        }
-        match self
-            .backend
-            .read_segments(memory, &request.writable, offset)
-        {
-            // `len` <= MAX_REQUEST_DATA_BYTES, which fits in u32.
-            Ok(()) => Completion::ok(u32::try_from(len).unwrap_or(u32::MAX)),
-            Err(error) => {
-                warn!("virtio-blk: read of {len} bytes at {offset} failed: {error}");
-                Completion::with_status(request_status::IOERR)
-            }
-        }
-    }
-
-    /// OUT: device-readable data only, whole sectors, inside the disk, disk writable.
-    fn write(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-        let len = request.readable_len();
-        let Some(offset) = request.data_offset(len, self.capacity_bytes) else {
-            return Completion::with_status(request_status::IOERR);
-        };
-        if !request.writable.is_empty() || self.backend.read_only() {
-            return Completion::with_status(request_status::IOERR);
-        }
-        match self
-            .backend
-            .write_segments(memory, &request.readable, offset)
-        {
-            Ok(()) => Completion::ok(0),
-            Err(error) => {
-                warn!("virtio-blk: write of {len} bytes at {offset} failed: {error}");
-                Completion::with_status(request_status::IOERR)
-            }
-        }
-    }
-
-    fn flush(&mut self, request: &Request) -> Completion {
-        if !request.readable.is_empty() || !request.writable.is_empty() {
-            return Completion::with_status(request_status::IOERR);
-        }
-        match self.backend.flush() {
-            Ok(()) => Completion::ok(0),
-            Err(error) => {
-                warn!("virtio-blk: flush failed: {error}");
-                Completion::with_status(request_status::IOERR)
-            }
-        }
-    }
-
     /// GET_ID: the serial, truncated to the buffer the driver gave.
-    fn get_id(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-        if !request.readable.is_empty() {
+    fn get_id(&self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
+        if !request.data_fits_type() {
             return Completion::with_status(request_status::IOERR);
         }
         match bytes_to_guest(memory, &request.writable, &self.serial) {
@@ -344,68 +229,38 @@ impl Block {
     /// A plain block device over `backend`. `serial` is what GET_ID returns (truncated to 20
     /// bytes). Read-only backends get the RO feature.
     pub fn new(backend: Box<dyn BlockBackend>, serial: &str) -> Self {
-        Self::build(backend, serial, None)
+        Self::with_executor(Box::new(PlainExecutor::new(backend)), serial)
     }
 
-    /// A block device whose `handler` gets the first look at every request and adds its
-    /// features and config fields.
-    pub fn with_handler(
-        backend: Box<dyn BlockBackend>,
-        serial: &str,
-        handler: Box<dyn RequestHandler>,
-    ) -> Self {
-        Self::build(backend, serial, Some(handler))
-    }
-
-    fn build(
-        backend: Box<dyn BlockBackend>,
-        serial: &str,
-        handler: Option<Box<dyn RequestHandler>>,
-    ) -> Self {
-        let capacity_sectors = backend.size() / SECTOR_SIZE;
-        let mut avail_features = VIRTIO_F_VERSION_1
+    /// A block device whose requests `executor` serves, and whose storage features and config
+    /// fields it gives.
+    pub fn with_executor(executor: Box<dyn Executor>, serial: &str) -> Self {
+        let avail_features = VIRTIO_F_VERSION_1
             | feature::SIZE_MAX
             | feature::SEG_MAX
             | feature::BLK_SIZE
             | feature::FLUSH
             // Fewer notifications and interrupts: each is a VM exit.
-            | 1 << VIRTIO_RING_F_EVENT_IDX;
-        if backend.read_only() {
-            avail_features |= feature::RO;
-        }
-        let (logical, physical) = (backend.logical_block_size(), backend.physical_block_size());
-        if physical > logical {
-            avail_features |= feature::TOPOLOGY;
-        }
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | executor.features();
         let mut config = [0u8; CONFIG_SIZE];
-        put(
-            &mut config,
-            config_offset::CAPACITY,
-            &capacity_sectors.to_le_bytes(),
-        );
         put(
             &mut config,
             config_offset::SIZE_MAX,
             &SIZE_MAX.to_le_bytes(),
         );
         put(&mut config, config_offset::SEG_MAX, &SEG_MAX.to_le_bytes());
-        fill_block_sizes(&mut config, logical, physical);
         put(&mut config, config_offset::NUM_QUEUES, &1u16.to_le_bytes());
-        if let Some(handler) = handler.as_ref() {
-            avail_features |= handler.features();
-            handler.fill_config(&mut config);
-        }
+        executor.fill_config(&mut config);
         let mut serial_bytes = [0u8; SERIAL_BYTES];
         let serial = serial.as_bytes();
         let count = serial.len().min(SERIAL_BYTES);
         serial_bytes[..count].copy_from_slice(&serial[..count]);
         Block {
             server: RequestServer {
-                backend,
-                handler,
-                handler_enabled: false,
+                executor,
+                executor_enabled: false,
                 serial: serial_bytes,
-                capacity_bytes: capacity_sectors * SECTOR_SIZE,
                 batch: Batch::default(),
             },
             avail_features,
@@ -416,22 +271,21 @@ impl Block {
         }
     }
 
-    /// Disk size in 512-byte sectors, as the guest sees it.
+    /// Disk size in 512-byte sectors, as the guest sees it (the config space's capacity).
     pub fn capacity_sectors(&self) -> u64 {
-        self.server.capacity_bytes / SECTOR_SIZE
+        let mut capacity = [0u8; 8];
+        capacity.copy_from_slice(&self.config[config_offset::CAPACITY..][..8]);
+        u64::from_le_bytes(capacity)
     }
 
-    /// Flushes the handler's state and the backend (e.g. before the VMM exits).
+    /// Makes everything written durable (e.g. before the VMM exits).
     pub fn flush(&mut self) -> std::io::Result<()> {
-        if let Some(handler) = self.server.handler.as_mut() {
-            handler.flush()?;
-        }
-        self.server.backend.flush()
+        self.server.executor.flush()
     }
 }
 
 /// Copies `bytes` into `config` at `offset`; offsets are constants inside `CONFIG_SIZE`.
-fn put(config: &mut [u8; CONFIG_SIZE], offset: usize, bytes: &[u8]) {
+pub(crate) fn put(config: &mut [u8; CONFIG_SIZE], offset: usize, bytes: &[u8]) {
     if let Some(field) = config.get_mut(offset..offset + bytes.len()) {
         field.copy_from_slice(bytes);
     }
@@ -518,15 +372,11 @@ impl VirtioDevice for Block {
 
     fn set_acked_features(&mut self, features: u64) {
         self.acked_features = features & self.avail_features;
-        self.server.handler_enabled = self.accepts_features(self.acked_features);
+        self.server.executor_enabled = self.accepts_features(self.acked_features);
     }
 
     fn accepts_features(&self, features: u64) -> bool {
-        let required = self
-            .server
-            .handler
-            .as_ref()
-            .map_or(0, |handler| handler.required_features());
+        let required = self.server.executor.required_features();
         features & required == required
     }
 
@@ -570,7 +420,7 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
-        self.server.handler_enabled = false;
+        self.server.executor_enabled = false;
     }
 
     fn process_queue(&mut self, queue_index: u16) -> Result<(), QueueError> {
@@ -643,6 +493,7 @@ fn used_event(queue: &Queue, memory: &GuestMemoryMmap) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
+    use crate::block::SECTOR_SIZE;
     use std::io;
     use std::sync::atomic::Ordering;
 
@@ -656,6 +507,7 @@ mod tests {
     use super::*;
     use crate::block::backend::RawFile;
     use crate::block::request::HEADER_SIZE;
+    use crate::block::request_type;
     use crate::testing::CountingInterrupt;
 
     const MEMORY_SIZE: usize = 0x10_0000;
@@ -1239,34 +1091,47 @@ mod tests {
         assert!(!config_of(4096, 4096).1);
     }
 
-    /// Serves type 16 with a made-up status, to show the delegation seam.
-    struct ExtraTypes;
+    /// Serves type 16 with a made-up status and leaves the rest to a plain disk: the executor
+    /// seam, with features and config fields of its own.
+    struct ExtraTypes(PlainExecutor);
 
     const EXTRA_TYPE: u32 = 16;
 
-    impl RequestHandler for ExtraTypes {
+    impl Executor for ExtraTypes {
         fn features(&self) -> u64 {
-            1 << 17
+            1 << 17 | self.0.features()
         }
         fn fill_config(&self, config: &mut [u8; CONFIG_SIZE]) {
+            self.0.fill_config(config);
             config[config_offset::ZONED] = 0x42;
         }
-        fn handle(
+        fn execute(
             &mut self,
-            request: &Request,
-            _memory: &GuestMemoryMmap,
-            _backend: &mut dyn BlockBackend,
-        ) -> Option<Completion> {
-            (request.request_type == EXTRA_TYPE).then_some(Completion::with_status(3))
+            requests: &[Request],
+            memory: &GuestMemoryMmap,
+            completions: &mut Vec<Completion>,
+        ) {
+            for request in requests {
+                if request.kind == RequestType::from_raw(EXTRA_TYPE) {
+                    completions.push(Completion::with_status(3));
+                } else {
+                    self.0
+                        .execute(std::slice::from_ref(request), memory, completions);
+                }
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.flush()
         }
     }
 
     #[test]
-    fn a_request_handler_serves_extra_types() {
+    fn an_executor_serves_extra_types() {
         let m = memory();
         let file = temp_disk(DISK_SECTORS * SECTOR_SIZE);
         let backend = RawFile::open(file.as_path(), false).unwrap();
-        let block = Block::with_handler(Box::new(backend), "x", Box::new(ExtraTypes));
+        let executor = ExtraTypes(PlainExecutor::new(Box::new(backend)));
+        let block = Block::with_executor(Box::new(executor), "x");
         let mut disk = TestDisk::with_block(&m, file, block);
         assert_ne!(disk.block.avail_features() & (1 << 17), 0);
         let mut byte = [0u8; 1];

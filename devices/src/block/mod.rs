@@ -1,21 +1,26 @@
-//! virtio-blk: the device (`device`: features, config space, queue processing), the request
-//! parser (`request`: one request from a descriptor chain), data movement between guest memory
-//! and storage (`data`), and the storage seam (`backend`: the `BlockBackend` trait and the
-//! `RawFile` implementation). A zoned device plugs in through `device::RequestHandler`.
+//! virtio-blk: the device (`device`: features, config space, queue processing, completion),
+//! the request parser (`request`: one request from a descriptor chain, its type decoded once),
+//! the seam to what serves requests (`executor`: the `Executor` trait; the zoned disk is the
+//! other implementation, in `crate::zoned`), the plain disk (`plain`: `PlainExecutor` over a
+//! `BlockBackend`), storage (`backend`: the `BlockBackend` trait and `RawFile`), data movement
+//! between guest memory and storage (`data`), and quick guest memory access (`guest`).
 
 pub mod backend;
 pub mod data;
 pub mod device;
+pub mod executor;
 pub mod guest;
-
+pub mod plain;
 pub mod request;
 
 use virtio_bindings::virtio_blk;
 
 pub use backend::{BackendError, BlockBackend, RawFile};
-pub use device::{Block, Completion, RequestHandler};
+pub use device::Block;
+pub use executor::{Completion, Executor};
+pub use plain::PlainExecutor;
 
-pub use request::{Malformed, ParseError, Request, Segment};
+pub use request::{Malformed, ParseError, Request, RequestType, Segment};
 
 /// virtio-blk addresses storage in 512-byte sectors, whatever the block size.
 pub const SECTOR_SIZE: u64 = 512;
@@ -45,6 +50,14 @@ pub mod request_type {
     pub const FLUSH: u32 = virtio_blk::VIRTIO_BLK_T_FLUSH;
     /// Return the device serial number.
     pub const GET_ID: u32 = virtio_blk::VIRTIO_BLK_T_GET_ID;
+    /// The zoned extension (VIRTIO_BLK_F_ZONED): append, report, and zone management.
+    pub const ZONE_APPEND: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_APPEND;
+    pub const ZONE_REPORT: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_REPORT;
+    pub const ZONE_OPEN: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_OPEN;
+    pub const ZONE_CLOSE: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_CLOSE;
+    pub const ZONE_FINISH: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_FINISH;
+    pub const ZONE_RESET: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_RESET;
+    pub const ZONE_RESET_ALL: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_RESET_ALL;
 }
 
 /// Request status codes (virtio 1.x §5.2.6), written to the status byte.

@@ -1,8 +1,9 @@
 //! Parsing one virtio-blk request out of a descriptor chain, whatever way the driver split it:
 //! the 16-byte header is the first 16 device-readable bytes, the status is the last
 //! device-writable byte, and everything in between is data, kept as guest segments in chain
-//! order. Every address and length comes from the guest and is checked here; the result says
-//! nothing about whether the request type makes sense (that is the device's business).
+//! order. Every address and length comes from the guest and is checked here. The type field is
+//! decoded once into [`RequestType`]; [`Request::data_fits_type`] is the one check of which way
+//! a type's data may go (whether the device serves the type at all is its executor's business).
 
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Address, GuestAddress, GuestMemoryError, Permissions};
@@ -10,7 +11,7 @@ use vm_memory::{Address, GuestAddress, GuestMemoryError, Permissions};
 use super::guest;
 use crate::virtio::GuestMemoryMmap;
 
-use super::{MAX_REQUEST_DATA_BYTES, QUEUE_SIZE, SECTOR_SIZE};
+use super::{request_type, MAX_REQUEST_DATA_BYTES, QUEUE_SIZE, SECTOR_SIZE};
 
 /// Size of the request header: le32 type, le32 reserved (ioprio), le64 sector.
 pub const HEADER_SIZE: usize = 16;
@@ -24,11 +25,78 @@ pub struct Segment {
     pub len: u32,
 }
 
+/// The `type` field of a request header, decoded once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestType {
+    /// Read sectors into device-writable buffers.
+    In,
+    /// Write sectors from device-readable buffers.
+    Out,
+    /// Make completed writes durable.
+    Flush,
+    /// Return the serial number.
+    GetId,
+    /// Write at a zone's write pointer; the device says where the data landed.
+    ZoneAppend,
+    /// Describe the zones from the one holding the sector on.
+    ZoneReport,
+    /// Explicitly open the zone.
+    ZoneOpen,
+    /// Close the zone.
+    ZoneClose,
+    /// Make the zone full.
+    ZoneFinish,
+    /// Empty the zone.
+    ZoneReset,
+    /// Empty every sequential zone.
+    ZoneResetAll,
+    /// Any other type: answered with UNSUPP.
+    Unsupported(u32),
+}
+
+impl RequestType {
+    /// Decodes the header's `type` field (`request_type::*`).
+    pub fn from_raw(raw: u32) -> Self {
+        match raw {
+            request_type::IN => RequestType::In,
+            request_type::OUT => RequestType::Out,
+            request_type::FLUSH => RequestType::Flush,
+            request_type::GET_ID => RequestType::GetId,
+            request_type::ZONE_APPEND => RequestType::ZoneAppend,
+            request_type::ZONE_REPORT => RequestType::ZoneReport,
+            request_type::ZONE_OPEN => RequestType::ZoneOpen,
+            request_type::ZONE_CLOSE => RequestType::ZoneClose,
+            request_type::ZONE_FINISH => RequestType::ZoneFinish,
+            request_type::ZONE_RESET => RequestType::ZoneReset,
+            request_type::ZONE_RESET_ALL => RequestType::ZoneResetAll,
+            other => RequestType::Unsupported(other),
+        }
+    }
+
+    /// The type of the zoned extension (VIRTIO_BLK_F_ZONED), which only a zoned disk serves.
+    pub fn is_zoned(self) -> bool {
+        matches!(
+            self,
+            RequestType::ZoneAppend
+                | RequestType::ZoneReport
+                | RequestType::ZoneOpen
+                | RequestType::ZoneClose
+                | RequestType::ZoneFinish
+                | RequestType::ZoneReset
+                | RequestType::ZoneResetAll
+        )
+    }
+}
+
+/// Bytes at the start of a ZONE_APPEND's device-writable data that receive the sector where
+/// the data landed (le64).
+pub const APPEND_SECTOR_BYTES: u64 = 8;
+
 /// One well-formed request: header fields, data segments and where the status goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
-    /// The `type` field of the header (`request_type::*`).
-    pub request_type: u32,
+    /// The `type` field of the header.
+    pub kind: RequestType,
     /// The `sector` field of the header.
     pub sector: u64,
     /// Device-readable bytes after the header, in chain order.
@@ -127,6 +195,27 @@ impl Request {
         let offset = self.sector.checked_mul(SECTOR_SIZE)?;
         let end = offset.checked_add(len)?;
         (end <= capacity_bytes).then_some(offset)
+    }
+
+    /// Whether the data goes the way the type needs, the one such check for every type (a
+    /// request that fails it gets IOERR): IN, GET_ID and ZONE_REPORT carry device-writable data
+    /// only; OUT device-readable data only; FLUSH and the zone operations none; ZONE_APPEND
+    /// device-readable data and at least `APPEND_SECTOR_BYTES` device-writable ones for the
+    /// landed sector. Unsupported types are not looked at (they get UNSUPP whatever they carry).
+    pub fn data_fits_type(&self) -> bool {
+        let (reads, writes) = (!self.readable.is_empty(), !self.writable.is_empty());
+        match self.kind {
+            RequestType::In | RequestType::GetId | RequestType::ZoneReport => !reads,
+            RequestType::Out => !writes,
+            RequestType::Flush
+            | RequestType::ZoneOpen
+            | RequestType::ZoneClose
+            | RequestType::ZoneFinish
+            | RequestType::ZoneReset
+            | RequestType::ZoneResetAll => !reads && !writes,
+            RequestType::ZoneAppend => self.writable_len() >= APPEND_SECTOR_BYTES,
+            RequestType::Unsupported(_) => true,
+        }
     }
 
     /// Total bytes of the device-readable data segments.
@@ -265,7 +354,7 @@ impl Parts {
         }
         let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = self.header;
         Ok(Request {
-            request_type: u32::from_le_bytes([t0, t1, t2, t3]),
+            kind: RequestType::from_raw(u32::from_le_bytes([t0, t1, t2, t3])),
             sector: u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
             readable: self.readable,
             writable: self.writable,
@@ -328,7 +417,7 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(request.request_type, 1);
+        assert_eq!(request.kind, RequestType::Out);
         assert_eq!(request.sector, 7);
         assert_eq!(request.readable, vec![segment(0x2000, 4096)]);
         assert!(request.writable.is_empty());
@@ -589,7 +678,7 @@ mod tests {
 
         let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = header;
         Ok(Request {
-            request_type: u32::from_le_bytes([t0, t1, t2, t3]),
+            kind: RequestType::from_raw(u32::from_le_bytes([t0, t1, t2, t3])),
             sector: u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
             readable,
             writable,

@@ -28,7 +28,7 @@ use crate::zoned::state::{WritePlan, ZoneOpPlan};
 use crate::zoned::wire::request as zone_request;
 use crate::zoned::{
     geometry::MAX_ZONES, FailWrite, FaultInjection, GeometryOverrides, ImageError, ZoneCondition,
-    ZoneOp, ZoneSet, ZonedDisk, ZonedGeometry, ZonedHandler, ZonedImage,
+    ZoneOp, ZoneSet, ZonedDisk, ZonedExecutor, ZonedGeometry, ZonedImage,
 };
 
 /// Request types a chain picks by index (an index past the table reads a raw type).
@@ -355,7 +355,7 @@ impl Drop for Scratch {
 /// Requests: a geometry (`decode_geometry`, 9 bytes), faults (`decode_faults`, up to 4
 /// bytes), then the input of [`virtio_blk_chain`] from its queue-size byte on; its disk-size
 /// byte is the prefill byte (`prefill`: data written and flushed before the faults are
-/// injected) and its flags byte is ignored. The device is `Block` with a `ZonedHandler` over
+/// injected) and its flags byte is ignored. The device is `Block` with a `ZonedExecutor` over
 /// a `ZonedImage` in a scratch file. Afterwards the image must reopen (a guest cannot make an
 /// image unreadable), with zones that keep the invariants, and the READ_ONLY and OFFLINE
 /// zones must hold their prefilled state and data: nothing a guest does reaches them.
@@ -378,12 +378,8 @@ pub fn zoned_requests(data: &[u8]) {
     let scratch = Scratch(scratch_path("zoned"));
     let mut disk = ZonedImage::create(&scratch.0, geometry).expect("a fresh scratch image");
     let prefilled = prefill(&mut disk, prefill_byte);
-    let handler = ZonedHandler::with_faults(disk, &faults).expect("faults on sequential zones");
-    let block = Block::with_handler(
-        Box::new(handler.capacity_backend()),
-        "fuzz-zoned",
-        Box::new(handler),
-    );
+    let executor = ZonedExecutor::with_faults(disk, &faults).expect("faults on sequential zones");
+    let block = Block::with_executor(Box::new(executor), "fuzz-zoned");
     let memory = guest_memory();
     let mut device = DeviceUnderTest::new(block, &memory, size, false);
     let shape = DiskShape {
@@ -887,12 +883,8 @@ pub fn storage_model(input: &mut Input) -> ModelSummary {
             }
         })
         .collect();
-    let handler = ZonedHandler::with_faults(disk, &faults).expect("faults on sequential zones");
-    let block = Block::with_handler(
-        Box::new(handler.capacity_backend()),
-        "fuzz-zoned",
-        Box::new(handler),
-    );
+    let executor = ZonedExecutor::with_faults(disk, &faults).expect("faults on sequential zones");
+    let block = Block::with_executor(Box::new(executor), "fuzz-zoned");
     let memory = guest_memory();
     let mut run = ModelRun {
         device: DeviceUnderTest::new(block, &memory, 16, false),

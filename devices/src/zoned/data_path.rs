@@ -1,6 +1,6 @@
 //! The data side of a zoned backend, usable from several threads at once: positioned reads and
 //! writes on a shared file, so that requests to different zones can move data in parallel while
-//! the zone state stays behind one lock (see `ZonedHandler::handle_batch`).
+//! the zone state stays behind one lock (see `zoned::lanes`).
 
 use std::alloc::Layout;
 use std::fs::File;

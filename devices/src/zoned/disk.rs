@@ -38,7 +38,7 @@ pub trait ZoneStorage {
     }
 
     /// A handle that moves data from any thread, so that requests to different zones can run
-    /// in parallel (see `ZonedHandler::handle_batch`). `None` keeps all I/O on the calling
+    /// in parallel (see `zoned::lanes`). `None` keeps all I/O on the calling
     /// thread, through `read` and `write`.
     fn data_path(&self) -> Option<DataPath> {
         None
@@ -76,9 +76,9 @@ pub struct ZonedDisk<S> {
     storage: S,
 }
 
-fn sectors_of(len: usize) -> Result<u64, ZoneError> {
-    let len = len as u64;
-    if len & (SECTOR_SIZE - 1) != 0 {
+/// The sectors of a transfer of `len` bytes; a transfer that is not whole sectors is IOERR.
+pub(super) fn sectors_of(len: u64) -> Result<u64, ZoneError> {
+    if len % SECTOR_SIZE != 0 {
         return Err(ZoneError::Io);
     }
     Ok(len / SECTOR_SIZE)
@@ -148,9 +148,8 @@ impl<S: ZoneStorage> ZonedDisk<S> {
         &self.storage
     }
 
-    /// The storage backend, mutable: for backend-specific hooks inside this crate only, since
-    /// writing through it bypasses the zone state.
-    #[allow(dead_code)]
+    /// The storage backend, mutable: for moving the data of requests the zone state has
+    /// checked (`guest_io`), since writing through it bypasses the zone state.
     pub(crate) fn storage_mut(&mut self) -> &mut S {
         &mut self.storage
     }
@@ -158,7 +157,7 @@ impl<S: ZoneStorage> ZonedDisk<S> {
     /// VIRTIO_BLK_T_IN: reads `buf.len()` bytes (a multiple of 512) at `sector`. Reads may
     /// cross zones; parts above a write pointer read as zeros without touching storage.
     pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), ZoneError> {
-        let nr = sectors_of(buf.len())?;
+        let nr = sectors_of(buf.len() as u64)?;
         let segments = self.zones.check_read(sector, nr)?;
         for seg in segments {
             let from = ((seg.sector - sector) * SECTOR_SIZE) as usize;
@@ -175,7 +174,7 @@ impl<S: ZoneStorage> ZonedDisk<S> {
 
     /// VIRTIO_BLK_T_OUT: writes `data` (a multiple of 512 bytes) at `sector`.
     pub fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), ZoneError> {
-        let reservation = self.reserve_write(sector, sectors_of(data.len())?)?;
+        let reservation = self.reserve_write(sector, sectors_of(data.len() as u64)?)?;
         let stored = self.store(&reservation, data);
         self.complete(reservation, stored).map(|_| ())
     }
@@ -183,7 +182,7 @@ impl<S: ZoneStorage> ZonedDisk<S> {
     /// VIRTIO_BLK_T_ZONE_APPEND: appends `data` to the zone starting at `zone_start` and
     /// returns the sector where it landed (for the first 8 bytes of the in-header).
     pub fn append(&mut self, zone_start: u64, data: &[u8]) -> Result<u64, ZoneError> {
-        let reservation = self.reserve_append(zone_start, sectors_of(data.len())?)?;
+        let reservation = self.reserve_append(zone_start, sectors_of(data.len() as u64)?)?;
         let stored = self.store(&reservation, data);
         self.complete(reservation, stored)
     }

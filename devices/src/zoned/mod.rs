@@ -23,16 +23,20 @@
 
 pub mod data_path;
 pub mod disk;
+pub mod executor;
+mod faults;
 pub mod geometry;
+mod guest_io;
 pub mod host;
 pub mod image;
+mod lanes;
+mod report;
 pub mod state;
-pub mod virtio;
 pub mod wire;
 
 pub use disk::{ZoneStorage, ZonedDisk};
+pub use executor::{RequestCounts, ZonedExecutor};
 pub use geometry::{FailWrite, FaultInjection, GeometryOverrides, ZonedDiskOptions, ZonedGeometry};
 pub use host::{HostError, HostZonedDevice, HostZonedDisk};
 pub use image::{ImageError, ZonedImage};
 pub use state::{Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneSet, ZoneType};
-pub use virtio::{ZonedCapacity, ZonedHandler};

@@ -6,22 +6,18 @@ use super::state::{Zone, ZoneError, ZoneOp, ZoneOpKind};
 
 use virtio_bindings::virtio_blk;
 
+use crate::block::RequestType;
+
 /// Feature bit VIRTIO_BLK_F_ZONED.
 pub const VIRTIO_BLK_F_ZONED: u32 = virtio_blk::VIRTIO_BLK_F_ZONED;
 /// Feature bit VIRTIO_BLK_F_TOPOLOGY (physical block size and I/O sizes in the config).
 pub const VIRTIO_BLK_F_TOPOLOGY: u32 = virtio_blk::VIRTIO_BLK_F_TOPOLOGY;
 
-/// Request types of the zoned extension.
+/// Request types of the zoned extension (defined with the others in `block::request_type`).
 pub mod request {
-    use virtio_bindings::virtio_blk;
-
-    pub const ZONE_APPEND: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_APPEND;
-    pub const ZONE_REPORT: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_REPORT;
-    pub const ZONE_OPEN: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_OPEN;
-    pub const ZONE_CLOSE: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_CLOSE;
-    pub const ZONE_FINISH: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_FINISH;
-    pub const ZONE_RESET: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_RESET;
-    pub const ZONE_RESET_ALL: u32 = virtio_blk::VIRTIO_BLK_T_ZONE_RESET_ALL;
+    pub use crate::block::request_type::{
+        ZONE_APPEND, ZONE_CLOSE, ZONE_FINISH, ZONE_OPEN, ZONE_REPORT, ZONE_RESET, ZONE_RESET_ALL,
+    };
 }
 
 /// virtio-blk status codes: the plain ones from the block device, plus the zoned ones.
@@ -65,13 +61,13 @@ pub const REPORT_HEADER_SIZE: usize = 64;
 pub const REPORT_DESCRIPTOR_SIZE: usize = 64;
 
 /// The zone management operation of a request type, if it is one.
-pub fn zone_op_of_request(request_type: u32) -> Option<ZoneOpKind> {
-    Some(match request_type {
-        request::ZONE_OPEN => ZoneOpKind::Single(ZoneOp::Open),
-        request::ZONE_CLOSE => ZoneOpKind::Single(ZoneOp::Close),
-        request::ZONE_FINISH => ZoneOpKind::Single(ZoneOp::Finish),
-        request::ZONE_RESET => ZoneOpKind::Single(ZoneOp::Reset),
-        request::ZONE_RESET_ALL => ZoneOpKind::ResetAll,
+pub fn zone_op_of_request(kind: RequestType) -> Option<ZoneOpKind> {
+    Some(match kind {
+        RequestType::ZoneOpen => ZoneOpKind::Single(ZoneOp::Open),
+        RequestType::ZoneClose => ZoneOpKind::Single(ZoneOp::Close),
+        RequestType::ZoneFinish => ZoneOpKind::Single(ZoneOp::Finish),
+        RequestType::ZoneReset => ZoneOpKind::Single(ZoneOp::Reset),
+        RequestType::ZoneResetAll => ZoneOpKind::ResetAll,
         _ => return None,
     })
 }
@@ -225,12 +221,15 @@ mod tests {
     #[test]
     fn request_types() {
         assert_eq!(
-            zone_op_of_request(18),
+            zone_op_of_request(RequestType::from_raw(18)),
             Some(ZoneOpKind::Single(ZoneOp::Open))
         );
-        assert_eq!(zone_op_of_request(26), Some(ZoneOpKind::ResetAll));
-        assert_eq!(zone_op_of_request(15), None);
-        assert_eq!(zone_op_of_request(16), None);
+        assert_eq!(
+            zone_op_of_request(RequestType::from_raw(26)),
+            Some(ZoneOpKind::ResetAll)
+        );
+        assert_eq!(zone_op_of_request(RequestType::from_raw(15)), None);
+        assert_eq!(zone_op_of_request(RequestType::from_raw(16)), None);
         assert_eq!(status_of(&Ok::<u64, ZoneError>(5)), 0);
         assert_eq!(status_of::<()>(&Err(ZoneError::ActiveResource)), 6);
     }

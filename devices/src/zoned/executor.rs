@@ -1,64 +1,22 @@
-//! The zoned layer of the virtio-blk device: a `RequestHandler` that offers VIRTIO_BLK_F_ZONED
-//! (host-managed), fills the zoned config fields, and serves IN/OUT/FLUSH and every ZONE_* request
-//! through a `ZonedDisk`, so that every access obeys the zone state machine.
+//! The zoned disk as the virtio-blk device's [`Executor`]: it offers VIRTIO_BLK_F_ZONED
+//! (host-managed), fills the zoned config fields, and serves IN, OUT, FLUSH and every ZONE_*
+//! request through a [`ZonedDisk`], so that every access obeys the zone state machine. Here:
+//! admission (counting, injected write failures) and dispatch; data requests go to `lanes` and
+//! `guest_io`, reports to `report`.
 
-use std::borrow::Cow;
 use std::io;
-use std::sync::Mutex;
 
 use log::warn;
-use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
-use super::data_path::{AlignedBuffer, DataPath};
-use super::disk::{Reservation, ZoneStorage, ZonedDisk};
-use super::geometry::SECTOR_SIZE;
-use super::geometry::{FailWrite, FaultInjection};
-use super::state::{ZoneCondition, ZoneError};
-use super::wire::{self, request as zone_request, status};
-use crate::block::data::GuestBuffers;
-use crate::block::device::CONFIG_SIZE;
-use crate::block::{
-    request_type, BlockBackend, Completion, Request, RequestHandler, Segment,
-    MAX_REQUEST_DATA_BYTES,
-};
-
-/// Bytes of the ZONE_APPEND completion that carry the sector where the data landed.
-const APPEND_SECTOR_BYTES: usize = 8;
-
-/// Stands in for the plain block backend of a zoned disk: it gives the device its capacity; all
-/// I/O goes through the zoned handler, which intercepts every request that would touch storage.
-#[derive(Debug)]
-pub struct ZonedCapacity {
-    bytes: u64,
-}
-
-impl ZonedCapacity {
-    pub fn new(bytes: u64) -> Self {
-        Self { bytes }
-    }
-}
-
-fn bypassed() -> io::Error {
-    io::Error::other("zoned disk storage is reached only through the zoned handler")
-}
-
-impl BlockBackend for ZonedCapacity {
-    fn size(&self) -> u64 {
-        self.bytes
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
-    fn read_at(&mut self, _offset: u64, _buf: &mut [u8]) -> io::Result<()> {
-        Err(bypassed())
-    }
-    fn write_at(&mut self, _offset: u64, _buf: &[u8]) -> io::Result<()> {
-        Err(bypassed())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+use super::disk::{ZoneStorage, ZonedDisk};
+use super::faults::WriteFaults;
+use super::geometry::FaultInjection;
+use super::lanes::{lane_of, Lanes};
+use super::report;
+use super::wire::{self, status};
+use crate::block::device::{config_offset, put, CONFIG_SIZE};
+use crate::block::{Completion, Executor, Request, RequestType};
+use crate::virtio::GuestMemoryMmap;
 
 /// How many requests of each kind a zoned disk served, for the shutdown log line (and for tests
 /// that must prove, say, that a file system really used ZONE_APPEND).
@@ -72,575 +30,101 @@ pub struct RequestCounts {
     pub flushes: u64,
 }
 
-/// Serves a virtio-blk request queue for a host-managed zoned disk.
-pub struct ZonedHandler<S: ZoneStorage> {
+/// Serves the requests of a host-managed zoned virtio-blk disk.
+pub struct ZonedExecutor<S: ZoneStorage> {
     disk: ZonedDisk<S>,
     counts: RequestCounts,
-    /// An injected write failure, and how many writes to its zone were seen so far.
-    fail_write: Option<FailWrite>,
-    writes_to_failing_zone: u64,
-    /// The run of lane requests (request index, zone) `handle_batch` is collecting, kept
-    /// between batches so that collecting it allocates nothing.
+    faults: WriteFaults,
+    /// The run of lane requests (request index, zone) `execute` is collecting, kept between
+    /// batches so that collecting it allocates nothing.
     run: Vec<(usize, usize)>,
-    /// One O_DIRECT bounce buffer per lane, kept between batches: grown to the largest
-    /// request a lane has served, never freed per request. (Lane threads that allocated and
-    /// freed a large buffer per request made glibc trim their malloc arena, which opens
-    /// /proc/sys/vm/overcommit_memory under the seccomp filter.)
-    bounces: Vec<AlignedBuffer>,
+    lanes: Lanes,
 }
 
-impl<S: ZoneStorage> ZonedHandler<S> {
+impl<S: ZoneStorage> ZonedExecutor<S> {
     pub fn new(disk: ZonedDisk<S>) -> Self {
         Self {
             disk,
             counts: RequestCounts::default(),
-            fail_write: None,
-            writes_to_failing_zone: 0,
+            faults: WriteFaults::default(),
             run: Vec::new(),
-            bounces: (0..MAX_LANES).map(|_| AlignedBuffer::empty()).collect(),
+            lanes: Lanes::new(),
         }
     }
 
-    /// A handler whose disk shows the injected `faults` for this run (nothing is stored).
+    /// An executor whose disk shows the injected `faults` for this run (nothing is stored).
     pub fn with_faults(mut disk: ZonedDisk<S>, faults: &FaultInjection) -> Result<Self, String> {
-        let geometry = *disk.geometry();
-        let nr_zones = geometry.nr_zones();
-        let check = |what: &str, zone: u64| -> Result<u64, String> {
-            if zone < nr_zones {
-                Ok(geometry.zone_start(zone as usize))
-            } else {
-                Err(format!("zoned disk option {what}: zone {zone} does not exist (the disk has {nr_zones} zones)"))
-            }
-        };
-        let injected = [
-            (
-                &faults.read_only_zones,
-                ZoneCondition::ReadOnly,
-                "read-only-zones",
-            ),
-            (
-                &faults.offline_zones,
-                ZoneCondition::Offline,
-                "offline-zones",
-            ),
-        ];
-        for (zones, cond, what) in injected {
-            for &zone in zones {
-                let start = check(what, zone)?;
-                disk.inject_condition(start, cond).map_err(|_| {
-                    format!("zoned disk option {what}: zone {zone} is conventional")
-                })?;
-            }
-        }
-        if let Some(fail) = faults.fail_write {
-            check("fail-write", fail.zone)?;
-        }
-        let mut handler = Self::new(disk);
-        handler.fail_write = faults.fail_write;
-        Ok(handler)
-    }
-
-    /// The status to fail this write (or append) at `sector` with, if it is the injected one.
-    fn injected_write_failure(&mut self, sector: u64) -> Option<u8> {
-        let fail = self.fail_write?;
-        if self.disk.geometry().zone_index(sector) != Some(fail.zone as usize) {
-            return None;
-        }
-        self.writes_to_failing_zone += 1;
-        (self.writes_to_failing_zone == fail.nth).then_some(fail.status)
+        let faults = WriteFaults::inject(&mut disk, faults)?;
+        Ok(Self {
+            faults,
+            ..Self::new(disk)
+        })
     }
 
     pub fn counts(&self) -> RequestCounts {
         self.counts
     }
 
-    /// The capacity backend the block device needs beside this handler.
-    pub fn capacity_backend(&self) -> ZonedCapacity {
-        ZonedCapacity::new(self.disk.geometry().capacity * crate::block::SECTOR_SIZE)
-    }
-
     pub fn disk(&self) -> &ZonedDisk<S> {
         &self.disk
-    }
-
-    pub fn disk_mut(&mut self) -> &mut ZonedDisk<S> {
-        &mut self.disk
-    }
-}
-
-fn completion<T>(result: &Result<T, ZoneError>) -> Completion {
-    Completion::with_status(wire::status_of(result))
-}
-
-/// Copies the device-readable data of `request` out of guest memory in one piece, so that a
-/// write or append is one zone operation that either happens whole or not at all.
-fn gather(memory: &GuestMemoryMmap, request: &Request) -> Option<Vec<u8>> {
-    let len = usize::try_from(request.readable_len()).ok()?;
-    if len as u64 > MAX_REQUEST_DATA_BYTES {
-        return None;
-    }
-    let mut data = vec![0u8; len];
-    let mut at = 0;
-    for segment in &request.readable {
-        let end = at + segment.len as usize;
-        memory
-            .read_slice(data.get_mut(at..end)?, segment.addr)
-            .ok()?;
-        at = end;
-    }
-    Some(data)
-}
-
-/// Writes `bytes` into the request's device-writable segments; false if guest memory refused.
-fn scatter(memory: &GuestMemoryMmap, request: &Request, bytes: &[u8]) -> bool {
-    crate::block::data::bytes_to_guest(memory, &request.writable, bytes).is_ok()
-}
-
-/// How a data request reaches the disk: directly (copying through buffers), or through a
-/// lane of a batch (straight between guest memory and storage).
-trait DiskAccess {
-    /// IN: `len` bytes at the request's sector into its device-writable segments.
-    fn read(
-        &mut self,
-        memory: &GuestMemoryMmap,
-        request: &Request,
-        len: u64,
-    ) -> Result<(), ZoneError>;
-    /// OUT: the request's device-readable data at its sector.
-    fn write(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<(), ZoneError>;
-    /// ZONE_APPEND: the data to the zone starting at the request's sector; returns where it
-    /// landed.
-    fn append(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<u64, ZoneError>;
-}
-
-impl<S: ZoneStorage> DiskAccess for ZonedDisk<S> {
-    fn read(
-        &mut self,
-        memory: &GuestMemoryMmap,
-        request: &Request,
-        len: u64,
-    ) -> Result<(), ZoneError> {
-        let mut data = vec![0u8; len as usize];
-        ZonedDisk::read(self, request.sector, &mut data)?;
-        scatter(memory, request, &data)
-            .then_some(())
-            .ok_or(ZoneError::Io)
-    }
-    fn write(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<(), ZoneError> {
-        let data = gather(memory, request).ok_or(ZoneError::Io)?;
-        ZonedDisk::write(self, request.sector, &data)
-    }
-    fn append(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<u64, ZoneError> {
-        let data = gather(memory, request).ok_or(ZoneError::Io)?;
-        ZonedDisk::append(self, request.sector, &data)
-    }
-}
-
-/// A lane of a batch: it takes the zone state only to check and commit; data moves through the
-/// storage's `DataPath`, straight between guest memory and storage, without the zone state and
-/// (for a parallel run) beside the other lanes.
-struct Lane<'a, 'b, S> {
-    disk: LaneDisk<'a, S>,
-    data: &'a DataPath,
-    /// The lane's O_DIRECT bounce buffer.
-    bounce: &'b mut AlignedBuffer,
-}
-
-/// How a lane reaches the zone state.
-enum LaneDisk<'a, S> {
-    /// The only lane of its run, on the serving thread: no lock needed.
-    Alone(&'a mut ZonedDisk<S>),
-    /// One of the lanes of a parallel run, which share the zone state behind a lock.
-    Shared(&'a Mutex<&'a mut ZonedDisk<S>>),
-}
-
-impl<S> Lane<'_, '_, S> {
-    /// Runs `f` on the zone state, holding the lock for its duration if the state is shared.
-    fn with_disk<R>(&mut self, f: impl FnOnce(&mut ZonedDisk<S>) -> R) -> R {
-        match &mut self.disk {
-            LaneDisk::Alone(disk) => f(disk),
-            // A panicking lane leaves no half-made state change (the lock is held only around
-            // whole state-machine calls), so a poisoned lock is still consistent.
-            LaneDisk::Shared(shared) => f(&mut shared
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())),
-        }
-    }
-}
-
-/// The part `[from, to)` (in bytes) of the concatenation of `segments`.
-fn sub_segments(segments: &[Segment], from: u64, to: u64) -> Vec<Segment> {
-    let mut parts = Vec::new();
-    let mut start = 0u64;
-    for segment in segments {
-        let end = start + u64::from(segment.len);
-        let (lo, hi) = (from.max(start), to.min(end));
-        if lo < hi {
-            parts.push(Segment {
-                addr: segment.addr.unchecked_add(lo - start),
-                len: (hi - lo) as u32,
-            });
-        }
-        start = end;
-    }
-    parts
-}
-
-/// Zeros the guest's `segments`.
-fn zero_fill(memory: &GuestMemoryMmap, segments: &[Segment]) -> Result<(), ZoneError> {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-    for segment in segments {
-        let mut done = 0u64;
-        while done < u64::from(segment.len) {
-            let count = (u64::from(segment.len) - done).min(ZEROS.len() as u64);
-            memory
-                .write_slice(&ZEROS[..count as usize], segment.addr.unchecked_add(done))
-                .map_err(|_| ZoneError::Io)?;
-            done += count;
-        }
-    }
-    Ok(())
-}
-
-impl<S: ZoneStorage> DiskAccess for Lane<'_, '_, S> {
-    fn read(
-        &mut self,
-        memory: &GuestMemoryMmap,
-        request: &Request,
-        len: u64,
-    ) -> Result<(), ZoneError> {
-        let sector = request.sector;
-        let nr_sectors = sectors_of(len)?;
-        let parts = self.with_disk(|disk| disk.check_read(sector, nr_sectors))?;
-        for part in parts {
-            let from = (part.sector - sector) * SECTOR_SIZE;
-            let to = from + part.nr_sectors * SECTOR_SIZE;
-            // Usually one part with data covers the whole request.
-            let target = if from == 0 && to == len {
-                Cow::Borrowed(request.writable.as_slice())
-            } else {
-                Cow::Owned(sub_segments(&request.writable, from, to))
-            };
-            if part.has_data {
-                let buffers = GuestBuffers::new(memory, &target).map_err(|_| ZoneError::Io)?;
-                self.data
-                    .read_into_guest(part.sector, &buffers, self.bounce)
-                    .map_err(|_| ZoneError::Io)?;
-            } else {
-                zero_fill(memory, &target)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<(), ZoneError> {
-        let buffers = self.buffers(memory, request)?;
-        let nr_sectors = sectors_of(buffers.len() as u64)?;
-        let reservation = self.with_disk(|disk| disk.reserve_write(request.sector, nr_sectors))?;
-        self.store(reservation, &buffers).map(|_| ())
-    }
-
-    fn append(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Result<u64, ZoneError> {
-        let buffers = self.buffers(memory, request)?;
-        let nr_sectors = sectors_of(buffers.len() as u64)?;
-        let reservation = self.with_disk(|disk| disk.reserve_append(request.sector, nr_sectors))?;
-        self.store(reservation, &buffers)
-    }
-}
-
-impl<S: ZoneStorage> Lane<'_, '_, S> {
-    /// The request's data, resolved in guest memory before the zone state is touched, so a
-    /// bad address fails the request whole.
-    fn buffers<'m>(
-        &self,
-        memory: &'m GuestMemoryMmap,
-        request: &'m Request,
-    ) -> Result<GuestBuffers<'m>, ZoneError> {
-        if request.readable_len() > MAX_REQUEST_DATA_BYTES {
-            return Err(ZoneError::Io);
-        }
-        GuestBuffers::new(memory, &request.readable).map_err(|_| ZoneError::Io)
-    }
-
-    /// Moves the reserved write's data and settles the reservation: returns where the data
-    /// landed. Only a failure needs the zone state again.
-    fn store(
-        &mut self,
-        reservation: Reservation,
-        buffers: &GuestBuffers<'_>,
-    ) -> Result<u64, ZoneError> {
-        if reservation.nr_sectors == 0 {
-            return Ok(reservation.landed());
-        }
-        match self
-            .data
-            .write_from_guest(reservation.sector, buffers, self.bounce)
-        {
-            Ok(()) => Ok(reservation.landed()),
-            Err(error) => self.with_disk(|disk| disk.complete(reservation, Err(error))),
-        }
-    }
-}
-
-fn sectors_of(len: u64) -> Result<u64, ZoneError> {
-    if len % SECTOR_SIZE != 0 {
-        return Err(ZoneError::Io);
-    }
-    Ok(len / SECTOR_SIZE)
-}
-
-fn read(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-    let len = request.writable_len();
-    if !request.readable.is_empty() || len > MAX_REQUEST_DATA_BYTES {
-        return Completion::with_status(status::IOERR);
-    }
-    match disk.read(memory, request, len) {
-        Ok(()) => Completion::ok(len as u32),
-        Err(error) => Completion::with_status(error.status()),
-    }
-}
-
-fn write(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-    if !request.writable.is_empty() {
-        return Completion::with_status(status::IOERR);
-    }
-    completion(&disk.write(memory, request))
-}
-
-fn append(disk: &mut impl DiskAccess, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-    // The device-writable part before the status byte receives the landed sector.
-    if request.writable_len() < APPEND_SECTOR_BYTES as u64 {
-        return Completion::with_status(status::IOERR);
-    }
-    match disk.append(memory, request) {
-        Ok(sector) if scatter(memory, request, &sector.to_le_bytes()) => {
-            Completion::ok(APPEND_SECTOR_BYTES as u32)
-        }
-        Ok(_) => Completion::with_status(status::IOERR),
-        Err(error) => Completion::with_status(error.status()),
-    }
-}
-
-/// Serves a data request (IN, OUT, ZONE_APPEND) through `disk`.
-fn serve_data(
-    disk: &mut impl DiskAccess,
-    memory: &GuestMemoryMmap,
-    request: &Request,
-) -> Completion {
-    match request.request_type {
-        request_type::IN => read(disk, memory, request),
-        request_type::OUT => write(disk, memory, request),
-        _ => append(disk, memory, request),
-    }
-}
-
-/// The data bytes `request` moves (in either direction).
-fn data_bytes(request: &Request) -> u64 {
-    request.readable_len().max(request.writable_len())
-}
-
-/// The data bytes of the requests (index, zone) of `run`.
-fn run_bytes(run: &[(usize, usize)], requests: &[Request]) -> u64 {
-    run.iter()
-        .map(|&(index, _)| data_bytes(&requests[index]))
-        .sum()
-}
-
-/// At most this many threads serve one batch, each taking whole zones.
-const MAX_LANES: usize = 4;
-
-/// Below this much data a batch on buffered storage runs on one thread: a page-cache copy of
-/// a few KiB takes less than starting a thread for it.
-const PARALLEL_MIN_BYTES: u64 = 512 << 10;
-
-impl<S: ZoneStorage + Send> ZonedHandler<S> {
-    fn report(&mut self, memory: &GuestMemoryMmap, request: &Request) -> Completion {
-        let len = request.writable_len();
-        if !request.readable.is_empty() || len > MAX_REQUEST_DATA_BYTES {
-            return Completion::with_status(status::IOERR);
-        }
-        let mut reply = vec![0u8; self.disk.report_reply_len(request.sector, len as usize)];
-        match self.disk.report_into(request.sector, &mut reply) {
-            Ok((_, written)) if scatter(memory, request, &reply[..written]) => {
-                Completion::ok(written as u32)
-            }
-            Ok(_) => Completion::with_status(status::IOERR),
-            Err(error) => Completion::with_status(error.status()),
-        }
-    }
-
-    fn flush(&mut self, request: &Request) -> Completion {
-        if !request.readable.is_empty() || !request.writable.is_empty() {
-            return Completion::with_status(status::IOERR);
-        }
-        completion(&self.disk.flush())
-    }
-
-    fn zone_management(&mut self, request: &Request) -> Completion {
-        let Some(kind) = wire::zone_op_of_request(request.request_type) else {
-            return Completion::with_status(status::UNSUPP);
-        };
-        if !request.readable.is_empty() || !request.writable.is_empty() {
-            return Completion::with_status(status::IOERR);
-        }
-        completion(&self.disk.zone_management(kind, request.sector))
     }
 
     /// Counts the request and fails it if it is the injected write failure.
     fn admit(&mut self, request: &Request) -> Option<Completion> {
         let counts = &mut self.counts;
-        match request.request_type {
-            request_type::IN => counts.reads += 1,
-            request_type::OUT => counts.writes += 1,
-            request_type::FLUSH => counts.flushes += 1,
-            zone_request::ZONE_APPEND => counts.appends += 1,
-            zone_request::ZONE_REPORT => counts.reports += 1,
-            _ if wire::zone_op_of_request(request.request_type).is_some() => {
-                counts.zone_management += 1
-            }
+        match request.kind {
+            RequestType::In => counts.reads += 1,
+            RequestType::Out => counts.writes += 1,
+            RequestType::Flush => counts.flushes += 1,
+            RequestType::ZoneAppend => counts.appends += 1,
+            RequestType::ZoneReport => counts.reports += 1,
+            kind if wire::zone_op_of_request(kind).is_some() => counts.zone_management += 1,
             _ => {}
         }
+        if !matches!(request.kind, RequestType::Out | RequestType::ZoneAppend) {
+            return None;
+        }
+        let zone = self.disk.geometry().zone_index(request.sector);
+        self.faults
+            .failure(zone, request.sector)
+            .map(Completion::with_status)
+    }
+
+    /// Serves an admitted request that is not part of a lane run.
+    fn serve_alone(&mut self, request: &Request, memory: &GuestMemoryMmap) -> Completion
+    where
+        S: Send,
+    {
+        let data = self.disk.storage().data_path();
+        let kind = request.kind;
         if matches!(
-            request.request_type,
-            request_type::OUT | zone_request::ZONE_APPEND
+            kind,
+            RequestType::In | RequestType::Out | RequestType::ZoneAppend
         ) {
-            if let Some(status) = self.injected_write_failure(request.sector) {
-                log::info!(
-                    "zoned disk: failing write {} at sector {} with status {status} (fail-write)",
-                    self.writes_to_failing_zone,
-                    request.sector
-                );
-                return Some(Completion::with_status(status));
-            }
+            return self
+                .lanes
+                .serve_alone(&mut self.disk, data.as_ref(), memory, request);
         }
-        None
-    }
-
-    /// Serves an admitted request here; `None` leaves it to the plain device.
-    fn serve(&mut self, request: &Request, memory: &GuestMemoryMmap) -> Option<Completion> {
-        Some(match request.request_type {
-            request_type::IN | request_type::OUT | zone_request::ZONE_APPEND => {
-                serve_data(&mut self.disk, memory, request)
-            }
-            request_type::FLUSH => self.flush(request),
-            zone_request::ZONE_REPORT => self.report(memory, request),
-            zone_request::ZONE_OPEN
-            | zone_request::ZONE_CLOSE
-            | zone_request::ZONE_FINISH
-            | zone_request::ZONE_RESET
-            | zone_request::ZONE_RESET_ALL => self.zone_management(request),
-            // GET_ID and unknown types: the plain device answers (UNSUPP for unknown ones).
-            _ => return None,
-        })
-    }
-
-    /// The one zone a data request touches, which makes it eligible to run beside requests to
-    /// other zones. Anything else (other types, a range across zones or outside the disk) is
-    /// served alone, between the parallel runs, and gets its error there.
-    fn lane_of(&self, request: &Request) -> Option<usize> {
-        let geometry = self.disk.geometry();
-        let bytes = match request.request_type {
-            request_type::IN => request.writable_len(),
-            request_type::OUT => request.readable_len(),
-            zone_request::ZONE_APPEND => return geometry.zone_index(request.sector),
-            _ => return None,
-        };
-        let last = request
-            .sector
-            .checked_add(bytes.div_ceil(SECTOR_SIZE).max(1) - 1)?;
-        let zone = geometry.zone_index(request.sector)?;
-        (geometry.zone_index(last)? == zone).then_some(zone)
-    }
-
-    /// Serves `run` (request index, zone) with up to `MAX_LANES` threads, each taking every
-    /// request of its zones in order, so each zone sees its requests in submission order.
-    fn serve_lanes(
-        &mut self,
-        run: &[(usize, usize)],
-        requests: &[Request],
-        memory: &GuestMemoryMmap,
-        data: &DataPath,
-        out: &mut [Option<Completion>],
-    ) {
-        // Which lanes the run's zones fall into, one bit each: most runs (a sequential stream,
-        // small requests) stay on this thread, and need neither lane lists nor the lock.
-        let lanes_used = run
-            .iter()
-            .fold(0u32, |used, &(_, zone)| used | 1 << (zone % MAX_LANES));
-        let parallel = lanes_used.count_ones() >= 2
-            && (data.is_direct() || run_bytes(run, requests) >= PARALLEL_MIN_BYTES);
-        if !parallel {
-            let mut access = Lane {
-                disk: LaneDisk::Alone(&mut self.disk),
-                data,
-                bounce: &mut self.bounces[0],
-            };
-            for &(index, _) in run {
-                out[index] = Some(serve_data(&mut access, memory, &requests[index]));
-            }
-            return;
+        let zone_op = wire::zone_op_of_request(kind);
+        if !(kind == RequestType::Flush || kind == RequestType::ZoneReport || zone_op.is_some()) {
+            return Completion::with_status(status::UNSUPP);
         }
-        let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); MAX_LANES];
-        for &(index, zone) in run {
-            lanes[zone % MAX_LANES].push(index);
+        if !request.data_fits_type() {
+            return Completion::with_status(status::IOERR);
         }
-        // Each lane with work, and its bounce buffer grown here for the lane's largest request:
-        // the lane threads only use it (any allocation stays on this long-lived thread).
-        let mut work: Vec<(&[usize], &mut AlignedBuffer)> = Vec::with_capacity(MAX_LANES);
-        for (lane, bounce) in lanes.iter().zip(self.bounces.iter_mut()) {
-            if lane.is_empty() {
-                continue;
+        match zone_op {
+            Some(op) => Completion::with_status(wire::status_of(
+                &self.disk.zone_management(op, request.sector),
+            )),
+            None if kind == RequestType::Flush => {
+                Completion::with_status(wire::status_of(&self.disk.flush()))
             }
-            let largest = lane
-                .iter()
-                .map(|&index| data.bounce_len(data_bytes(&requests[index])))
-                .max()
-                .unwrap_or(0);
-            // A buffer that cannot grow here fails its requests in the lane (ENOMEM) instead.
-            let _ = bounce.reserve(usize::try_from(largest).unwrap_or(usize::MAX));
-            work.push((lane, bounce));
-        }
-        let disk = Mutex::new(&mut self.disk);
-        let served: Vec<(usize, Completion)> = std::thread::scope(|scope| {
-            let disk = &disk;
-            let serve_lane = move |lane: &[usize], bounce: &mut AlignedBuffer| {
-                let mut access = Lane {
-                    disk: LaneDisk::Shared(disk),
-                    data,
-                    bounce,
-                };
-                lane.iter()
-                    .map(|&index| (index, serve_data(&mut access, memory, &requests[index])))
-                    .collect::<Vec<_>>()
-            };
-            let mut work = work.into_iter();
-            let (first, first_bounce) = work.next().expect("two lanes or more");
-            let handles: Vec<_> = work
-                .map(|(lane, bounce)| {
-                    std::thread::Builder::new()
-                        .name("zoned-lane".into())
-                        .spawn_scoped(scope, move || serve_lane(lane, bounce))
-                        .map_err(|_| lane)
-                })
-                .collect();
-            let mut served = serve_lane(first, first_bounce);
-            for handle in handles {
-                match handle {
-                    Ok(handle) => served.extend(handle.join().unwrap_or_default()),
-                    // No thread: this lane runs here, after the others, with a buffer of its
-                    // own (the lane's went with the thread that never started).
-                    Err(lane) => served.extend(serve_lane(lane, &mut AlignedBuffer::empty())),
-                }
-            }
-            served
-        });
-        for (index, completion) in served {
-            out[index] = Some(completion);
+            None => report::serve(&self.disk, memory, request),
         }
     }
 }
 
-impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
+impl<S: ZoneStorage + Send> Executor for ZonedExecutor<S> {
     fn features(&self) -> u64 {
         1 << wire::VIRTIO_BLK_F_ZONED | 1 << wire::VIRTIO_BLK_F_TOPOLOGY
     }
@@ -652,59 +136,58 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
     }
 
     fn fill_config(&self, config: &mut [u8; CONFIG_SIZE]) {
-        wire::fill_zoned_config(
-            self.disk.geometry(),
-            self.disk.physical_block_size(),
+        let geometry = self.disk.geometry();
+        put(
             config,
+            config_offset::CAPACITY,
+            &geometry.capacity.to_le_bytes(),
         );
+        wire::fill_zoned_config(geometry, self.disk.physical_block_size(), config);
     }
 
-    fn handle(
-        &mut self,
-        request: &Request,
-        memory: &GuestMemoryMmap,
-        _backend: &mut dyn BlockBackend,
-    ) -> Option<Completion> {
-        if let Some(failed) = self.admit(request) {
-            return Some(failed);
-        }
-        self.serve(request, memory)
-    }
-
-    /// Requests to different zones run in parallel when storage has a `DataPath`: runs of
-    /// reads, writes and appends confined to one zone are split into lanes by zone; every
-    /// other request waits for the run before it and is served alone.
-    fn handle_batch(
+    /// Runs of reads, writes and appends confined to one zone are split into lanes by zone,
+    /// which run in parallel when storage has a `DataPath`; every other request waits for the
+    /// run before it and is served alone.
+    fn execute(
         &mut self,
         requests: &[Request],
         memory: &GuestMemoryMmap,
-        _backend: &mut dyn BlockBackend,
-    ) -> Vec<Option<Completion>> {
-        let mut out = vec![None; requests.len()];
+        completions: &mut Vec<Completion>,
+    ) {
+        completions.resize(requests.len(), Completion::with_status(status::IOERR));
         let data = self.disk.storage().data_path();
         let mut run = std::mem::take(&mut self.run);
         run.clear();
         for (index, request) in requests.iter().enumerate() {
             if let Some(failed) = self.admit(request) {
-                out[index] = Some(failed);
+                completions[index] = failed;
                 continue;
             }
-            match (&data, self.lane_of(request)) {
-                (Some(_), Some(zone)) => run.push((index, zone)),
-                _ => {
-                    if let Some(data) = &data {
-                        self.serve_lanes(&run, requests, memory, data, &mut out);
-                    }
+            match lane_of(self.disk.geometry(), request) {
+                Some(zone) => run.push((index, zone)),
+                None => {
+                    self.lanes.serve(
+                        &mut self.disk,
+                        data.as_ref(),
+                        &run,
+                        requests,
+                        memory,
+                        completions,
+                    );
                     run.clear();
-                    out[index] = self.serve(request, memory);
+                    completions[index] = self.serve_alone(request, memory);
                 }
             }
         }
-        if let Some(data) = &data {
-            self.serve_lanes(&run, requests, memory, data, &mut out);
-        }
+        self.lanes.serve(
+            &mut self.disk,
+            data.as_ref(),
+            &run,
+            requests,
+            memory,
+            completions,
+        );
         self.run = run;
-        out
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -719,20 +202,40 @@ impl<S: ZoneStorage + Send> RequestHandler for ZonedHandler<S> {
         })
     }
 }
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use vm_memory::{Bytes, GuestAddress};
+
     use super::*;
+    use crate::block::request_type;
+    use crate::block::{Segment, MAX_REQUEST_DATA_BYTES};
+    use crate::zoned::data_path::DataPath;
+    use crate::zoned::geometry::{FailWrite, SECTOR_SIZE};
+    use crate::zoned::lanes::PARALLEL_MIN_BYTES;
+    use crate::zoned::state::ZoneCondition;
+    use crate::zoned::wire::request as zone_request;
     use crate::zoned::{Zone, ZonedGeometry, ZonedImage};
-    use vm_memory::GuestAddress;
 
     const ZONE: u64 = 2048; // 1 MiB zones
 
     struct Fixture {
-        handler: ZonedHandler<crate::zoned::image::ImageFile>,
+        handler: ZonedExecutor<crate::zoned::image::ImageFile>,
         memory: GuestMemoryMmap,
-        backend: ZonedCapacity,
         path: std::path::PathBuf,
+    }
+
+    /// Serves `requests` as one batch, as the device does.
+    fn execute<S: ZoneStorage + Send>(
+        executor: &mut ZonedExecutor<S>,
+        requests: &[Request],
+        memory: &GuestMemoryMmap,
+    ) -> Vec<Completion> {
+        let mut completions = Vec::new();
+        executor.execute(requests, memory, &mut completions);
+        assert_eq!(completions.len(), requests.len());
+        completions
     }
 
     impl Drop for Fixture {
@@ -763,13 +266,11 @@ mod tests {
             logical_block_size: 512,
         };
         let disk = ZonedImage::create(&path, geometry).unwrap();
-        let handler = ZonedHandler::with_faults(disk, faults).unwrap();
-        let backend = handler.capacity_backend();
+        let handler = ZonedExecutor::with_faults(disk, faults).unwrap();
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         Fixture {
             handler,
             memory,
-            backend,
             path,
         }
     }
@@ -785,7 +286,7 @@ mod tests {
             len,
         };
         Request {
-            request_type,
+            kind: RequestType::from_raw(request_type),
             sector,
             readable: readable.iter().map(seg).collect(),
             writable: writable.iter().map(seg).collect(),
@@ -794,10 +295,13 @@ mod tests {
     }
 
     impl Fixture {
+        /// Serves `request` alone, a batch of one.
         fn run(&mut self, request: &Request) -> Completion {
-            self.handler
-                .handle(request, &self.memory, &mut self.backend)
-                .expect("the zoned handler serves this type")
+            execute(
+                &mut self.handler,
+                std::slice::from_ref(request),
+                &self.memory,
+            )[0]
         }
     }
 
@@ -816,7 +320,10 @@ mod tests {
         assert_eq!(u32::from_le_bytes(config[80..84].try_into().unwrap()), 3);
         assert_eq!(u32::from_le_bytes(config[84..88].try_into().unwrap()), 256);
         assert_eq!(config[92], wire::MODEL_HOST_MANAGED);
-        assert_eq!(f.backend.size(), 8 * ZONE * 512);
+        assert_eq!(
+            u64::from_le_bytes(config[0..8].try_into().unwrap()) * 512,
+            8 * ZONE * 512
+        );
         // blk_size: 512-byte logical blocks.
         assert_eq!(u32::from_le_bytes(config[20..24].try_into().unwrap()), 512);
         // An image's physical blocks are the host's 4 KiB pages (physical_block_exp 3), so
@@ -842,16 +349,14 @@ mod tests {
             write_granularity: 4096,
             logical_block_size: 4096,
         };
-        let mut handler = ZonedHandler::new(ZonedImage::create(&path, geometry).unwrap());
+        let mut handler = ZonedExecutor::new(ZonedImage::create(&path, geometry).unwrap());
         std::fs::remove_file(&path).unwrap();
-        let mut backend = handler.capacity_backend();
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let block = crate::block::Block::with_handler(
-            Box::new(handler.capacity_backend()),
-            "z",
-            Box::new(ZonedHandler::new(
+        let block = crate::block::Block::with_executor(
+            Box::new(ZonedExecutor::new(
                 ZonedImage::create(&path, geometry).unwrap(),
             )),
+            "z",
         );
         std::fs::remove_file(&path).unwrap();
         let mut blk_size = [0u8; 4];
@@ -893,22 +398,21 @@ mod tests {
         ];
         let alone: Vec<u8> = requests
             .iter()
-            .map(|r| handler.handle(r, &memory, &mut backend).unwrap().status)
+            .map(|r| execute(&mut handler, std::slice::from_ref(r), &memory)[0].status)
             .collect();
         assert_eq!(alone, statuses);
-        let mut fresh = ZonedHandler::new(ZonedImage::create(&path, geometry).unwrap());
+        let mut fresh = ZonedExecutor::new(ZonedImage::create(&path, geometry).unwrap());
         std::fs::remove_file(&path).unwrap();
-        let batched: Vec<u8> = fresh
-            .handle_batch(&requests, &memory, &mut backend)
+        let batched: Vec<u8> = execute(&mut fresh, &requests, &memory)
             .into_iter()
-            .map(|c| c.unwrap().status)
+            .map(|c| c.status)
             .collect();
         assert_eq!(batched, statuses);
     }
 
     #[test]
     fn a_driver_without_the_zoned_feature_is_refused_and_gets_unsupp() {
-        use crate::block::{Block, BlockBackend as _};
+        use crate::block::Block;
         use crate::test_support::{Buffer, SplitQueueDriver};
         use crate::virtio::{InterruptSignal, VirtioDevice, VIRTIO_F_VERSION_1};
 
@@ -922,19 +426,17 @@ mod tests {
             }
         }
 
-        // The fixture's image, but the handler goes into a whole device.
-        let mut f = fixture("no-zoned-feature");
+        // The fixture's image, but the executor goes into a whole device.
+        let f = fixture("no-zoned-feature");
         let memory = f.memory.clone();
         let path = f.path.with_extension("device.img");
         let _ = std::fs::remove_file(&path);
         let geometry = *f.handler.disk.geometry();
-        f.backend = ZonedCapacity::new(0);
         let disk = ZonedImage::create(&path, geometry).unwrap();
         let _ = std::fs::remove_file(&path);
-        let handler = ZonedHandler::new(disk);
-        let capacity = handler.capacity_backend();
-        assert_eq!(capacity.size(), 8 * ZONE * 512);
-        let mut block = Block::with_handler(Box::new(capacity), "z", Box::new(handler));
+        let handler = ZonedExecutor::new(disk);
+        let mut block = Block::with_executor(Box::new(handler), "zoned-serial");
+        assert_eq!(block.capacity_sectors() * 512, 8 * ZONE * 512);
         let zoned = 1u64 << wire::VIRTIO_BLK_F_ZONED;
         // Spec 5.2.5: a host-managed device refuses FEATURES_OK without VIRTIO_BLK_F_ZONED.
         assert!(!block.accepts_features(VIRTIO_F_VERSION_1));
@@ -965,6 +467,25 @@ mod tests {
         block.process_queue(0).unwrap();
         let status: u8 = memory.read_obj(GuestAddress(0x2000)).unwrap();
         assert_eq!(status, status::UNSUPP);
+        // GET_ID is the device's business, not the executor's: it answers with the serial.
+        memory.write_obj(request_type::GET_ID, header).unwrap();
+        driver
+            .add_chain(&[
+                Buffer::readable(header, 16),
+                Buffer::writable(GuestAddress(0x3000), 20),
+                Buffer::writable(GuestAddress(0x2000), 1),
+            ])
+            .unwrap();
+        block.process_queue(0).unwrap();
+        let mut serial = [0u8; 12];
+        memory
+            .read_slice(&mut serial, GuestAddress(0x3000))
+            .unwrap();
+        assert_eq!(&serial, b"zoned-serial");
+        assert_eq!(
+            memory.read_obj::<u8>(GuestAddress(0x2000)).unwrap(),
+            status::OK
+        );
     }
 
     #[test]
@@ -1126,12 +647,10 @@ mod tests {
         assert_eq!(nr_zones, 8);
         assert_eq!(f.handler.counts().zone_management, 7);
         assert_eq!(f.handler.counts().reports, 2);
-        // GET_ID is left to the plain device.
+        // GET_ID is not the executor's (the device answers it, see
+        // a_driver_without_the_zoned_feature_is_refused_and_gets_unsupp).
         let get_id = request(request_type::GET_ID, 0, &[], &[(0x1000, 20)]);
-        assert!(f
-            .handler
-            .handle(&get_id, &f.memory, &mut f.backend)
-            .is_none());
+        assert_eq!(f.run(&get_id).status, status::UNSUPP);
     }
 
     #[test]
@@ -1168,12 +687,12 @@ mod tests {
         let cond = |at: u64| f.memory.read_obj::<u8>(GuestAddress(at)).unwrap();
         assert_eq!((cond(0x4000 + 64 + 25), cond(0x4000 + 128 + 25)), (13, 15));
         // Nothing of it is stored: once closed, the image reopens with zones 2 and 3 empty.
-        RequestHandler::flush(&mut f.handler).unwrap();
+        Executor::flush(&mut f.handler).unwrap();
         let other = f.path.with_extension("other");
         let geometry = *f.handler.disk().geometry();
         let closed = std::mem::replace(
             &mut f.handler,
-            ZonedHandler::new(ZonedImage::create(&other, geometry).unwrap()),
+            ZonedExecutor::new(ZonedImage::create(&other, geometry).unwrap()),
         );
         drop(closed);
         let reopened = ZonedImage::open(&f.path, &Default::default()).unwrap();
@@ -1229,7 +748,7 @@ mod tests {
             ),
         ] {
             let disk = ZonedImage::create(&path, geometry).unwrap();
-            match ZonedHandler::with_faults(disk, &faults) {
+            match ZonedExecutor::with_faults(disk, &faults) {
                 Err(message) => assert!(message.contains(expected), "{message}"),
                 Ok(_) => panic!("{faults:?} accepted"),
             }
@@ -1281,10 +800,7 @@ mod tests {
         fill(&alone);
         fill(&together);
         let expected: Vec<Completion> = batch.iter().map(|r| alone.run(r)).collect();
-        let got = together
-            .handler
-            .handle_batch(&batch, &together.memory, &mut together.backend);
-        let got: Vec<Completion> = got.into_iter().map(|c| c.expect("served")).collect();
+        let got = execute(&mut together.handler, &batch, &together.memory);
         assert_eq!(got, expected);
         assert_eq!(expected[5].status, status::ZONE_UNALIGNED_WP);
         assert_ne!(expected[8].status, status::OK);
@@ -1369,11 +885,10 @@ mod tests {
             data: DataPath::buffered(std::sync::Arc::new(file), 0)
                 .with_write_hook(std::sync::Arc::new(hook)),
         };
-        let mut handler = ZonedHandler::new(ZonedDisk::new(
+        let mut handler = ZonedExecutor::new(ZonedDisk::new(
             crate::zoned::ZoneSet::new(geometry),
             storage,
         ));
-        let mut backend = handler.capacity_backend();
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         // Enough data to be worth two threads on buffered storage.
         let half = (PARALLEL_MIN_BYTES / 2) as u32;
@@ -1381,8 +896,8 @@ mod tests {
             request(request_type::OUT, ZONE, &[(0x1000, half)], &[]),
             request(request_type::OUT, 2 * ZONE, &[(0x1000, half)], &[]),
         ];
-        let done = handler.handle_batch(&batch, &memory, &mut backend);
-        assert_eq!(done, vec![Some(Completion::ok(0)); 2]);
+        let done = execute(&mut handler, &batch, &memory);
+        assert_eq!(done, vec![Completion::ok(0); 2]);
         assert!(
             overlapped.load(std::sync::atomic::Ordering::SeqCst),
             "the write to zone 1 finished before the write to zone 2 started"
@@ -1404,30 +919,23 @@ mod tests {
         let storage = HookedStorage {
             data: DataPath::buffered(std::sync::Arc::new(file), 0),
         };
-        let mut handler = ZonedHandler::new(ZonedDisk::new(
+        let mut handler = ZonedExecutor::new(ZonedDisk::new(
             crate::zoned::ZoneSet::new(geometry),
             storage,
         ));
-        let mut backend = handler.capacity_backend();
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        let failed = Some(Completion::with_status(status::IOERR));
+        let failed = Completion::with_status(status::IOERR);
         let small = [
             request(request_type::OUT, ZONE, &[(0x1000, 4096)], &[]),
             request(request_type::OUT, 2 * ZONE, &[(0x1000, 4096)], &[]),
         ];
-        assert_eq!(
-            handler.handle_batch(&small, &memory, &mut backend),
-            vec![failed; 2]
-        );
+        assert_eq!(execute(&mut handler, &small, &memory), vec![failed; 2]);
         let half = (PARALLEL_MIN_BYTES / 2) as u32;
         let large = [
             request(request_type::OUT, ZONE, &[(0x1000, half)], &[]),
             request(request_type::OUT, 2 * ZONE, &[(0x1000, half)], &[]),
         ];
-        assert_eq!(
-            handler.handle_batch(&large, &memory, &mut backend),
-            vec![failed; 2]
-        );
+        assert_eq!(execute(&mut handler, &large, &memory), vec![failed; 2]);
         let zones: Vec<Zone> = handler.disk().report(0, 4).unwrap().collect();
         assert_eq!(zones[1].wp, ZONE);
         assert_eq!(zones[1].cond, ZoneCondition::Empty);
@@ -1480,11 +988,10 @@ mod tests {
         let storage = HookedStorage {
             data: DataPath::direct(std::sync::Arc::new(file), 4096),
         };
-        let mut handler = ZonedHandler::new(ZonedDisk::new(
+        let mut handler = ZonedExecutor::new(ZonedDisk::new(
             crate::zoned::ZoneSet::new(geometry),
             storage,
         ));
-        let mut backend = handler.capacity_backend();
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         memory
             .write_slice(&[0x5a; 36 << 10], GuestAddress(0x1000))
@@ -1511,43 +1018,21 @@ mod tests {
             ]
         };
         let expected = vec![
-            Some(Completion::ok(0)),
-            Some(Completion::ok(0)),
-            Some(Completion::ok(len)),
-            Some(Completion::ok(len)),
+            Completion::ok(0),
+            Completion::ok(0),
+            Completion::ok(len),
+            Completion::ok(len),
         ];
-        assert_eq!(
-            handler.handle_batch(&batch(0), &memory, &mut backend),
-            expected
-        );
+        assert_eq!(execute(&mut handler, &batch(0), &memory), expected);
         let before = BOUNCE_ALLOCATIONS.load(std::sync::atomic::Ordering::SeqCst);
         for round in 1..20 {
-            assert_eq!(
-                handler.handle_batch(&batch(round), &memory, &mut backend),
-                expected
-            );
+            assert_eq!(execute(&mut handler, &batch(round), &memory), expected);
         }
         let after = BOUNCE_ALLOCATIONS.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(after - before, 0, "bounce buffers allocated per request");
         let mut back = vec![0u8; len as usize];
         memory.read_slice(&mut back, GuestAddress(0x40000)).unwrap();
         assert!(back.iter().all(|&b| b == 0x5a));
-    }
-
-    #[test]
-    fn sub_segments_cut_the_concatenation() {
-        let seg = |addr: u64, len: u32| Segment {
-            addr: GuestAddress(addr),
-            len,
-        };
-        let segments = [seg(0x1000, 700), seg(0x5000, 1348), seg(0x9000, 2048)];
-        assert_eq!(sub_segments(&segments, 0, 4096), segments.to_vec());
-        assert_eq!(
-            sub_segments(&segments, 512, 1536),
-            vec![seg(0x1000 + 512, 188), seg(0x5000, 836)]
-        );
-        assert_eq!(sub_segments(&segments, 2048, 4096), vec![seg(0x9000, 2048)]);
-        assert!(sub_segments(&segments, 4096, 4096).is_empty());
     }
 
     /// A read in odd-sized pieces across the write pointer (data, then zeros) and a write from
@@ -1574,12 +1059,7 @@ mod tests {
             }
         }
         let expected: Vec<Completion> = batch.iter().map(|r| alone.run(r)).collect();
-        let got: Vec<Completion> = together
-            .handler
-            .handle_batch(&batch, &together.memory, &mut together.backend)
-            .into_iter()
-            .map(|c| c.expect("served"))
-            .collect();
+        let got = execute(&mut together.handler, &batch, &together.memory);
         assert_eq!(got, expected);
         assert_eq!(expected, vec![Completion::ok(0), Completion::ok(4096)]);
         for &(addr, len) in &into {
