@@ -81,9 +81,31 @@ pub struct VmConfig {
     /// Map the kernel and initrd files into guest memory rather than copy them
     /// (`loader::load_kernel`, `loader::PendingInitrd::map`).
     pub map_images: bool,
-    /// Test hook (`VMM_TEST_LATE_INITRD=1`): read the initrd only once the guest has reached for
-    /// it, so that the guest's wait for it (`held_back`) runs on a real kernel.
+    /// Switches only tests set; all off in normal use.
+    pub test_hooks: TestHooks,
+}
+
+/// Test-only switches, read from `VMM_TEST_*` environment variables so that a lab test can reach
+/// code paths a normal run takes only by chance. None changes what the guest sees; all are off
+/// unless a test sets them, and nothing else in vmm reads these variables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TestHooks {
+    /// `VMM_TEST_LATE_INITRD=1`: read the initrd only once the guest has reached for it, so that
+    /// the guest's wait for it (`held_back`) runs on a real kernel (tests/tests/vmm_boot.rs).
     pub late_initrd: bool,
+}
+
+impl TestHooks {
+    /// The variable that turns on `late_initrd`.
+    pub const LATE_INITRD_VAR: &'static str = "VMM_TEST_LATE_INITRD";
+
+    /// The hooks the environment turns on (a variable set to `1`).
+    pub fn from_env() -> Self {
+        let on = |name: &str| std::env::var_os(name).is_some_and(|v| v == "1");
+        Self {
+            late_initrd: on(Self::LATE_INITRD_VAR),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
