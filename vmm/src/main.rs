@@ -39,7 +39,8 @@ struct Cli {
     /// Kernel command line; vmm adds console=ttyS0 reboot=k panic=-1 unless given.
     #[arg(long, value_name = "STR", default_value = "")]
     cmdline: String,
-    /// Guest memory: a number of MiB, or with a K/M/G/T suffix.
+    /// Guest memory, 32 MiB to 64 TiB: a number of MiB, or a size with a binary suffix K, M, G or
+    /// T (also KiB, MiB, GiB, TiB; any case), rounded down to whole MiB.
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = config::parse_memory_mib)]
     memory: u64,
     /// Number of vCPUs.
@@ -51,7 +52,8 @@ struct Cli {
     /// A host-managed zoned virtio-blk disk emulated in an image file, created with the given
     /// geometry if it does not exist: PATH[,size=4G][,zone-size=64M][,zone-capacity=..]
     /// [,conventional-zones=0][,max-open=0][,max-active=0][,max-append=1M][,write-granularity=512]
-    /// [,logical-block-size=512|4096] (0 = unlimited). An existing image keeps its geometry; a
+    /// [,logical-block-size=512|4096] (0 = unlimited). Sizes are bytes, or a number with a binary
+    /// suffix K, M, G or T (also KiB, MiB, GiB, TiB; any case). An existing image keeps its geometry; a
     /// conflicting option is an error. For this run only: [,reclaim=on|off] (whether a zone reset
     /// gives the zone's blocks back to the host file system; images only; default on), and fault injection:
     /// [,read-only-zones=I[:I]...] [,offline-zones=I[:I]...] (zones shown READ_ONLY or OFFLINE)
