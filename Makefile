@@ -8,7 +8,7 @@ CARGO ?= cargo
 run: guest build
 	@resources/run-demo.sh
 
-.PHONY: run build test unit-test lab-test blktests torture deps host-deps guest guest-kernel guest-initramfs bench bench-smoke fuzz
+.PHONY: run build test lint unit-test lab-test blktests torture deps host-deps guest guest-kernel guest-initramfs bench bench-smoke fuzz
 
 deps:
 	@resources/install-deps.sh build
@@ -21,7 +21,12 @@ build:
 host-deps:
 	@resources/install-deps.sh virtiofsd host-tools
 
-unit-test:
+# Formatting and clippy (warnings are errors), before the unit tests: part of `make test`.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit-test: lint
 	$(CARGO) test --workspace
 
 # End-to-end tests that boot guests in the lab (resources/lab/run-in-lab): #[ignore]d in plain

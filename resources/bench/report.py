@@ -173,7 +173,7 @@ def boot_section(report, data):
 
 
 def hostroot_section(report, data):
-    report.add("", "## 2b. Boot to the command: `--host-root` against the initramfs (lab)", "")
+    report.add("", "## 3. Boot to the command: `--host-root` against the initramfs (lab)", "")
     if data is None:
         report.add("Not run.")
         return
@@ -196,7 +196,7 @@ def hostroot_section(report, data):
 
 
 def device_section(report, data):
-    report.add("", "## 3. Device model throughput (no guest, no KVM)", "")
+    report.add("", "## 4. Device model throughput (no guest, no KVM)", "")
     if data is None:
         report.add("Not run.")
         return
@@ -251,7 +251,7 @@ def device_section(report, data):
 
 
 def io_section(report, data):
-    report.add("", "## 4. Guest I/O with fio: vmm vs QEMU virtio-blk, zoned vs plain (lab)", "")
+    report.add("", "## 5. Guest I/O with fio: vmm vs QEMU virtio-blk, zoned vs plain (lab)", "")
     if data is None:
         report.add("Not run.")
         return

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use devices::size::{Size, SizeUnit};
+
 use crate::arch::mptable;
 use crate::device_manager::DiskSpec;
 
@@ -81,9 +83,31 @@ pub struct VmConfig {
     /// Map the kernel and initrd files into guest memory rather than copy them
     /// (`loader::load_kernel`, `loader::PendingInitrd::map`).
     pub map_images: bool,
-    /// Test hook (`VMM_TEST_LATE_INITRD=1`): read the initrd only once the guest has reached for
-    /// it, so that the guest's wait for it (`held_back`) runs on a real kernel.
+    /// Switches only tests set; all off in normal use.
+    pub test_hooks: TestHooks,
+}
+
+/// Test-only switches, read from `VMM_TEST_*` environment variables so that a lab test can reach
+/// code paths a normal run takes only by chance. None changes what the guest sees; all are off
+/// unless a test sets them, and nothing else in vmm reads these variables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TestHooks {
+    /// `VMM_TEST_LATE_INITRD=1`: read the initrd only once the guest has reached for it, so that
+    /// the guest's wait for it (`held_back`) runs on a real kernel (tests/tests/vmm_boot.rs).
     pub late_initrd: bool,
+}
+
+impl TestHooks {
+    /// The variable that turns on `late_initrd`.
+    pub const LATE_INITRD_VAR: &'static str = "VMM_TEST_LATE_INITRD";
+
+    /// The hooks the environment turns on (a variable set to `1`).
+    pub fn from_env() -> Self {
+        let on = |name: &str| std::env::var_os(name).is_some_and(|v| v == "1");
+        Self {
+            late_initrd: on(Self::LATE_INITRD_VAR),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -98,32 +122,12 @@ pub enum ConfigError {
     BadCpuCount(u32),
 }
 
-/// Parses a memory size into MiB: "512" (MiB), "512M", "2G", "1048576K", "1T".
+/// Parses a memory size into MiB by `devices::size`'s grammar, where a bare number is MiB: "512",
+/// "512M", "2G", "1048576K", "1T", "1GiB"; a size that is not whole MiB is rounded down.
 pub fn parse_memory_mib(text: &str) -> Result<u64, ConfigError> {
-    let bad = || ConfigError::BadSize(text.to_string());
-    let trimmed = text.trim();
-    let (digits, shift_from_mib): (&str, i32) = match trimmed.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let unit = match c.to_ascii_uppercase() {
-                'K' => -10,
-                'M' => 0,
-                'G' => 10,
-                'T' => 20,
-                _ => return Err(bad()),
-            };
-            (&trimmed[..i], unit)
-        }
-        _ => (trimmed, 0),
-    };
-    let value: u64 = digits.parse().map_err(|_| bad())?;
-    let mib = if shift_from_mib < 0 {
-        value >> -shift_from_mib
-    } else {
-        value
-            .checked_shl(shift_from_mib as u32)
-            .filter(|v| v >> shift_from_mib == value)
-            .ok_or_else(bad)?
-    };
+    let mib = Size::parse(text, SizeUnit::MiB)
+        .and_then(|size| size.in_units(SizeUnit::MiB))
+        .ok_or_else(|| ConfigError::BadSize(text.to_string()))?;
     if mib < MIN_MEMORY_MIB {
         return Err(ConfigError::MemoryTooSmall(mib));
     }
@@ -423,6 +427,20 @@ mod tests {
             parse_memory_mib("16M"),
             Err(ConfigError::MemoryTooSmall(16))
         );
+    }
+
+    #[test]
+    fn memory_sizes_follow_the_shared_size_grammar() {
+        assert_eq!(parse_memory_mib("1GiB"), Ok(1024));
+        assert_eq!(parse_memory_mib("512mib"), Ok(512));
+        assert_eq!(parse_memory_mib("33000K"), Ok(32));
+        for bad in ["+512", "1.5G", "512MB", "512 M"] {
+            assert_eq!(
+                parse_memory_mib(bad),
+                Err(ConfigError::BadSize(bad.into())),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

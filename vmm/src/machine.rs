@@ -254,7 +254,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     terminal::enter_raw_mode();
     let result = vcpu_threads.start(vcpus).and_then(|threads| {
         if let (Some(initrd), Some(slot)) = (initrd_to_read, &held_back) {
-            fill_held_back(&vm, initrd, slot, &filling, config.late_initrd)?;
+            fill_held_back(&vm, initrd, slot, &filling, config.test_hooks.late_initrd)?;
         }
         let result = loop {
             if let Some(reason) = exit.reason() {
@@ -326,7 +326,7 @@ fn add_shares(
 
 /// Reads the initrd into guest memory while the guest already runs, then maps that range into
 /// the VM (`held_back`), and tells `filling` how that went, which wakes any vCPU waiting there.
-/// With `late` (a test hook) it first waits for the guest to reach the range (for at most a
+/// With `late` (`TestHooks::late_initrd`) it first waits for the guest to reach the range (for at most a
 /// minute), so that the guest's wait is what gets exercised.
 fn fill_held_back(
     vm: &Vm,

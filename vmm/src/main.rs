@@ -39,7 +39,8 @@ struct Cli {
     /// Kernel command line; vmm adds console=ttyS0 reboot=k panic=-1 unless given.
     #[arg(long, value_name = "STR", default_value = "")]
     cmdline: String,
-    /// Guest memory: a number of MiB, or with a K/M/G/T suffix.
+    /// Guest memory, 32 MiB to 64 TiB: a number of MiB, or a size with a binary suffix K, M, G or
+    /// T (also KiB, MiB, GiB, TiB; any case), rounded down to whole MiB.
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = config::parse_memory_mib)]
     memory: u64,
     /// Number of vCPUs.
@@ -51,10 +52,14 @@ struct Cli {
     /// A host-managed zoned virtio-blk disk emulated in an image file, created with the given
     /// geometry if it does not exist: PATH[,size=4G][,zone-size=64M][,zone-capacity=..]
     /// [,conventional-zones=0][,max-open=0][,max-active=0][,max-append=1M][,write-granularity=512]
-    /// [,logical-block-size=512|4096] (0 = unlimited). An existing image keeps its geometry; a conflicting option is an error.
-    /// PATH `tmp` is a throwaway image in $TMPDIR, gone when vmm exits; a block device PATH
-    /// passes a host-managed zoned device through.
-    /// A block device PATH (no options) passes a host-managed zoned device of the host through.
+    /// [,logical-block-size=512|4096] (0 = unlimited). Sizes are bytes, or a number with a binary
+    /// suffix K, M, G or T (also KiB, MiB, GiB, TiB; any case). An existing image keeps its geometry; a
+    /// conflicting option is an error. For this run only: [,reclaim=on|off] (whether a zone reset
+    /// gives the zone's blocks back to the host file system; images only; default on), and fault injection:
+    /// [,read-only-zones=I[:I]...] [,offline-zones=I[:I]...] (zones shown READ_ONLY or OFFLINE)
+    /// [,fail-write=ZONE:N[:STATUS]] (the Nth write to zone ZONE fails with STATUS, 1 to 6,
+    /// default 1). PATH `tmp` is a throwaway image in $TMPDIR, gone when vmm exits; a block device
+    /// PATH (no geometry options) passes a host-managed zoned device of the host through.
     /// Repeatable; disks of both kinds appear in command-line order.
     #[arg(long, value_name = "PATH[,OPTION=VALUE]...", value_parser = parse_zoned_disk)]
     zoned_disk: Vec<ZonedDiskOptions>,
@@ -198,7 +203,7 @@ fn main() -> ExitCode {
         boot_time: cli.boot_time,
         seccomp: cli.seccomp,
         map_images: cli.map_images,
-        late_initrd: std::env::var_os("VMM_TEST_LATE_INITRD").is_some_and(|v| v == "1"),
+        test_hooks: config::TestHooks::from_env(),
     };
     match vmm::machine::run(&config) {
         Ok(reason) => {

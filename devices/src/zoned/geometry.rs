@@ -4,7 +4,7 @@
 //!
 //! Units: `capacity`, `zone_size`, `zone_capacity` and `max_append_sectors` are 512-byte sectors
 //! (as on the wire); `write_granularity` and `logical_block_size` are in bytes (as on the wire).
-//! The option string takes byte sizes with optional binary K/M/G/T suffixes.
+//! The option string takes byte sizes with optional binary K/M/G/T suffixes (`crate::size`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -572,27 +572,10 @@ pub enum OptionError {
     NotSectorMultiple { key: String, value: String },
 }
 
-/// Parses a byte size: decimal digits with an optional binary K/M/G/T suffix (case-insensitive,
-/// also accepted as KiB/MiB/GiB/TiB).
+/// Parses a byte size by `crate::size`'s grammar (a bare number is bytes; binary K/M/G/T
+/// suffixes, also KiB/MiB/GiB/TiB, case-insensitive).
 pub fn parse_size(text: &str) -> Option<u64> {
-    let lower = text.trim().to_ascii_lowercase();
-    let stripped = lower
-        .strip_suffix("ib")
-        .map(|s| s.to_string())
-        .unwrap_or(lower.clone());
-    let (digits, shift) = match stripped.chars().last() {
-        Some('k') => (&stripped[..stripped.len() - 1], 10),
-        Some('m') => (&stripped[..stripped.len() - 1], 20),
-        Some('g') => (&stripped[..stripped.len() - 1], 30),
-        Some('t') => (&stripped[..stripped.len() - 1], 40),
-        _ if stripped.len() != lower.len() => return None,
-        _ => (stripped.as_str(), 0),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let number: u64 = digits.parse().ok()?;
-    number.checked_mul(1u64 << shift)
+    crate::size::parse_bytes(text)
 }
 
 impl ZonedDiskOptions {
