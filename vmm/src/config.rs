@@ -120,6 +120,8 @@ pub enum ConfigError {
     MemoryTooLarge(u64),
     #[error("--cpus {0} is out of range: 1 to {max}", max = mptable::MAX_CPUS)]
     BadCpuCount(u32),
+    #[error("'{0}' is not a number of vCPUs")]
+    NotACpuCount(String),
 }
 
 /// Parses a memory size into MiB by `devices::size`'s grammar, where a bare number is MiB: "512",
@@ -135,6 +137,14 @@ pub fn parse_memory_mib(text: &str) -> Result<u64, ConfigError> {
         return Err(ConfigError::MemoryTooLarge(mib));
     }
     Ok(mib)
+}
+
+/// Parses `--cpus`: a number from 1 to `mptable::MAX_CPUS`.
+pub fn parse_cpus(text: &str) -> Result<u32, ConfigError> {
+    let cpus: u32 = text
+        .parse()
+        .map_err(|_| ConfigError::NotACpuCount(text.to_string()))?;
+    validate_cpus(cpus)
 }
 
 pub fn validate_cpus(cpus: u32) -> Result<u32, ConfigError> {

@@ -38,19 +38,20 @@ pub enum VmmError {
     #[error("--cpus {0} exceeds what this KVM supports ({1})")]
     TooManyCpus(u32, usize),
     #[error("cannot set up {0}: {1}")]
-    Setup(&'static str, std::io::Error),
+    Setup(&'static str, #[source] std::io::Error),
     #[error("cannot place a device: {0}")]
     Bus(#[from] crate::bus::BusOverlap),
     #[error("cannot start vCPU thread: {0}")]
-    Thread(std::io::Error),
+    Thread(#[source] std::io::Error),
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error("event loop failed: {0}")]
-    EventLoop(String),
+    EventLoop(#[source] event_manager::Error),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
-    #[error("{0}")]
-    VcpuSeccomp(String),
+    /// A vCPU thread could not install its filter (reported over a channel, hence not `Seccomp`).
+    #[error(transparent)]
+    VcpuSeccomp(SeccompError),
     #[error("--map-images cannot be used with --share, --rwdir or --host-root: virtiofsd maps guest memory from its file, where privately mapped images do not show")]
     MapImagesWithShares,
 }
@@ -216,8 +217,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     }
 
     let signal_event = terminal::install_signal_handlers().map_err(io_err("signal handling"))?;
-    let mut events: EventManager<Subscriber> =
-        EventManager::new().map_err(|e| VmmError::EventLoop(format!("{e:?}")))?;
+    let mut events: EventManager<Subscriber> = EventManager::new().map_err(VmmError::EventLoop)?;
     events.add_subscriber(Arc::new(Mutex::new(
         ExitWatcher::new(exit.clone(), signal_event).map_err(io_err("the exit event"))?,
     )));
@@ -261,7 +261,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
                 break Ok(reason);
             }
             if let Err(e) = events.run() {
-                break Err(VmmError::EventLoop(format!("{e:?}")));
+                break Err(VmmError::EventLoop(e));
             }
         };
         // vCPU threads still inside KVM_RUN end with the process; the VM has no state to save.
@@ -358,7 +358,7 @@ fn fill_held_back(
 struct VcpuThreads {
     threads: Vec<JoinHandle<()>>,
     vcpu_senders: Vec<mpsc::Sender<Vcpu>>,
-    reports: mpsc::Receiver<Result<(), String>>,
+    reports: mpsc::Receiver<Result<(), SeccompError>>,
     main_filter: Option<seccompiler::BpfProgram>,
 }
 
@@ -464,7 +464,7 @@ mod tests {
             main_filter,
         } = VcpuThreads::spawn(1, config::Seccomp::On).unwrap();
         assert!(main_filter.is_some());
-        assert_eq!(reports.recv().unwrap(), Ok(()));
+        assert!(matches!(reports.recv().unwrap(), Ok(())));
         drop(vcpu_senders);
         assert_all_end(threads);
     }

@@ -52,7 +52,7 @@ pub enum RegsError {
     #[error("cannot write the boot GDT or page tables into guest memory")]
     GuestMemory,
     #[error("KVM_{0} failed: {1}")]
-    Kvm(&'static str, kvm_ioctls::Error),
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
     #[error("KVM accepted only {0} of {1} boot MSRs")]
     Msrs(usize, usize),
 }
