@@ -402,7 +402,7 @@ impl MutEventSubscriber for LostEventWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::legacy::{IrqTrigger, SerialInputDrained, SharedConsole};
+    use crate::legacy::{SerialInputDrained, SerialIrq, SharedConsole};
     use devices::block::{Block, RawFile};
     use devices::virtio::InterruptSignal;
     use vmm_sys_util::tempfile::TempFile;
@@ -417,7 +417,7 @@ mod tests {
         ));
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let port = vm_superio::Serial::with_events(
-            IrqTrigger(irq.try_clone().unwrap()),
+            SerialIrq(irq.try_clone().unwrap()),
             SerialInputDrained(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
             SharedConsole(console),
         );

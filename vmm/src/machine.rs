@@ -14,8 +14,8 @@ use crate::event_loop::{ConsoleFlusher, ConsoleInput, ExitWatcher, LostEventWatc
 use crate::exit::{ExitReason, VmExit};
 use crate::held_back;
 use crate::legacy::{
-    AcpiPowerControl, ConsoleOutput, GuestControl, I8042Reset, IrqTrigger, SerialDevice,
-    SerialInputDrained, SharedConsole, GUEST_EXIT_PORT, I8042_COMMAND_PORT,
+    AcpiPowerControl, ConsoleOutput, GuestControl, I8042Reset, SerialDevice, SerialInputDrained,
+    SerialIrq, SharedConsole, GUEST_EXIT_PORT, I8042_COMMAND_PORT,
 };
 use crate::loader::{self, LoaderError};
 use crate::seccomp::{self, Filters, SeccompError, ThreadKind};
@@ -142,7 +142,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let drained = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("the serial input"))?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         vm_superio::Serial::with_events(
-            IrqTrigger(serial_irq),
+            SerialIrq(serial_irq),
             SerialInputDrained(drained.try_clone().map_err(io_err("the serial input"))?),
             SharedConsole(console.clone()),
         ),
