@@ -51,7 +51,7 @@ impl Discovery {
     }
 }
 
-/// Whether vmm's threads run under seccomp filters (see `crate::seccomp`).
+/// Whether vmm's threads run under seccomp filters (see `crate::host::seccomp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Seccomp {
     /// Each thread may make only the system calls it needs once the VM runs.
@@ -71,7 +71,7 @@ pub struct VmConfig {
     pub disks: Vec<DiskSpec>,
     /// Directories shared over virtio-fs: the host's root first with `--host-root`, then each
     /// `--rwdir` and `--share` (`virtiofsd`).
-    pub shares: Vec<crate::virtiofsd::ShareSpec>,
+    pub shares: Vec<crate::device_manager::virtiofsd::ShareSpec>,
     /// How devices are announced: command line, ACPI tables, or both.
     pub discovery: Discovery,
     pub memory_mib: u64,

@@ -7,21 +7,23 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{acpi, layout, mptable, regs};
-use crate::bus::{Bus, BusDevice};
+use crate::boot::held_back;
+use crate::boot::loader::{self, LoaderError};
 use crate::config::{self, VmConfig};
-use crate::device_manager::{DeviceError, DeviceManager};
-use crate::event_loop::{ConsoleFlusher, ConsoleInput, ExitWatcher, LostEventWatcher, StateDumper};
-use crate::exit::{ExitReason, VmExit};
-use crate::held_back;
-use crate::legacy::{
+use crate::device_manager::legacy::{
     AcpiPowerControl, ConsoleOutput, GuestControl, I8042Reset, SerialDevice, SerialInputDrained,
     SerialIrq, SharedConsole, GUEST_EXIT_PORT, I8042_COMMAND_PORT,
 };
-use crate::loader::{self, LoaderError};
-use crate::seccomp::{self, Filters, SeccompError, ThreadKind};
-use crate::terminal;
-use crate::vcpu::Vcpu;
-use crate::vm::{HeldBackSlot, Vm, VmError};
+use crate::device_manager::{DeviceError, DeviceManager};
+use crate::host::event_loop::{
+    ConsoleFlusher, ConsoleInput, ExitWatcher, LostEventWatcher, StateDumper,
+};
+use crate::host::seccomp::{self, Filters, SeccompError, ThreadKind};
+use crate::host::terminal;
+use crate::kvm::bus::{Bus, BusDevice};
+use crate::kvm::exit::{ExitReason, VmExit};
+use crate::kvm::vcpu::Vcpu;
+use crate::kvm::vm::{HeldBackSlot, Vm, VmError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -40,7 +42,7 @@ pub enum VmmError {
     #[error("cannot set up {0}: {1}")]
     Setup(&'static str, #[source] std::io::Error),
     #[error("cannot place a device: {0}")]
-    Bus(#[from] crate::bus::BusOverlap),
+    Bus(#[from] crate::kvm::bus::BusOverlap),
     #[error("cannot start vCPU thread: {0}")]
     Thread(#[source] std::io::Error),
     #[error(transparent)]
@@ -69,12 +71,12 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     }
     let kernel = loader::check_kernel(&config.kernel)?;
     // Opened now: no thread may open files once the seccomp filters are in place.
-    let lost_events_log = crate::event_loop::LostEventsLog::from_env();
+    let lost_events_log = crate::host::event_loop::LostEventsLog::from_env();
     // A vhost-user backend (virtiofsd) maps guest RAM itself: it must be shared.
     let memory = if config.shares.is_empty() {
-        crate::vm::guest_memory(config.memory_mib << 20)?
+        crate::kvm::vm::guest_memory(config.memory_mib << 20)?
     } else {
-        crate::vm::shared_guest_memory(config.memory_mib << 20)?
+        crate::kvm::vm::shared_guest_memory(config.memory_mib << 20)?
     };
     // The initrd is read once the guest runs (`fill_held_back`), unless it is mapped.
     let initrd = match &config.initrd {
@@ -244,7 +246,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         events.add_subscriber(notifier);
     }
 
-    if crate::vm::kvm_is_pvm() {
+    if crate::kvm::vm::kvm_is_pvm() {
         eprintln!(
             "vmm: warning: /dev/kvm is PVM (kvm_pvm), which cannot boot a stock Linux kernel; \
              run vmm inside resources/lab/run-in-lab"
@@ -269,11 +271,11 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         result
     });
     devices.shutdown();
-    crate::bus::lock(&console).flush_now();
+    crate::kvm::bus::lock(&console).flush_now();
     terminal::restore();
     // Printed whatever the log level: with level-triggered virtio interrupts, a recovery means
     // a bug, and the lab tests fail on this line.
-    let counts = crate::bus::lock(&lost_events).counts();
+    let counts = crate::kvm::bus::lock(&lost_events).counts();
     if let Some(summary) = counts.summary() {
         eprintln!("{summary}");
     }

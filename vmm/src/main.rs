@@ -7,9 +7,9 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 
 use devices::zoned::ZonedDiskOptions;
 use vmm::config::{self, VmConfig};
+use vmm::device_manager::virtiofsd::ShareSpec;
 use vmm::device_manager::DiskSpec;
-use vmm::exit::ExitReason;
-use vmm::virtiofsd::ShareSpec;
+use vmm::kvm::exit::ExitReason;
 
 /// Boot a Linux kernel under KVM with a serial console; exits with the guest's reported status.
 #[derive(Parser, Debug)]
@@ -114,10 +114,10 @@ fn disks_in_order(matches: &clap::ArgMatches, cli: &Cli) -> Vec<DiskSpec> {
 const VMM_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
-    // Before any thread starts (vmm::seccomp explains why).
-    vmm::seccomp::use_one_malloc_arena();
-    vmm::timing::start();
-    vmm::logger::init();
+    // Before any thread starts (vmm::host::seccomp explains why).
+    vmm::host::seccomp::use_one_malloc_arena();
+    vmm::host::timing::start();
+    vmm::host::logger::init();
     let parsed = Cli::command()
         .try_get_matches()
         .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (matches, cli)));
@@ -196,7 +196,7 @@ fn main() -> ExitCode {
                 _ => {}
             }
             if config.boot_time {
-                eprintln!("{}", vmm::timing::report());
+                eprintln!("{}", vmm::host::timing::report());
             }
             let code = reason.exit_code_for(run_mode);
             if run_mode && reason.lacks_guest_status() {

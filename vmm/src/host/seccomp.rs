@@ -454,7 +454,7 @@ extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut
     } else {
         message.push(b"vmm: stopped by SIGSYS\n");
     }
-    crate::terminal::restore_in_signal_handler();
+    crate::host::terminal::restore_in_signal_handler();
     // SAFETY: write(2) and _exit(2) are async-signal-safe and allowed by every filter; the
     // buffer is valid for `len` bytes.
     unsafe {

@@ -1,11 +1,17 @@
-//! Puts virtio devices on the guest's MMIO bus: one 4 KiB window and one IRQ each, queue
+//! The devices of a VM and how they are wired in. This module puts the virtio devices (models
+//! from the `devices` crate) on the guest's MMIO bus: one 4 KiB window and one IRQ each, queue
 //! notifications through ioeventfds, interrupts through resample irqfds on level-triggered
 //! IOAPIC pins, and a `virtio_mmio.device=` entry for the kernel command line (the ACPI
-//! description and the MP table's interrupt entries come from the same list).
+//! description and the MP table's interrupt entries come from the same list). Beside it: the
+//! legacy port-I/O devices (`legacy`) and the virtiofsd processes behind virtio-fs shares
+//! (`virtiofsd`).
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+pub mod legacy;
+pub mod virtiofsd;
 
 use devices::block::{Block, RawFile};
 use devices::fs::{FsBackend, VirtioFs};
@@ -19,8 +25,10 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout;
-use crate::bus::{lock, Bus, BusDevice, BusOverlap};
-use crate::virtiofsd::{ShareSpec, SocketDir, Virtiofsd, VirtiofsdBinary, VirtiofsdError};
+use crate::device_manager::virtiofsd::{
+    ShareSpec, SocketDir, Virtiofsd, VirtiofsdBinary, VirtiofsdError,
+};
+use crate::kvm::bus::{lock, Bus, BusDevice, BusOverlap};
 
 /// The virtio-fs tag of the host's root file system (`--host-root`).
 pub const HOST_ROOT_TAG: &str = "vmm-root";
@@ -347,7 +355,7 @@ impl DeviceManager {
             .map_err(|e| DeviceError::Share(host.clone(), e))?;
         let thread_start: Box<dyn FnOnce() -> Result<(), String> + Send> = match filter {
             Some(filter) => Box::new(move || {
-                crate::seccomp::apply(&filter, crate::seccomp::ThreadKind::Virtiofs)
+                crate::host::seccomp::apply(&filter, crate::host::seccomp::ThreadKind::Virtiofs)
                     .map_err(|e| e.to_string())
             }),
             None => Box::new(|| Ok(())),

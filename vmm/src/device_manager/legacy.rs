@@ -10,9 +10,9 @@ use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::{lock, BusDevice};
-use crate::exit::{ExitReason, VmExit};
-use crate::timing;
+use crate::host::timing;
+use crate::kvm::bus::{lock, BusDevice};
+use crate::kvm::exit::{ExitReason, VmExit};
 
 /// Port of the guest-control device: a byte written here is the guest command's exit status.
 pub const GUEST_EXIT_PORT: u16 = 0xf4;
