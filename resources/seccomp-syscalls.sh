@@ -3,7 +3,7 @@
 # over the kinds of run the lab suite makes. Runs vmm under `strace -f` in the lab and prints, per
 # thread kind (main, vCPU), every call made after that thread installed its filter, and any
 # SIGSYS (a call the filter refused). Use it when device code starts to need a new call; the
-# allow-lists are in vmm/src/seccomp.rs.
+# allow-lists are in vmm/src/host/seccomp.rs.
 #
 #   make guest build && resources/lab/run-in-lab --timeout 900 -- resources/seccomp-syscalls.sh
 #

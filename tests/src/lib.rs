@@ -38,7 +38,7 @@ pub fn guest_initramfs() -> PathBuf {
 }
 
 /// How the line starts that vmm prints on stderr at exit when its lost-event watcher had to
-/// recover a lost interrupt or notification (`vmm::event_loop::LOST_EVENT_SUMMARY`). With
+/// recover a lost interrupt or notification (`vmm::host::event_loop::LOST_EVENT_SUMMARY`). With
 /// level-triggered virtio interrupts that is a bug, so every lab run fails on it.
 pub const LOST_EVENT_SUMMARY: &str = "vmm: lost-event watcher recovered";
 

@@ -1,6 +1,6 @@
 //! vmm's seccomp filters as the kernel sees them while a guest runs: every thread of the vmm
 //! process is in filter mode (`Seccomp: 2` in /proc/PID/task/TID/status) by default, and none is
-//! with `--seccomp off`. The filter's refusals are unit-tested in vmm/src/seccomp.rs; the rest of
+//! with `--seccomp off`. The filter's refusals are unit-tested in vmm/src/host/seccomp.rs; the rest of
 //! the lab suite runs with the filters on. Run by `make lab-test`.
 
 use vmm_tests::{run_script_in_lab, values_of};

@@ -51,7 +51,7 @@ impl Discovery {
     }
 }
 
-/// Whether vmm's threads run under seccomp filters (see `crate::seccomp`).
+/// Whether vmm's threads run under seccomp filters (see `crate::host::seccomp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Seccomp {
     /// Each thread may make only the system calls it needs once the VM runs.
@@ -71,7 +71,7 @@ pub struct VmConfig {
     pub disks: Vec<DiskSpec>,
     /// Directories shared over virtio-fs: the host's root first with `--host-root`, then each
     /// `--rwdir` and `--share` (`virtiofsd`).
-    pub shares: Vec<crate::virtiofsd::ShareSpec>,
+    pub shares: Vec<crate::device_manager::virtiofsd::ShareSpec>,
     /// How devices are announced: command line, ACPI tables, or both.
     pub discovery: Discovery,
     pub memory_mib: u64,
@@ -120,6 +120,8 @@ pub enum ConfigError {
     MemoryTooLarge(u64),
     #[error("--cpus {0} is out of range: 1 to {max}", max = mptable::MAX_CPUS)]
     BadCpuCount(u32),
+    #[error("'{0}' is not a number of vCPUs")]
+    NotACpuCount(String),
 }
 
 /// Parses a memory size into MiB by `devices::size`'s grammar, where a bare number is MiB: "512",
@@ -135,6 +137,14 @@ pub fn parse_memory_mib(text: &str) -> Result<u64, ConfigError> {
         return Err(ConfigError::MemoryTooLarge(mib));
     }
     Ok(mib)
+}
+
+/// Parses `--cpus`: a number from 1 to `mptable::MAX_CPUS`.
+pub fn parse_cpus(text: &str) -> Result<u32, ConfigError> {
+    let cpus: u32 = text
+        .parse()
+        .map_err(|_| ConfigError::NotACpuCount(text.to_string()))?;
+    validate_cpus(cpus)
 }
 
 pub fn validate_cpus(cpus: u32) -> Result<u32, ConfigError> {

@@ -1,24 +1,21 @@
 //! vmm: a minimal KVM virtual machine monitor for zoned-storage kernel work.
 //!
-//! `machine::run` turns a `config::VmConfig` into a running VM: `vm` owns KVM and guest memory,
-//! `loader` puts the kernel in it (the initrd follows while the guest starts, `held_back`), `arch` sets up x86 boot state, `vcpu` runs the vCPUs and sends
-//! their exits to the `bus`, where the `legacy` devices live, and `event_loop` serves the host
-//! side (console, signals) until `exit` says the VM is over, every thread under a `seccomp` filter.
+//! `machine::run` turns a `config::VmConfig` (what the command line asked for) into a running VM:
+//!
+//! - `kvm`: the KVM VM and guest memory (`kvm::vm`), the vCPU run loop (`kvm::vcpu`), the buses
+//!   its exits are dispatched on (`kvm::bus`), and how the VM ends (`kvm::exit`).
+//! - `arch`: x86 boot state: the memory map, vCPU registers, CPUID, MP table, ACPI tables.
+//! - `boot`: the kernel, initrd and boot structures in guest memory (`boot::loader`); the initrd
+//!   follows while the guest starts (`boot::held_back`).
+//! - `device_manager`: virtio devices wired onto the MMIO bus, the legacy devices
+//!   (`device_manager::legacy`), virtiofsd processes for shares (`device_manager::virtiofsd`).
+//! - `host`: the host side: event loop (console, signals), terminal, seccomp filters on every
+//!   thread, logging, boot timing.
 
 pub mod arch;
-pub mod bus;
+pub mod boot;
 pub mod config;
 pub mod device_manager;
-pub mod event_loop;
-pub mod exit;
-pub mod held_back;
-pub mod legacy;
-pub mod loader;
-pub mod logger;
+pub mod host;
+pub mod kvm;
 pub mod machine;
-pub mod seccomp;
-pub mod terminal;
-pub mod timing;
-pub mod vcpu;
-pub mod virtiofsd;
-pub mod vm;

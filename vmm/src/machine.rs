@@ -7,21 +7,23 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{acpi, layout, mptable, regs};
-use crate::bus::{Bus, BusDevice};
+use crate::boot::held_back;
+use crate::boot::loader::{self, LoaderError};
 use crate::config::{self, VmConfig};
-use crate::device_manager::{DeviceError, DeviceManager};
-use crate::event_loop::{ConsoleFlusher, ConsoleInput, ExitWatcher, LostEventWatcher, StateDumper};
-use crate::exit::{ExitReason, VmExit};
-use crate::held_back;
-use crate::legacy::{
-    AcpiPowerControl, ConsoleOutput, GuestControl, I8042Reset, IrqTrigger, SerialDevice,
-    SerialInputDrained, SharedConsole, GUEST_EXIT_PORT, I8042_COMMAND_PORT,
+use crate::device_manager::legacy::{
+    AcpiPowerControl, ConsoleOutput, GuestControl, I8042Reset, SerialDevice, SerialInputDrained,
+    SerialIrq, SharedConsole, GUEST_EXIT_PORT, I8042_COMMAND_PORT,
 };
-use crate::loader::{self, LoaderError};
-use crate::seccomp::{self, Filters, SeccompError, ThreadKind};
-use crate::terminal;
-use crate::vcpu::Vcpu;
-use crate::vm::{HeldBackSlot, Vm, VmError};
+use crate::device_manager::{DeviceError, DeviceManager};
+use crate::host::event_loop::{
+    ConsoleFlusher, ConsoleInput, ExitWatcher, LostEventWatcher, StateDumper,
+};
+use crate::host::seccomp::{self, Filters, SeccompError, ThreadKind};
+use crate::host::terminal;
+use crate::kvm::bus::{Bus, BusDevice};
+use crate::kvm::exit::{ExitReason, VmExit};
+use crate::kvm::vcpu::Vcpu;
+use crate::kvm::vm::{HeldBackSlot, Vm, VmError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -38,19 +40,20 @@ pub enum VmmError {
     #[error("--cpus {0} exceeds what this KVM supports ({1})")]
     TooManyCpus(u32, usize),
     #[error("cannot set up {0}: {1}")]
-    Setup(&'static str, std::io::Error),
+    Setup(&'static str, #[source] std::io::Error),
     #[error("cannot place a device: {0}")]
-    Bus(#[from] crate::bus::BusOverlap),
+    Bus(#[from] crate::kvm::bus::BusOverlap),
     #[error("cannot start vCPU thread: {0}")]
-    Thread(std::io::Error),
+    Thread(#[source] std::io::Error),
     #[error(transparent)]
     Device(#[from] DeviceError),
     #[error("event loop failed: {0}")]
-    EventLoop(String),
+    EventLoop(#[source] event_manager::Error),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
-    #[error("{0}")]
-    VcpuSeccomp(String),
+    /// A vCPU thread could not install its filter (reported over a channel, hence not `Seccomp`).
+    #[error(transparent)]
+    VcpuSeccomp(SeccompError),
     #[error("--map-images cannot be used with --share, --rwdir or --host-root: virtiofsd maps guest memory from its file, where privately mapped images do not show")]
     MapImagesWithShares,
 }
@@ -68,12 +71,12 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     }
     let kernel = loader::check_kernel(&config.kernel)?;
     // Opened now: no thread may open files once the seccomp filters are in place.
-    let lost_events_log = crate::event_loop::LostEventsLog::from_env();
+    let lost_events_log = crate::host::event_loop::LostEventsLog::from_env();
     // A vhost-user backend (virtiofsd) maps guest RAM itself: it must be shared.
     let memory = if config.shares.is_empty() {
-        crate::vm::guest_memory(config.memory_mib << 20)?
+        crate::kvm::vm::guest_memory(config.memory_mib << 20)?
     } else {
-        crate::vm::shared_guest_memory(config.memory_mib << 20)?
+        crate::kvm::vm::shared_guest_memory(config.memory_mib << 20)?
     };
     // The initrd is read once the guest runs (`fill_held_back`), unless it is mapped.
     let initrd = match &config.initrd {
@@ -141,7 +144,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let drained = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("the serial input"))?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         vm_superio::Serial::with_events(
-            IrqTrigger(serial_irq),
+            SerialIrq(serial_irq),
             SerialInputDrained(drained.try_clone().map_err(io_err("the serial input"))?),
             SharedConsole(console.clone()),
         ),
@@ -216,8 +219,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     }
 
     let signal_event = terminal::install_signal_handlers().map_err(io_err("signal handling"))?;
-    let mut events: EventManager<Subscriber> =
-        EventManager::new().map_err(|e| VmmError::EventLoop(format!("{e:?}")))?;
+    let mut events: EventManager<Subscriber> = EventManager::new().map_err(VmmError::EventLoop)?;
     events.add_subscriber(Arc::new(Mutex::new(
         ExitWatcher::new(exit.clone(), signal_event).map_err(io_err("the exit event"))?,
     )));
@@ -244,7 +246,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         events.add_subscriber(notifier);
     }
 
-    if crate::vm::kvm_is_pvm() {
+    if crate::kvm::vm::kvm_is_pvm() {
         eprintln!(
             "vmm: warning: /dev/kvm is PVM (kvm_pvm), which cannot boot a stock Linux kernel; \
              run vmm inside resources/lab/run-in-lab"
@@ -261,7 +263,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
                 break Ok(reason);
             }
             if let Err(e) = events.run() {
-                break Err(VmmError::EventLoop(format!("{e:?}")));
+                break Err(VmmError::EventLoop(e));
             }
         };
         // vCPU threads still inside KVM_RUN end with the process; the VM has no state to save.
@@ -269,11 +271,11 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         result
     });
     devices.shutdown();
-    crate::bus::lock(&console).flush_now();
+    crate::kvm::bus::lock(&console).flush_now();
     terminal::restore();
     // Printed whatever the log level: with level-triggered virtio interrupts, a recovery means
     // a bug, and the lab tests fail on this line.
-    let counts = crate::bus::lock(&lost_events).counts();
+    let counts = crate::kvm::bus::lock(&lost_events).counts();
     if let Some(summary) = counts.summary() {
         eprintln!("{summary}");
     }
@@ -358,7 +360,7 @@ fn fill_held_back(
 struct VcpuThreads {
     threads: Vec<JoinHandle<()>>,
     vcpu_senders: Vec<mpsc::Sender<Vcpu>>,
-    reports: mpsc::Receiver<Result<(), String>>,
+    reports: mpsc::Receiver<Result<(), SeccompError>>,
     main_filter: Option<seccompiler::BpfProgram>,
 }
 
@@ -464,7 +466,7 @@ mod tests {
             main_filter,
         } = VcpuThreads::spawn(1, config::Seccomp::On).unwrap();
         assert!(main_filter.is_some());
-        assert_eq!(reports.recv().unwrap(), Ok(()));
+        assert!(matches!(reports.recv().unwrap(), Ok(())));
         drop(vcpu_senders);
         assert_all_end(threads);
     }

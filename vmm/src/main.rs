@@ -7,9 +7,9 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 
 use devices::zoned::ZonedDiskOptions;
 use vmm::config::{self, VmConfig};
+use vmm::device_manager::virtiofsd::ShareSpec;
 use vmm::device_manager::DiskSpec;
-use vmm::exit::ExitReason;
-use vmm::virtiofsd::ShareSpec;
+use vmm::kvm::exit::ExitReason;
 
 /// Boot a Linux kernel under KVM with a serial console; exits with the guest's reported status.
 #[derive(Parser, Debug)]
@@ -30,11 +30,11 @@ struct Cli {
     host_root: bool,
     /// A host directory shared writable at the same path in the guest (with `--host-root`,
     /// where the command writes, e.g. `--rwdir .`). Repeatable.
-    #[arg(long, value_name = "DIR", value_parser = parse_rwdir)]
+    #[arg(long, value_name = "DIR", value_parser = ShareSpec::rwdir)]
     rwdir: Vec<ShareSpec>,
     /// A host directory shared over virtio-fs, mounted at GUEST_PATH (default: the same path);
     /// `ro` makes it read-only. Repeatable.
-    #[arg(long, value_name = "HOST_DIR[:GUEST_PATH][,ro]", value_parser = parse_share)]
+    #[arg(long, value_name = "HOST_DIR[:GUEST_PATH][,ro]", value_parser = ShareSpec::parse)]
     share: Vec<ShareSpec>,
     /// Kernel command line; vmm adds console=ttyS0 reboot=k panic=-1 unless given.
     #[arg(long, value_name = "STR", default_value = "")]
@@ -44,7 +44,7 @@ struct Cli {
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = config::parse_memory_mib)]
     memory: u64,
     /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_cpus)]
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = config::parse_cpus)]
     cpus: u32,
     /// A virtio-blk disk: PATH[,ro][,serial=ID]. Repeatable; disks appear as vda, vdb, ...
     #[arg(long, value_name = "PATH[,ro][,serial=ID]")]
@@ -61,7 +61,7 @@ struct Cli {
     /// default 1). PATH `tmp` is a throwaway image in $TMPDIR, gone when vmm exits; a block device
     /// PATH (no geometry options) passes a host-managed zoned device of the host through.
     /// Repeatable; disks of both kinds appear in command-line order.
-    #[arg(long, value_name = "PATH[,OPTION=VALUE]...", value_parser = parse_zoned_disk)]
+    #[arg(long, value_name = "PATH[,OPTION=VALUE]...", value_parser = ZonedDiskOptions::parse)]
     zoned_disk: Vec<ZonedDiskOptions>,
     /// How the guest finds the virtio devices: `cmdline` adds virtio_mmio.device= to the kernel
     /// command line (kernels with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), `acpi` writes ACPI tables
@@ -89,18 +89,6 @@ struct Cli {
     map_images: bool,
 }
 
-fn parse_share(text: &str) -> Result<ShareSpec, String> {
-    ShareSpec::parse(text).map_err(|e| e.to_string())
-}
-
-fn parse_rwdir(text: &str) -> Result<ShareSpec, String> {
-    ShareSpec::rwdir(text).map_err(|e| e.to_string())
-}
-
-fn parse_zoned_disk(text: &str) -> Result<ZonedDiskOptions, String> {
-    ZonedDiskOptions::parse(text).map_err(|e| e.to_string())
-}
-
 /// Plain and zoned disks in the order they were given on the command line.
 fn disks_in_order(matches: &clap::ArgMatches, cli: &Cli) -> Vec<DiskSpec> {
     let positions = |id: &str| -> Vec<usize> {
@@ -122,21 +110,14 @@ fn disks_in_order(matches: &clap::ArgMatches, cli: &Cli) -> Vec<DiskSpec> {
     disks.into_iter().map(|(_, disk)| disk).collect()
 }
 
-fn parse_cpus(text: &str) -> Result<u32, String> {
-    let cpus: u32 = text
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of vCPUs"))?;
-    config::validate_cpus(cpus).map_err(|e| e.to_string())
-}
-
 /// Exit status for errors of vmm itself (bad options, missing files, KVM failures).
 const VMM_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
-    // Before any thread starts (vmm::seccomp explains why).
-    vmm::seccomp::use_one_malloc_arena();
-    vmm::timing::start();
-    vmm::logger::init();
+    // Before any thread starts (vmm::host::seccomp explains why).
+    vmm::host::seccomp::use_one_malloc_arena();
+    vmm::host::timing::start();
+    vmm::host::logger::init();
     let parsed = Cli::command()
         .try_get_matches()
         .and_then(|matches| Cli::from_arg_matches(&matches).map(|cli| (matches, cli)));
@@ -215,7 +196,7 @@ fn main() -> ExitCode {
                 _ => {}
             }
             if config.boot_time {
-                eprintln!("{}", vmm::timing::report());
+                eprintln!("{}", vmm::host::timing::report());
             }
             let code = reason.exit_code_for(run_mode);
             if run_mode && reason.lacks_guest_status() {

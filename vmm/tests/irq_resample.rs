@@ -17,12 +17,12 @@ use devices::virtio::{
 };
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use vm_memory::{Bytes, GuestAddress};
-use vmm::bus::{Bus, BusDevice};
+use vmm::device_manager::legacy::{GuestControl, GUEST_EXIT_PORT};
 use vmm::device_manager::{register_interrupt, InterruptResampler, TriggerMode};
-use vmm::exit::{ExitReason, VmExit};
-use vmm::legacy::{GuestControl, GUEST_EXIT_PORT};
-use vmm::vcpu::Vcpu;
-use vmm::vm::Vm;
+use vmm::kvm::bus::{Bus, BusDevice};
+use vmm::kvm::exit::{ExitReason, VmExit};
+use vmm::kvm::vcpu::Vcpu;
+use vmm::kvm::vm::Vm;
 use vmm_sys_util::eventfd::EventFd;
 
 const CODE_START: u64 = 0x1000;

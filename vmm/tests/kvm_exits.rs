@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress};
 use vmm::arch::layout::ACPI_POWER_PORT;
-use vmm::bus::{Bus, BusDevice};
-use vmm::exit::{ExitReason, VmExit};
-use vmm::legacy::{AcpiPowerControl, GuestControl, GUEST_EXIT_PORT};
-use vmm::vcpu::Vcpu;
-use vmm::vm::Vm;
+use vmm::device_manager::legacy::{AcpiPowerControl, GuestControl, GUEST_EXIT_PORT};
+use vmm::kvm::bus::{Bus, BusDevice};
+use vmm::kvm::exit::{ExitReason, VmExit};
+use vmm::kvm::vcpu::Vcpu;
+use vmm::kvm::vm::Vm;
 
 const CODE_START: u64 = 0x1000;
 const GUEST_MEMORY: u64 = 0x10000;
@@ -160,9 +160,9 @@ fn acpi_wake_status_clear_and_status_read_keep_the_vm_running() {
 
 #[test]
 fn held_back_ram_waits_for_its_contents_then_reaches_the_vm() {
-    use vmm::held_back::{Filling, HeldBackRam};
+    use vmm::boot::held_back::{Filling, HeldBackRam};
     const HELD_BACK: std::ops::Range<u64> = 0x8000..0x9000;
-    let memory = vmm::vm::guest_memory(GUEST_MEMORY).unwrap();
+    let memory = vmm::kvm::vm::guest_memory(GUEST_MEMORY).unwrap();
     let (vm, slot) = Vm::with_memory(memory, false, Some(HELD_BACK)).unwrap();
     let slot = slot.unwrap();
     assert_eq!(slot.range(), HELD_BACK);

@@ -1,5 +1,5 @@
 //! A thread that frees large buffers makes glibc open no file once vmm has asked for one malloc
-//! arena (`vmm::seccomp::use_one_malloc_arena`), so the seccomp filters never see that open.
+//! arena (`vmm::host::seccomp::use_one_malloc_arena`), so the seccomp filters never see that open.
 //!
 //! Each case runs in a fresh copy of this program (no test harness: it must be the first to
 //! start a thread), under a filter that kills it with SIGSYS if it opens anything.
@@ -67,7 +67,7 @@ fn run_case(case: &str) -> std::process::ExitStatus {
 fn main() {
     match std::env::var(CASE).as_deref() {
         Ok("one-arena") => {
-            vmm::seccomp::use_one_malloc_arena();
+            vmm::host::seccomp::use_one_malloc_arena();
             forbid_opens();
             lane_like_thread();
             return;

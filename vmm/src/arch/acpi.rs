@@ -27,8 +27,8 @@ use acpi_tables::{Aml, AmlSink};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{layout, mptable};
+use crate::device_manager::legacy::{ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE};
 use crate::device_manager::{MmioSlot, TriggerMode};
-use crate::legacy::{ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE};
 
 /// OEM ID in every table header and the RSDP.
 pub const OEM_ID: [u8; 6] = *b"VMM   ";

@@ -6,7 +6,7 @@ use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout;
-use crate::loader::{BootEntry, BootSetup};
+use crate::boot::loader::{BootEntry, BootSetup};
 
 const X86_CR0_PE: u64 = 1 << 0;
 const X86_CR0_ET: u64 = 1 << 4;
@@ -52,7 +52,7 @@ pub enum RegsError {
     #[error("cannot write the boot GDT or page tables into guest memory")]
     GuestMemory,
     #[error("KVM_{0} failed: {1}")]
-    Kvm(&'static str, kvm_ioctls::Error),
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
     #[error("KVM accepted only {0} of {1} boot MSRs")]
     Msrs(usize, usize),
 }

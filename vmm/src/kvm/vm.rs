@@ -16,13 +16,19 @@ use crate::arch::{cpuid, layout, regs};
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("cannot open /dev/kvm: {0} (is KVM enabled, and may this user open /dev/kvm?)")]
-    OpenKvm(kvm_ioctls::Error),
+    OpenKvm(#[source] kvm_ioctls::Error),
     #[error("/dev/kvm lacks a capability vmm needs: {0}")]
     MissingCapability(&'static str),
     #[error("cannot allocate {0} MiB of guest memory: {1}")]
-    GuestMemory(u64, String),
+    GuestMemory(u64, #[source] vm_memory::mmap::FromRangesError),
+    #[error("cannot allocate {0} MiB of guest memory: {1}")]
+    GuestMemoryFile(u64, #[source] std::io::Error),
+    #[error("cannot allocate {0} MiB of guest memory: {1}")]
+    GuestAddress(u64, #[source] vm_memory::GuestMemoryError),
+    #[error("cannot allocate {0} MiB of guest memory: held-back range {1:x?} is not inside one RAM region")]
+    HeldBackOutsideRam(u64, Option<Range<u64>>),
     #[error("KVM_{0} failed: {1}")]
-    Kvm(&'static str, kvm_ioctls::Error),
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
     #[error("vCPU setup failed: {0}")]
     Regs(#[from] regs::RegsError),
 }
@@ -40,22 +46,25 @@ pub fn guest_memory(mem_size: u64) -> Result<GuestMemoryMmap> {
         .into_iter()
         .map(|(start, size)| (GuestAddress(start), size as usize))
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges)
-        .map_err(|e| VmError::GuestMemory(mem_size >> 20, e.to_string()))
+    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::GuestMemory(mem_size >> 20, e))
 }
 
 /// Guest RAM as `guest_memory` lays it out, but in one memfd mapped shared, so that another
 /// process (a vhost-user backend such as virtiofsd) can map the same pages from the fd.
 pub fn shared_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap> {
-    let failed = |e: &dyn std::fmt::Display| VmError::GuestMemory(mem_size >> 20, e.to_string());
+    let mib = mem_size >> 20;
     // SAFETY: the name is a NUL-terminated string literal; the result is checked below.
     let fd = unsafe { libc::memfd_create(c"vmm-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
-        return Err(failed(&std::io::Error::last_os_error()));
+        return Err(VmError::GuestMemoryFile(
+            mib,
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: memfd_create just returned this fd, and nothing else owns it.
     let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    file.set_len(mem_size).map_err(|e| failed(&e))?;
+    file.set_len(mem_size)
+        .map_err(|e| VmError::GuestMemoryFile(mib, e))?;
     let file = std::sync::Arc::new(file);
     let mut offset = 0;
     let ranges: Vec<(GuestAddress, usize, Option<vm_memory::FileOffset>)> =
@@ -71,7 +80,7 @@ pub fn shared_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap> {
                 range
             })
             .collect();
-    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| failed(&e))
+    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| VmError::GuestMemory(mib, e))
 }
 
 pub struct Vm {
@@ -152,16 +161,13 @@ impl Vm {
             }
         }
         if held_back.is_some() && later.is_none() {
-            return Err(VmError::GuestMemory(
-                mem_mib,
-                format!("held-back range {held_back:x?} is not inside one RAM region"),
-            ));
+            return Err(VmError::HeldBackOutsideRam(mem_mib, held_back.clone()));
         }
         let slot = |index: usize, range: &Range<u64>| -> Result<kvm_userspace_memory_region> {
             let host = self
                 .memory
                 .get_host_address(GuestAddress(range.start))
-                .map_err(|e| VmError::GuestMemory(mem_mib, e.to_string()))?;
+                .map_err(|e| VmError::GuestAddress(mem_mib, e))?;
             Ok(kvm_userspace_memory_region {
                 slot: index as u32,
                 guest_phys_addr: range.start,

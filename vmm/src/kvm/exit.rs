@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::lock;
+use crate::kvm::bus::lock;
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]

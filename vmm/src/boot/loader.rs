@@ -47,9 +47,9 @@ const LOADER_TYPE_UNDEFINED: u8 = 0xff;
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
     #[error("cannot open kernel {0}: {1}")]
-    OpenKernel(PathBuf, std::io::Error),
+    OpenKernel(PathBuf, #[source] std::io::Error),
     #[error("cannot read kernel {0}: {1}")]
-    ReadKernel(PathBuf, std::io::Error),
+    ReadKernel(PathBuf, #[source] std::io::Error),
     #[error("kernel {0} is not a Linux kernel: neither a bzImage nor an ELF vmlinux")]
     NotAKernel(PathBuf),
     #[error("kernel {0} is an ELF file but not a kernel: a vmlinux is a static ELF executable")]
@@ -59,23 +59,23 @@ pub enum LoaderError {
     #[error("kernel {0} is not a 64-bit x86 kernel")]
     Not64Bit(PathBuf),
     #[error("kernel {0} could not be loaded ({1})")]
-    Load(PathBuf, linux_loader::loader::Error),
+    Load(PathBuf, #[source] linux_loader::loader::Error),
     #[error("kernel {0} does not fit in guest memory")]
     KernelTooLarge(PathBuf),
     #[error("cannot open initrd {0}: {1}")]
-    OpenInitrd(PathBuf, std::io::Error),
+    OpenInitrd(PathBuf, #[source] std::io::Error),
     #[error("initrd {0} ({1} MiB) does not fit in guest memory below {2} MiB; give the guest more --memory")]
     InitrdTooLarge(PathBuf, u64, u64),
     #[error("guest memory under the initrd was lost while mapping it: {0}")]
-    GuestMemoryLost(std::io::Error),
+    GuestMemoryLost(#[source] std::io::Error),
     #[error("cannot read initrd {0}: {1}")]
-    ReadInitrd(PathBuf, String),
+    ReadInitrd(PathBuf, #[source] vm_memory::GuestMemoryError),
     #[error("the kernel loader thread panicked")]
     LoaderPanicked,
     #[error("kernel command line is too long ({0} bytes, at most {1})")]
     CmdlineTooLong(usize, usize),
     #[error("kernel command line is invalid: {0}")]
-    Cmdline(String),
+    Cmdline(#[source] linux_loader::cmdline::Error),
     #[error("cannot write boot structures into guest memory")]
     BootStructures,
 }
@@ -369,10 +369,8 @@ pub fn write_boot_info(
             layout::CMDLINE_MAX_SIZE - 1,
         ));
     }
-    let mut cmd =
-        Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(|e| LoaderError::Cmdline(e.to_string()))?;
-    cmd.insert_str(cmdline)
-        .map_err(|e| LoaderError::Cmdline(e.to_string()))?;
+    let mut cmd = Cmdline::new(layout::CMDLINE_MAX_SIZE).map_err(LoaderError::Cmdline)?;
+    cmd.insert_str(cmdline).map_err(LoaderError::Cmdline)?;
     load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cmd)
         .map_err(|_| LoaderError::BootStructures)?;
 
@@ -443,7 +441,7 @@ impl PendingInitrd {
     pub fn load(self, mem: &GuestMemoryMmap) -> Result<()> {
         let mut file = &self.file;
         mem.read_exact_volatile_from(GuestAddress(self.start), &mut file, self.size as usize)
-            .map_err(|e| LoaderError::ReadInitrd(self.path.clone(), e.to_string()))
+            .map_err(|e| LoaderError::ReadInitrd(self.path.clone(), e))
     }
 
     /// Maps the initrd from its file (`map_file_into_guest`); false when it could not be, and

@@ -10,10 +10,10 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::bus::lock;
-use crate::exit::{ExitReason, VmExit};
-use crate::legacy::{ConsoleOutput, SerialDevice};
-use crate::terminal;
+use crate::device_manager::legacy::{ConsoleOutput, SerialDevice};
+use crate::host::terminal;
+use crate::kvm::bus::lock;
+use crate::kvm::exit::{ExitReason, VmExit};
 use devices::virtio::MmioTransport;
 
 /// Ctrl-A: the console escape. Ctrl-A x quits, Ctrl-A Ctrl-A sends one Ctrl-A.
@@ -402,7 +402,7 @@ impl MutEventSubscriber for LostEventWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::legacy::{IrqTrigger, SerialInputDrained, SharedConsole};
+    use crate::device_manager::legacy::{SerialInputDrained, SerialIrq, SharedConsole};
     use devices::block::{Block, RawFile};
     use devices::virtio::InterruptSignal;
     use vmm_sys_util::tempfile::TempFile;
@@ -417,7 +417,7 @@ mod tests {
         ));
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let port = vm_superio::Serial::with_events(
-            IrqTrigger(irq.try_clone().unwrap()),
+            SerialIrq(irq.try_clone().unwrap()),
             SerialInputDrained(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
             SharedConsole(console),
         );
@@ -470,7 +470,7 @@ mod tests {
 
     #[test]
     fn the_watcher_counts_each_recovery_and_sums_them_up_for_the_exit_line() {
-        use crate::bus::BusDevice;
+        use crate::kvm::bus::BusDevice;
         let file = TempFile::new_with_prefix(std::env::temp_dir().join("vmm-watch")).unwrap();
         let (serial, disk) = (serial(), disk(&file));
         let mut watcher =
@@ -519,7 +519,7 @@ mod tests {
 
     #[test]
     fn the_lab_tests_look_for_the_line_vmm_prints() {
-        let helper = include_str!("../../tests/src/lib.rs");
+        let helper = include_str!("../../../tests/src/lib.rs");
         assert!(helper.contains(&format!("= \"{LOST_EVENT_SUMMARY}\";")));
     }
 }

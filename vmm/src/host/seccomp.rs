@@ -42,13 +42,13 @@ const SYS_SECCOMP: libc::c_int = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     #[error("cannot build the seccomp filter: {0}")]
-    Build(seccompiler::BackendError),
+    Build(#[source] seccompiler::BackendError),
     #[error(
         "cannot install the seccomp filter of the {0} thread: {1} (--seccomp off runs without it)"
     )]
-    Install(&'static str, seccompiler::Error),
+    Install(&'static str, #[source] seccompiler::Error),
     #[error("cannot install the SIGSYS handler: {0}")]
-    Handler(std::io::Error),
+    Handler(#[source] std::io::Error),
     #[error("seccomp filters are not available on {0}: run with --seccomp off")]
     UnsupportedArch(&'static str),
 }
@@ -352,8 +352,8 @@ pub fn apply(program: &BpfProgram, kind: ThreadKind) -> Result<(), SeccompError>
 
 /// Installs `program` on the calling vCPU thread and tells the main thread how that went on
 /// `installed`: the main thread lets the vCPUs run only once every filter is in place.
-pub fn apply_and_report(program: &BpfProgram, installed: &mpsc::Sender<Result<(), String>>) {
-    let result = apply(program, ThreadKind::Vcpu).map_err(|e| e.to_string());
+pub fn apply_and_report(program: &BpfProgram, installed: &mpsc::Sender<Result<(), SeccompError>>) {
+    let result = apply(program, ThreadKind::Vcpu);
     // The main thread waits for one report per vCPU; if it is gone, so is the VM.
     let _ = installed.send(result);
 }
@@ -454,7 +454,7 @@ extern "C" fn on_sigsys(_signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut
     } else {
         message.push(b"vmm: stopped by SIGSYS\n");
     }
-    crate::terminal::restore_in_signal_handler();
+    crate::host::terminal::restore_in_signal_handler();
     // SAFETY: write(2) and _exit(2) are async-signal-safe and allowed by every filter; the
     // buffer is valid for `len` bytes.
     unsafe {

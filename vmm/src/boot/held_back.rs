@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::bus::BusDevice;
-use crate::exit::{ExitReason, VmExit};
+use crate::kvm::bus::BusDevice;
+use crate::kvm::exit::{ExitReason, VmExit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {

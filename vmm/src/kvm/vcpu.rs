@@ -5,9 +5,9 @@ use std::sync::Arc;
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::bus::Bus;
-use crate::exit::{ExitReason, VmExit};
-use crate::timing;
+use crate::host::timing;
+use crate::kvm::bus::Bus;
+use crate::kvm::exit::{ExitReason, VmExit};
 
 /// What the run loop does after an exit.
 #[derive(Debug, PartialEq, Eq)]

@@ -10,9 +10,9 @@ use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::{lock, BusDevice};
-use crate::exit::{ExitReason, VmExit};
-use crate::timing;
+use crate::host::timing;
+use crate::kvm::bus::{lock, BusDevice};
+use crate::kvm::exit::{ExitReason, VmExit};
 
 /// Port of the guest-control device: a byte written here is the guest command's exit status.
 pub const GUEST_EXIT_PORT: u16 = 0xf4;
@@ -23,10 +23,13 @@ pub const I8042_COMMAND_PORT: u16 = 0x64;
 const I8042_DATA_PORT: u16 = 0x60;
 const I8042_CMD_RESET: u8 = 0xfe;
 
-/// Raises an interrupt by writing an eventfd registered with KVM as an irqfd.
-pub struct IrqTrigger(pub EventFd);
+/// The serial port's interrupt (vm-superio's `Trigger`): one edge on its IRQ per write of an
+/// eventfd registered with KVM as a plain irqfd. Not to be confused with
+/// `devices::virtio::IrqTrigger`, a virtio device's line, which a resample irqfd holds asserted
+/// until the guest's EOI.
+pub struct SerialIrq(pub EventFd);
 
-impl Trigger for IrqTrigger {
+impl Trigger for SerialIrq {
     type E = std::io::Error;
     fn trigger(&self) -> std::io::Result<()> {
         self.0.write(1)
@@ -102,7 +105,7 @@ impl Write for SharedConsole {
     }
 }
 
-pub type SerialPort = Serial<IrqTrigger, SerialInputDrained, SharedConsole>;
+pub type SerialPort = Serial<SerialIrq, SerialInputDrained, SharedConsole>;
 
 /// 16550 registers the console input gate watches.
 const UART_IER: u64 = 1;
@@ -308,7 +311,7 @@ mod tests {
             ConsoleOutput::new(Box::new(std::io::sink())).unwrap(),
         ));
         let port = Serial::with_events(
-            IrqTrigger(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            SerialIrq(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
             SerialInputDrained(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
             SharedConsole(console),
         );
@@ -343,7 +346,7 @@ mod tests {
         ));
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let port = Serial::with_events(
-            IrqTrigger(irq.try_clone().unwrap()),
+            SerialIrq(irq.try_clone().unwrap()),
             SerialInputDrained(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
             SharedConsole(console),
         );

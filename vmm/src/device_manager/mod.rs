@@ -1,11 +1,17 @@
-//! Puts virtio devices on the guest's MMIO bus: one 4 KiB window and one IRQ each, queue
+//! The devices of a VM and how they are wired in. This module puts the virtio devices (models
+//! from the `devices` crate) on the guest's MMIO bus: one 4 KiB window and one IRQ each, queue
 //! notifications through ioeventfds, interrupts through resample irqfds on level-triggered
 //! IOAPIC pins, and a `virtio_mmio.device=` entry for the kernel command line (the ACPI
-//! description and the MP table's interrupt entries come from the same list).
+//! description and the MP table's interrupt entries come from the same list). Beside it: the
+//! legacy port-I/O devices (`legacy`) and the virtiofsd processes behind virtio-fs shares
+//! (`virtiofsd`).
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+pub mod legacy;
+pub mod virtiofsd;
 
 use devices::block::{Block, RawFile};
 use devices::fs::{FsBackend, VirtioFs};
@@ -19,8 +25,10 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout;
-use crate::bus::{lock, Bus, BusDevice, BusOverlap};
-use crate::virtiofsd::{ShareSpec, SocketDir, Virtiofsd, VirtiofsdBinary};
+use crate::device_manager::virtiofsd::{
+    ShareSpec, SocketDir, Virtiofsd, VirtiofsdBinary, VirtiofsdError,
+};
+use crate::kvm::bus::{lock, Bus, BusDevice, BusOverlap};
 
 /// The virtio-fs tag of the host's root file system (`--host-root`).
 pub const HOST_ROOT_TAG: &str = "vmm-root";
@@ -84,19 +92,29 @@ impl std::str::FromStr for DiskConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     #[error("disk {0}: {1}")]
-    Disk(PathBuf, String),
+    Disk(PathBuf, #[source] devices::block::BackendError),
+    /// A `--zoned-disk` naming a host block device that cannot be passed through.
+    #[error(transparent)]
+    HostZonedDisk(#[from] zoned::HostError),
+    /// A `--zoned-disk` image that cannot be opened or created.
+    #[error(transparent)]
+    ZonedImage(#[from] zoned::ImageError),
+    /// Fault injection options that do not fit the disk (the devices crate words the message).
     #[error("{0}")]
-    ZonedDisk(String),
-    #[error("{0}")]
-    Share(String),
+    FaultInjection(String),
+    /// No virtiofsd to run, or one that did not start.
+    #[error(transparent)]
+    Virtiofsd(#[from] VirtiofsdError),
+    #[error("share {0}: {1}")]
+    Share(String, #[source] devices::fs::FsError),
     #[error("too many devices: IRQs {first}..={last} are all taken", first = layout::VIRTIO_IRQ_BASE, last = layout::IRQ_MAX)]
     OutOfIrqs,
     #[error("cannot create the virtio-mmio transport: {0}")]
-    Transport(String),
+    Transport(#[source] devices::virtio::MmioError),
     #[error("cannot set up {0}: {1}")]
-    Kvm(&'static str, kvm_ioctls::Error),
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
     #[error("cannot create an eventfd: {0}")]
-    EventFd(std::io::Error),
+    EventFd(#[source] std::io::Error),
     #[error(transparent)]
     Bus(#[from] BusOverlap),
 }
@@ -247,7 +265,7 @@ impl DeviceManager {
         disk: &DiskConfig,
     ) -> Result<MmioSlot, DeviceError> {
         let backend = RawFile::open(&disk.path, disk.read_only)
-            .map_err(|e| DeviceError::Disk(disk.path.clone(), chain(&e)))?;
+            .map_err(|e| DeviceError::Disk(disk.path.clone(), e))?;
         let serial = disk
             .serial
             .clone()
@@ -270,14 +288,13 @@ impl DeviceManager {
         bus: &mut Bus,
         options: &ZonedDiskOptions,
     ) -> Result<MmioSlot, DeviceError> {
-        let zoned_error = |e: &dyn std::error::Error| DeviceError::ZonedDisk(chain(e));
         // A block device is passed through (it must be host-managed zoned); anything else is
         // an image file.
         let serial = format!("vmm-zoned{}", self.slots.len());
         // A block device is passed through (it must be host-managed zoned); anything else is
         // an image file.
         let block = if zoned::host::is_block_device(&options.path) {
-            let disk = HostZonedDevice::open(options).map_err(|e| zoned_error(&e))?;
+            let disk = HostZonedDevice::open(options)?;
             zoned_block(disk, options, &serial)?
         } else {
             // `tmp`: a fresh image in the temporary directory that has no name, so nothing
@@ -286,8 +303,7 @@ impl DeviceManager {
                 ZonedImage::create_throwaway(&std::env::temp_dir(), options)
             } else {
                 ZonedImage::open_or_create(options)
-            }
-            .map_err(|e| zoned_error(&e))?;
+            }?;
             zoned_block(image, options, &serial)?
         };
         self.add_virtio(vm, memory, bus, Box::new(block))
@@ -322,9 +338,9 @@ impl DeviceManager {
         filter: Option<Arc<seccompiler::BpfProgram>>,
         on_failure: Box<dyn Fn(String) + Send>,
     ) -> Result<String, DeviceError> {
-        let binary = VirtiofsdBinary::find().map_err(|e| DeviceError::Share(chain(&e)))?;
+        let binary = VirtiofsdBinary::find()?;
         if self.socket_dir.is_none() {
-            self.socket_dir = Some(SocketDir::new().map_err(|e| DeviceError::Share(chain(&e)))?);
+            self.socket_dir = Some(SocketDir::new()?);
         }
         let dir = self.socket_dir.as_ref().expect("created above");
         let tag = if share.host == Path::new("/") && share.read_only {
@@ -332,21 +348,20 @@ impl DeviceManager {
         } else {
             format!("vmm-share{}", self.shares)
         };
-        let (daemon, stream) = Virtiofsd::start(&binary, share, dir, &tag)
-            .map_err(|e| DeviceError::Share(chain(&e)))?;
+        let (daemon, stream) = Virtiofsd::start(&binary, share, dir, &tag)?;
         self.virtiofsds.push(daemon);
         let host = share.host.display().to_string();
         let backend = FsBackend::handshake(stream, memory)
-            .map_err(|e| DeviceError::Share(format!("share {host}: {}", chain(&e))))?;
+            .map_err(|e| DeviceError::Share(host.clone(), e))?;
         let thread_start: Box<dyn FnOnce() -> Result<(), String> + Send> = match filter {
             Some(filter) => Box::new(move || {
-                crate::seccomp::apply(&filter, crate::seccomp::ThreadKind::Virtiofs)
+                crate::host::seccomp::apply(&filter, crate::host::seccomp::ThreadKind::Virtiofs)
                     .map_err(|e| e.to_string())
             }),
             None => Box::new(|| Ok(())),
         };
         let device = VirtioFs::new(&tag, backend, memory.clone(), thread_start, on_failure)
-            .map_err(|e| DeviceError::Share(format!("share {host}: {}", chain(&e))))?;
+            .map_err(|e| DeviceError::Share(host, e))?;
         self.add_virtio(vm, memory, bus, Box::new(device))?;
         self.shares += 1;
         Ok(tag)
@@ -394,7 +409,7 @@ impl DeviceManager {
             trigger,
         };
         let transport = MmioTransport::new(memory.clone(), device, Box::new(irq_event))
-            .map_err(|e| DeviceError::Transport(chain(&e)))?;
+            .map_err(DeviceError::Transport)?;
         if trigger == TriggerMode::Level {
             self.notifiers
                 .push(Arc::new(Mutex::new(InterruptResampler::new(
@@ -463,7 +478,7 @@ fn zoned_block<S: ZoneStorage + Send + 'static>(
     serial: &str,
 ) -> Result<Block, DeviceError> {
     let executor =
-        ZonedExecutor::with_faults(disk, &options.faults).map_err(DeviceError::ZonedDisk)?;
+        ZonedExecutor::with_faults(disk, &options.faults).map_err(DeviceError::FaultInjection)?;
     Ok(Block::with_executor(Box::new(executor), serial))
 }
 
