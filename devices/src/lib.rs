@@ -42,6 +42,7 @@
 //! ```
 
 pub mod block;
+pub mod file_io;
 pub mod file_lock;
 pub mod fs;
 #[cfg(any(test, feature = "test-support"))]

@@ -8,12 +8,12 @@
 
 use std::io;
 
-use super::data_path::DataPath;
 use super::geometry::{ZonedGeometry, SECTOR_SIZE};
 use super::state::{
     ReadSegment, WritePlan, Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet,
 };
 use super::wire;
+use crate::file_io::DataPath;
 
 /// What a zoned disk needs from its storage. Called only with requests the state machine has
 /// already validated; an `Err` leaves the zone state unchanged and fails the request with IOERR.

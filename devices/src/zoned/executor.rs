@@ -211,7 +211,7 @@ mod tests {
     use super::*;
     use crate::block::request_type;
     use crate::block::{Segment, MAX_REQUEST_DATA_BYTES};
-    use crate::zoned::data_path::DataPath;
+    use crate::file_io::DataPath;
     use crate::zoned::geometry::{FailWrite, SECTOR_SIZE};
     use crate::zoned::lanes::PARALLEL_MIN_BYTES;
     use crate::zoned::state::ZoneCondition;

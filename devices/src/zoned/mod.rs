@@ -21,7 +21,6 @@
 //! | ZONE_REPORT | `disk.report_into(sector, &mut reply)` → (nr_zones, bytes written) |
 //! | ZONE_OPEN/CLOSE/FINISH/RESET/RESET_ALL | `disk.zone_management(wire::zone_op_of_request(type)?, sector)` |
 
-pub mod data_path;
 pub mod disk;
 pub mod executor;
 mod faults;
