@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn a_driver_without_the_zoned_feature_is_refused_and_gets_unsupp() {
         use crate::block::Block;
-        use crate::test_support::{Buffer, SplitQueueDriver};
+        use crate::testing::driver::{Buffer, SplitQueueDriver};
         use crate::virtio::{InterruptSignal, VirtioDevice, VIRTIO_F_VERSION_1};
 
         struct NoInterrupt;
