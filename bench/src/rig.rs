@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use devices::block::{guest, request_status, request_type, Block, SIZE_MAX};
-use devices::test_support::{Buffer, SplitQueueDriver, Used};
+use devices::testing::driver::{Buffer, SplitQueueDriver, Used};
 use devices::virtio::{GuestMemoryMmap, InterruptSignal, VirtioDevice};
 use devices::zoned::wire::request as zone_request;
 use vm_memory::{Address, Bytes, GuestAddress};

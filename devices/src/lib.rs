@@ -3,11 +3,17 @@
 //! so each one is testable without a VM.
 //!
 //! - `virtio`: the `VirtioDevice` trait and the virtio-mmio transport.
-//! - `block`: the virtio-blk device, its request parser and its storage backends.
+//! - `block`: the virtio-blk device, its request parser, the `Executor` seam, the plain disk and
+//!   its storage backends.
+//! - `zoned`: the zone state machine, the zoned wire formats, the zoned executor, and the
+//!   backends (file-emulated zoned image, host zoned device).
+//! - `file_io`: I/O between guest memory and a file, shared by plain and zoned storage.
+//! - `file_lock`: advisory locks that keep two VMMs off one disk file.
 //! - `fs`: virtio-fs, its queues served by a vhost-user backend (virtiofsd).
-//! - `zoned`: the zone state machine, the zoned wire formats, and the file-emulated zoned image.
 //! - `size`: the one grammar of sizes on the command line (`--memory`, a zoned disk's `size=`).
-//! - `testing` (tests and the `testing` feature only): helpers and fuzz target bodies.
+//! - `testing` (tests, and the `test-support` or `testing` feature only): the driver side of a
+//!   virtqueue (`testing::driver`, for the bench crate), helpers, and (`testing` feature) the
+//!   fuzz target bodies.
 //!
 //! # Wiring a disk into a VM
 //!
@@ -46,12 +52,11 @@
 #![allow(clippy::manual_is_multiple_of)]
 
 pub mod block;
+pub mod file_io;
 pub mod file_lock;
 pub mod fs;
 pub mod size;
-#[cfg(any(test, feature = "test-support"))]
-pub mod test_support;
-#[cfg(any(test, feature = "testing"))]
+#[cfg(any(test, feature = "testing", feature = "test-support"))]
 pub mod testing;
 pub mod virtio;
 pub mod zoned;

@@ -1,15 +1,17 @@
-//! Storage behind a block device. The device speaks bytes at offsets through `BlockBackend`;
-//! `RawFile` serves them from a regular file or a host block device with positioned I/O.
+//! Storage behind a plain disk. `PlainExecutor` speaks bytes at offsets through `BlockBackend`;
+//! `RawFile` serves them from a regular file or a host block device, with the vectored I/O of
+//! `crate::file_io` straight between guest memory and the file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
+use vm_memory::{GuestAddress, GuestMemoryError};
 
-use super::data::{backend_to_guest, guest_to_backend, DataError, GuestBuffers};
+use super::data::{backend_to_guest, guest_to_backend, DataError};
 use super::request::Segment;
+use crate::file_io::GuestBuffers;
 use crate::virtio::GuestMemoryMmap;
 
 /// Byte-addressed storage. Offsets and lengths passed in are already checked against `size`.
@@ -34,41 +36,8 @@ pub trait BlockBackend: Send {
         self.logical_block_size()
     }
 
-    /// Writes `len` bytes of guest memory from `address` at `offset`. The default copies
-    /// through a buffer; a file writes straight from guest memory.
-    fn write_from_guest(
-        &mut self,
-        memory: &GuestMemoryMmap,
-        address: GuestAddress,
-        len: usize,
-        offset: u64,
-    ) -> Result<(), DataError> {
-        let mut buffer = vec![0; len];
-        memory
-            .read_slice(&mut buffer, address)
-            .map_err(DataError::Guest)?;
-        self.write_at(offset, &buffer).map_err(DataError::Backend)
-    }
-
-    /// Reads `len` bytes at `offset` into guest memory at `address`. The default copies
-    /// through a buffer; a file reads straight into guest memory.
-    fn read_into_guest(
-        &mut self,
-        memory: &GuestMemoryMmap,
-        address: GuestAddress,
-        len: usize,
-        offset: u64,
-    ) -> Result<(), DataError> {
-        let mut buffer = vec![0; len];
-        self.read_at(offset, &mut buffer)
-            .map_err(DataError::Backend)?;
-        memory
-            .write_slice(&buffer, address)
-            .map_err(DataError::Guest)
-    }
-
-    /// Writes the guest bytes of `segments`, in order, from `offset` on. The default goes a
-    /// chunk at a time through `write_from_guest`; a file writes them all with one call.
+    /// Writes the guest bytes of `segments`, in order, from `offset` on. The default bounces a
+    /// chunk at a time through `write_at`; a file writes them all with one call.
     fn write_segments(
         &mut self,
         memory: &GuestMemoryMmap,
@@ -78,8 +47,8 @@ pub trait BlockBackend: Send {
         guest_to_backend(memory, segments, self, offset)
     }
 
-    /// Fills the guest bytes of `segments`, in order, from `offset` on. The default goes a
-    /// chunk at a time through `read_into_guest`; a file reads them all with one call.
+    /// Fills the guest bytes of `segments`, in order, from `offset` on. The default bounces a
+    /// chunk at a time through `read_at`; a file reads them all with one call.
     fn read_segments(
         &mut self,
         memory: &GuestMemoryMmap,
@@ -100,14 +69,6 @@ fn guest_buffers<'m>(
         let address = segments.first().map_or(GuestAddress(0), |s| s.addr);
         DataError::Guest(GuestMemoryError::InvalidGuestAddress(address))
     })
-}
-
-/// One segment of `len` bytes at `address`.
-fn one_segment(address: GuestAddress, len: usize) -> Result<[Segment; 1], DataError> {
-    Ok([Segment {
-        addr: address,
-        len: u32::try_from(len).map_err(|_| DataError::OffsetOverflow)?,
-    }])
 }
 
 /// Errors opening a backend.
@@ -259,26 +220,6 @@ impl BlockBackend for RawFile {
         self.physical_block_size
     }
 
-    fn write_from_guest(
-        &mut self,
-        memory: &GuestMemoryMmap,
-        address: GuestAddress,
-        len: usize,
-        offset: u64,
-    ) -> Result<(), DataError> {
-        self.write_segments(memory, &one_segment(address, len)?, offset)
-    }
-
-    fn read_into_guest(
-        &mut self,
-        memory: &GuestMemoryMmap,
-        address: GuestAddress,
-        len: usize,
-        offset: u64,
-    ) -> Result<(), DataError> {
-        self.read_segments(memory, &one_segment(address, len)?, offset)
-    }
-
     fn write_segments(
         &mut self,
         memory: &GuestMemoryMmap,
@@ -306,9 +247,17 @@ impl BlockBackend for RawFile {
 
 #[cfg(test)]
 mod tests {
+    use vm_memory::Bytes;
     use vmm_sys_util::tempfile::TempFile;
 
     use super::*;
+
+    fn segment(addr: u64, len: u32) -> Segment {
+        Segment {
+            addr: GuestAddress(addr),
+            len,
+        }
+    }
 
     #[test]
     fn read_only_users_share_a_file() {
@@ -373,24 +322,24 @@ mod tests {
         let mut file = RawFile::open(temp.as_path(), false).unwrap();
         let pattern: Vec<u8> = (0..0x1800u32).map(|i| (i % 253) as u8).collect();
         memory.write_slice(&pattern, GuestAddress(0x1000)).unwrap();
-        file.write_from_guest(&memory, GuestAddress(0x1000), pattern.len(), 0x800)
+        file.write_segments(&memory, &[segment(0x1000, pattern.len() as u32)], 0x800)
             .unwrap();
         let mut on_disk = vec![0u8; pattern.len()];
         temp.as_file().read_exact_at(&mut on_disk, 0x800).unwrap();
         assert_eq!(on_disk, pattern);
-        file.read_into_guest(&memory, GuestAddress(0x8000), pattern.len(), 0x800)
+        file.read_segments(&memory, &[segment(0x8000, pattern.len() as u32)], 0x800)
             .unwrap();
         let mut back = vec![0u8; pattern.len()];
         memory.read_slice(&mut back, GuestAddress(0x8000)).unwrap();
         assert_eq!(back, pattern);
         // Outside guest memory: the guest's fault.
         assert!(matches!(
-            file.write_from_guest(&memory, GuestAddress(0xf000), 0x2000, 0),
+            file.write_segments(&memory, &[segment(0xf000, 0x2000)], 0),
             Err(DataError::Guest(_))
         ));
         // Past the end of the file: an error either way (the guest sees IOERR).
         assert!(matches!(
-            file.read_into_guest(&memory, GuestAddress(0), 0x1000, 0x3800),
+            file.read_segments(&memory, &[segment(0, 0x1000)], 0x3800),
             Err(DataError::Backend(_)) | Err(DataError::Guest(_))
         ));
         let mut read_only = RawFile::open(temp.as_path(), true);
@@ -400,7 +349,7 @@ mod tests {
         assert!(matches!(
             read_only
                 .unwrap()
-                .write_from_guest(&memory, GuestAddress(0x1000), 512, 0),
+                .write_segments(&memory, &[segment(0x1000, 512)], 0),
             Err(DataError::Backend(_))
         ));
     }

@@ -14,9 +14,8 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::backend::BlockBackend;
-use super::data::bytes_to_guest;
 use super::executor::{Completion, Executor};
-use super::guest;
+use super::guest::{self, bytes_to_guest};
 use super::plain::PlainExecutor;
 use super::request::{Malformed, Request, RequestType};
 use super::{feature, request_status, QUEUE_SIZE, SEG_MAX, SERIAL_BYTES, SIZE_MAX};

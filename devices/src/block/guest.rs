@@ -2,13 +2,15 @@
 //! region by region through an iterator on every call; a request touches a handful of small
 //! ranges (descriptors, header, status byte), each inside one region, so these look the region
 //! up once and copy straight, and fall back to the general accessors for ranges that span
-//! regions. Every access is still checked: a range outside guest memory is an error.
+//! regions. Every access is still checked: a range outside guest memory is an error. Also the
+//! copy of a small reply (GET_ID, ZONE_REPORT, the append sector) into a request's buffers.
 
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryError,
     GuestMemoryRegion, MemoryRegionAddress, Permissions, VolatileSlice,
 };
 
+use super::request::Segment;
 use crate::virtio::GuestMemoryMmap;
 
 /// The `len` bytes at `addr` as one host slice, if they lie inside one region.
@@ -66,6 +68,24 @@ pub fn write(
     }
 }
 
+/// Writes `bytes` into `segments` as far as they reach; returns how many bytes were written.
+pub fn bytes_to_guest<M: GuestMemory + ?Sized>(
+    memory: &M,
+    segments: &[Segment],
+    bytes: &[u8],
+) -> Result<usize, GuestMemoryError> {
+    let mut written = 0;
+    for segment in segments {
+        let Some(rest) = bytes.get(written..).filter(|rest| !rest.is_empty()) else {
+            break;
+        };
+        let count = rest.len().min(segment.len as usize);
+        memory.write_slice(&rest[..count], segment.addr)?;
+        written += count;
+    }
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +131,27 @@ mod tests {
             32,
             Permissions::Write
         ));
+    }
+
+    use crate::block::request::Segment;
+
+    fn segment(addr: u64, len: u32) -> Segment {
+        Segment {
+            addr: GuestAddress(addr),
+            len,
+        }
+    }
+
+    #[test]
+    fn bytes_fill_segments_as_far_as_they_reach() {
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let written =
+            bytes_to_guest(&memory, &[segment(0x10, 3), segment(0x20, 10)], b"abcdefgh").unwrap();
+        assert_eq!(written, 8);
+        let mut out = [0u8; 5];
+        memory.read_slice(&mut out, GuestAddress(0x20)).unwrap();
+        assert_eq!(&out, b"defgh");
+        assert_eq!(bytes_to_guest(&memory, &[], b"abc").unwrap(), 0);
+        assert_eq!(bytes_to_guest(&memory, &[segment(0, 4)], b"").unwrap(), 0);
     }
 }

@@ -1,12 +1,16 @@
-//! Test support shared by the unit tests and the fuzz targets (`fuzz/`): an in-memory block
-//! backend, a byte reader that turns fuzzer input into choices, and a guest memory with one
-//! split virtqueue at fixed addresses. Compiled for this crate's tests and with the `testing`
-//! feature (which the fuzz crate enables); the VMM never builds it.
+//! Test support shared by the unit tests, the bench crate and the fuzz targets (`fuzz/`): the
+//! driver side of a split virtqueue ([`driver`], whose rings wrap, for benches and device
+//! tests), an in-memory block backend, a byte reader that turns fuzzer input into choices, and a
+//! guest memory with one split virtqueue at fixed addresses ([`SplitRing`], written descriptor
+//! by descriptor, as a fuzzer needs). Compiled for this crate's tests and with the
+//! `test-support` (bench) or `testing` (fuzz) feature; the VMM never builds it.
 //!
-//! [`fuzz`] holds the body of every fuzz target as a plain function, so that the fuzz crate is
+//! [`fuzz`] (tests and the `testing` feature) holds the body of every fuzz target as a plain function, so that the fuzz crate is
 //! a thin wrapper and the committed seeds (and every crash ever found) replay on stable in
 //! `cargo test`.
 
+pub mod driver;
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzz;
 
 use std::io;

@@ -325,14 +325,6 @@ impl MmioTransport {
         recovered
     }
 
-    /// Tells the driver the device changed its config space.
-    pub fn notify_config_change(&mut self) {
-        self.config_generation = self.config_generation.wrapping_add(1);
-        if let Err(error) = self.interrupt.signal_config_change() {
-            warn!("virtio-mmio: config change interrupt failed: {error}");
-        }
-    }
-
     /// A guest read of `data.len()` bytes at `offset` inside the window.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE_OFFSET {

@@ -1,19 +1,19 @@
 //! A zoned disk: the zone state machine plus a storage backend behind the small
-//! [`ZoneStorage`] seam. This is what a virtio-blk request handler calls; every method returns
-//! a [`ZoneError`] whose `status()` is the byte to put in the request's status.
+//! [`ZoneStorage`] seam. This is what the zoned executor calls; every method returns a
+//! [`ZoneError`] whose `status()` is the byte to put in the request's status.
 //!
 //! Backends only move bytes and persist or forward zone state; every rule (write pointer,
-//! resources, conditions, error codes) lives in [`ZoneSet`], so the file-emulated image and a
-//! future host zoned device behave the same.
+//! resources, conditions, error codes) lives in [`ZoneSet`], so the file-emulated image and the
+//! host zoned device behave the same.
 
 use std::io;
 
-use super::data_path::DataPath;
 use super::geometry::{ZonedGeometry, SECTOR_SIZE};
 use super::state::{
     ReadSegment, WritePlan, Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet,
 };
 use super::wire;
+use crate::file_io::DataPath;
 
 /// What a zoned disk needs from its storage. Called only with requests the state machine has
 /// already validated; an `Err` leaves the zone state unchanged and fails the request with IOERR.

@@ -211,7 +211,7 @@ mod tests {
     use super::*;
     use crate::block::request_type;
     use crate::block::{Segment, MAX_REQUEST_DATA_BYTES};
-    use crate::zoned::data_path::DataPath;
+    use crate::file_io::DataPath;
     use crate::zoned::geometry::{FailWrite, SECTOR_SIZE};
     use crate::zoned::lanes::PARALLEL_MIN_BYTES;
     use crate::zoned::state::ZoneCondition;
@@ -413,7 +413,7 @@ mod tests {
     #[test]
     fn a_driver_without_the_zoned_feature_is_refused_and_gets_unsupp() {
         use crate::block::Block;
-        use crate::test_support::{Buffer, SplitQueueDriver};
+        use crate::testing::driver::{Buffer, SplitQueueDriver};
         use crate::virtio::{InterruptSignal, VirtioDevice, VIRTIO_F_VERSION_1};
 
         struct NoInterrupt;

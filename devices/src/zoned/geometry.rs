@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// Bytes per sector on the virtio-blk wire, whatever the logical block size.
-pub const SECTOR_SIZE: u64 = 512;
+pub use crate::block::SECTOR_SIZE;
 
 /// Default disk size (sparse on the host): 4 GiB.
 pub const DEFAULT_SIZE_BYTES: u64 = 4 << 30;

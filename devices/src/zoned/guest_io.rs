@@ -10,14 +10,15 @@ use std::sync::Mutex;
 use log::warn;
 use vm_memory::{Address, Bytes};
 
-use super::data_path::{AlignedBuffer, DataPath};
 use super::disk::{sectors_of, Reservation, ZoneStorage, ZonedDisk};
 use super::geometry::SECTOR_SIZE;
 use super::state::ZoneError;
 use super::wire::{self, status};
-use crate::block::data::{bytes_to_guest, GuestBuffers};
+use crate::block::guest::bytes_to_guest;
 use crate::block::request::APPEND_SECTOR_BYTES;
 use crate::block::{Completion, Request, RequestType, Segment};
+use crate::file_io::GuestBuffers;
+use crate::file_io::{AlignedBuffer, DataPath};
 use crate::virtio::GuestMemoryMmap;
 
 /// How a request reaches the zone state.

@@ -20,13 +20,13 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::data_path::{AlignedBuffer, DataPath};
 use super::disk::{ZoneStorage, ZonedDisk};
 use super::geometry::{
     GeometryError, ZonedDiskOptions, ZonedGeometry, DEFAULT_MAX_APPEND_BYTES, MAX_APPEND_SECTORS,
     MAX_ZONES, SECTOR_SIZE,
 };
 use super::state::{RestoreError, ZoneCondition, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet};
+use crate::file_io::{AlignedBuffer, DataPath};
 
 /// Linux ioctls of include/uapi/linux/blkzoned.h.
 pub mod ioctl {

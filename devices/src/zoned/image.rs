@@ -13,13 +13,13 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::data_path::DataPath;
 use super::disk::{ZoneStorage, ZonedDisk};
 use super::geometry::{
     GeometryError, GeometryOverrides, ZonedDiskOptions, ZonedGeometry, DEFAULT_LOGICAL_BLOCK_SIZE,
     SECTOR_SIZE,
 };
 use super::state::{ZoneCondition, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet};
+use crate::file_io::DataPath;
 
 /// File magic at offset 0.
 pub const MAGIC: [u8; 8] = *b"VMMZONED";

@@ -6,11 +6,11 @@
 
 use std::sync::Mutex;
 
-use super::data_path::{AlignedBuffer, DataPath};
 use super::disk::{ZoneStorage, ZonedDisk};
 use super::geometry::{ZonedGeometry, SECTOR_SIZE};
 use super::guest_io::{serve_data, Lane, LaneDisk, Mover};
 use crate::block::{Completion, Request, RequestType};
+use crate::file_io::{AlignedBuffer, DataPath};
 use crate::virtio::GuestMemoryMmap;
 
 /// At most this many threads serve one batch, each taking whole zones.

@@ -1,27 +1,33 @@
 //! Zoned block devices (VIRTIO_BLK_F_ZONED, host-managed): geometry and options, the zone state
-//! machine shared by every backend, the virtio-blk wire encodings of zone information, and the
-//! backends: file-emulated and host zoned device.
+//! machine shared by every backend, the virtio-blk wire encodings of zone information, the
+//! executor that serves a virtio-blk queue's requests, and the backends: file-emulated and host
+//! zoned device.
 //!
 //! - [`geometry`]: sizes and limits, validation, defaults, the `PATH[,key=value...]` parser.
 //! - [`state`]: zone conditions and the rules (the only place they live).
 //! - [`wire`]: spec numbers, config-space fields, ZONE_REPORT replies.
-//! - [`disk`]: [`ZonedDisk`], the request-level API, over the [`ZoneStorage`] backend seam.
+//! - [`disk`]: [`ZonedDisk`], the zone state plus storage behind the [`ZoneStorage`] seam.
 //! - [`image`]: [`ZonedImage`], the file-emulated backend (docs/zoned-image-format.md).
 //! - [`host`]: [`HostZonedDevice`], a host-managed zoned block device of the host.
+//! - [`executor`]: [`ZonedExecutor`], the `block::Executor` of a zoned disk: admission
+//!   (counting, injected write failures) and dispatch. Its parts: `faults` (fault injection),
+//!   `lanes` (a batch into parallel lanes by zone), `guest_io` (data between guest memory and
+//!   storage under the zone rules), `report` (the ZONE_REPORT reply).
 //!
-//! A request handler maps each virtio-blk request to one call and writes
-//! `wire::status_of(&result)` (OK, or the error's `status()`) into the status byte:
+//! How `ZonedExecutor` serves each request type (`wire::status_of` of the result, OK or the
+//! error's `status()`, goes into the status byte):
 //!
 //! | request | call |
 //! |---|---|
-//! | IN | `disk.read(sector, &mut buf)` |
-//! | OUT | `disk.write(sector, &buf)` |
+//! | IN | `disk.check_read(sector, n)`, then each part from storage or zero-filled (`guest_io`) |
+//! | OUT | `disk.reserve_write(sector, n)`, data to storage, `disk.complete` only on failure |
+//! | ZONE_APPEND | `disk.reserve_append(sector, n)` likewise → landed sector in the first 8 writable bytes |
 //! | FLUSH | `disk.flush()` |
-//! | ZONE_APPEND | `disk.append(sector, &buf)` → sector for the in-header's first 8 bytes |
-//! | ZONE_REPORT | `disk.report_into(sector, &mut reply)` → (nr_zones, bytes written) |
-//! | ZONE_OPEN/CLOSE/FINISH/RESET/RESET_ALL | `disk.zone_management(wire::zone_op_of_request(type)?, sector)` |
+//! | ZONE_REPORT | `disk.report_into(sector, &mut reply)` → (nr_zones, bytes written) (`report`) |
+//! | ZONE_OPEN/CLOSE/FINISH/RESET/RESET_ALL | `disk.zone_management(wire::zone_op_of_request(kind)?, sector)` |
+//! | GET_ID | answered by the block device itself |
+//! | anything else | UNSUPP |
 
-pub mod data_path;
 pub mod disk;
 pub mod executor;
 mod faults;

@@ -3,7 +3,7 @@
 
 use super::disk::{ZoneStorage, ZonedDisk};
 use super::wire::status;
-use crate::block::data::bytes_to_guest;
+use crate::block::guest::bytes_to_guest;
 use crate::block::{Completion, Request};
 use crate::virtio::GuestMemoryMmap;
 

@@ -125,9 +125,6 @@ pub enum ZoneError {
     /// Out of range, bad length, or storage failure.
     #[error("I/O error")]
     Io,
-    /// The request type is not supported.
-    #[error("unsupported request")]
-    Unsupported,
     /// The request is invalid for the zone's type or condition.
     #[error("invalid zone command")]
     InvalidCommand,
@@ -147,7 +144,6 @@ impl ZoneError {
     pub fn status(&self) -> u8 {
         match self {
             ZoneError::Io => status::IOERR,
-            ZoneError::Unsupported => status::UNSUPP,
             ZoneError::InvalidCommand => status::ZONE_INVALID_CMD,
             ZoneError::UnalignedWritePointer => status::ZONE_UNALIGNED_WP,
             ZoneError::OpenResource => status::ZONE_OPEN_RESOURCE,

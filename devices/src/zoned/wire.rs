@@ -40,7 +40,7 @@ pub fn status_of<T>(result: &Result<T, ZoneError>) -> u8 {
 }
 
 /// Size of struct virtio_blk_config including the zoned fields.
-pub const CONFIG_SIZE: usize = 96;
+pub use crate::block::device::CONFIG_SIZE;
 /// Offset of blk_size (le32, bytes) inside struct virtio_blk_config.
 pub const CONFIG_BLK_SIZE: usize = crate::block::device::config_offset::BLK_SIZE;
 /// Offsets of the zoned fields inside struct virtio_blk_config.

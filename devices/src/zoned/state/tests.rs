@@ -62,7 +62,6 @@ fn fails(z: &mut ZoneSet, err: ZoneError, f: impl FnOnce(&mut ZoneSet) -> Result
 #[test]
 fn status_codes() {
     assert_eq!(ZoneError::Io.status(), 1);
-    assert_eq!(ZoneError::Unsupported.status(), 2);
     assert_eq!(ZoneError::InvalidCommand.status(), 3);
     assert_eq!(ZoneError::UnalignedWritePointer.status(), 4);
     assert_eq!(ZoneError::OpenResource.status(), 5);

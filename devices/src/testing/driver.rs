@@ -4,8 +4,8 @@
 //! `virtio_queue::mock::MockSplitQueue`, the rings wrap and descriptors are recycled, so any
 //! number of requests can go through one queue.
 //!
-//! Only with the `test-support` feature (and in this crate's tests): the VMM never drives a
-//! queue from the driver side.
+//! Only in this crate's tests and with the `test-support` or `testing` feature: the VMM never
+//! drives a queue from the driver side.
 
 use std::sync::atomic::{fence, Ordering};
 

@@ -1,6 +1,6 @@
-//! The data side of a zoned backend, usable from several threads at once: positioned reads and
-//! writes on a shared file, so that requests to different zones can move data in parallel while
-//! the zone state stays behind one lock (see `zoned::lanes`).
+//! Sector-addressed data I/O on a shared file, usable from several threads at once, so that the
+//! zoned disk's requests to different zones move data in parallel while the zone state stays
+//! behind one lock (see `zoned::lanes`); buffered, or O_DIRECT through an aligned bounce buffer.
 
 use std::alloc::Layout;
 use std::fs::File;
@@ -9,8 +9,8 @@ use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use super::geometry::SECTOR_SIZE;
-use crate::block::data::{invalid_input, GuestBuffers};
+use super::{invalid_input, GuestBuffers};
+use crate::block::SECTOR_SIZE;
 
 /// Alignment of O_DIRECT buffers: a page, which satisfies every logical block size up to 4096.
 const BUFFER_ALIGNMENT: usize = 4096;
