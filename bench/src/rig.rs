@@ -248,6 +248,13 @@ impl Rig {
     }
 
     /// The `nr_zones` field of the ZONE_REPORT reply in `slot`'s data buffer.
+    /// Leaves the device alone until it has done all its deferred work (the zoned image's
+    /// reclaim of reset zones), as the VMM's idle timer would over time.
+    pub fn idle(&mut self) {
+        use devices::virtio::VirtioDevice;
+        while self.block.idle(std::time::Duration::MAX) {}
+    }
+
     pub fn report_zone_count(&self, slot: usize) -> Result<u64, String> {
         self.memory
             .read_obj::<u64>(self.data_of(slot))

@@ -297,9 +297,9 @@ def io_section(report, data):
             "Linux 6.12 keeps one write in flight per sequential zone (zone write plugging), so the zoned "
             "job above runs at queue depth 1 while the plain one runs at 16 (Linux merges the waiting "
             "writes into requests of about 1 MiB); the QD1 rows compare the two disks at the queue depth "
-            "the zoned one really gets. A zone reset punches the zone's blocks out of the image, so each "
-            "pass over a zone allocates host memory again, while the plain disk overwrites its file: "
-            "see README, \"Benchmarks\".",
+            "the zoned one really gets. Reset zones' blocks go back to the host only once the guest "
+            "leaves the disk alone for a second, so a pass that follows a reset at once overwrites "
+            "blocks the image still has: see README, \"Benchmarks\".",
         )
     report.summary += [
         ("guest 4 KiB randread QD32, vmm/QEMU (lab)", fmt(rr_ratio, 2), ">= 1.0", verdict(stats(rr_ratio)[0], 1.0, True)),

@@ -401,8 +401,9 @@ echo "first run: $?"
 #[ignore = "boots the guest in the lab; run by `make lab-test`"]
 fn reclaim_off_keeps_reset_zones_allocated_and_they_still_read_as_zeros() {
     // Each boot writes 8 MiB into zones 2 and 3 and resets them; the host then sees how much of the image
-    // is allocated. By default the reset gives the blocks back; with reclaim=off they stay, and
-    // the guest still reads zeros above the write pointer.
+    // is allocated. By default the blocks go back once the guest leaves the disk alone (the
+    // first boot then sleeps, and the host watches the image shrink while vmm still runs); with
+    // reclaim=off they stay, and the guest still reads zeros above the write pointer.
     let guest = "dd if=/dev/urandom of=/dev/vda bs=1M count=8 seek=8 oflag=direct status=none && \
                  blkzone reset -o 16384 -c 2 /dev/vda && \
                  a=$(dd if=/dev/vda bs=1M count=8 skip=8 iflag=direct status=none | md5sum) && \
@@ -411,7 +412,20 @@ fn reclaim_off_keeps_reset_zones_allocated_and_they_still_read_as_zeros() {
     let script = format!(
         r#"
 allocated() {{ echo "$1 $(( $(stat -c %b /tmp/z.img) * $(stat -c %B /tmp/z.img) / 1048576 ))"; }}
-"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img,size=64M,zone-size=4M -- '{guest}'
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img,size=64M,zone-size=4M -- '{guest} && echo reset-done && sleep 8' > /tmp/vmm.out 2>&1 &
+vmm=$!
+# The smallest allocation seen after the reset while vmm still ran: the idle reclaim's.
+least=
+while kill -0 $vmm 2>/dev/null; do
+  if grep -q reset-done /tmp/vmm.out; then
+    now=$(( $(stat -c %b /tmp/z.img) * $(stat -c %B /tmp/z.img) / 1048576 ))
+    [ -z "$least" ] || [ "$now" -lt "$least" ] && least=$now
+  fi
+  sleep 0.2
+done
+wait $vmm; echo "default-status $?"
+cat /tmp/vmm.out
+echo "idle-MiB ${{least:-none}}"
 allocated "default-MiB"
 "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img,reclaim=off -- '{guest}'
 allocated "reclaim-off-MiB"
@@ -432,6 +446,8 @@ allocated "reclaim-off-MiB"
             .and_then(|rest| rest.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {key} line\n{}", run.describe()))
     };
+    assert_eq!(mib("default-status"), 0, "{}", run.describe());
+    assert!(mib("idle-MiB") < 2, "{}", run.describe());
     assert!(mib("default-MiB") < 2, "{}", run.describe());
     assert!(mib("reclaim-off-MiB") >= 8, "{}", run.describe());
 }

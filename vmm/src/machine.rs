@@ -16,7 +16,7 @@ use crate::device_manager::legacy::{
 };
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::host::event_loop::{
-    ConsoleFlusher, ConsoleInput, ExitWatcher, LostEventWatcher, StateDumper,
+    ConsoleFlusher, ConsoleInput, ExitWatcher, IdleWork, LostEventWatcher, StateDumper,
 };
 use crate::host::seccomp::{self, Filters, SeccompError, ThreadKind};
 use crate::host::terminal;
@@ -231,6 +231,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
             .map_err(io_err("the lost-event timer"))?,
     ));
     events.add_subscriber(lost_events.clone());
+    events.add_subscriber(Arc::new(Mutex::new(
+        IdleWork::new(devices.transports()).map_err(io_err("the idle-work timer"))?,
+    )));
     events.add_subscriber(Arc::new(Mutex::new(StateDumper::new(
         terminal::install_dump_handler().map_err(io_err("signal handling"))?,
         serial.clone(),

@@ -54,8 +54,9 @@ struct Cli {
     /// [,conventional-zones=0][,max-open=0][,max-active=0][,max-append=1M][,write-granularity=512]
     /// [,logical-block-size=512|4096] (0 = unlimited). Sizes are bytes, or a number with a binary
     /// suffix K, M, G or T (also KiB, MiB, GiB, TiB; any case). An existing image keeps its geometry; a
-    /// conflicting option is an error. For this run only: [,reclaim=on|off] (whether a zone reset
-    /// gives the zone's blocks back to the host file system; images only; default on), and fault injection:
+    /// conflicting option is an error. For this run only: [,reclaim=on|off] (whether reset zones'
+    /// blocks go back to the host file system once the guest leaves the disk alone, and at exit;
+    /// images only; default on), and fault injection:
     /// [,read-only-zones=I[:I]...] [,offline-zones=I[:I]...] (zones shown READ_ONLY or OFFLINE)
     /// [,fail-write=ZONE:N[:STATUS]] (the Nth write to zone ZONE fails with STATUS, 1 to 6,
     /// default 1). PATH `tmp` is a throwaway image in $TMPDIR, gone when vmm exits; a block device

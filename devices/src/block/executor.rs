@@ -5,6 +5,7 @@
 //! block device, and `zoned::ZonedExecutor` over a zoned disk.
 
 use std::io;
+use std::time::Duration;
 
 use super::device::CONFIG_SIZE;
 use super::request::Request;
@@ -66,4 +67,11 @@ pub trait Executor: Send {
 
     /// Makes everything written durable (called when the VMM shuts down).
     fn flush(&mut self) -> io::Result<()>;
+
+    /// Called between batches when the guest has sent nothing for a while: deferred work
+    /// (the zoned image's reclaim of reset zones) for about `budget`. Returns whether some is
+    /// left.
+    fn idle(&mut self, _budget: Duration) -> bool {
+        false
+    }
 }

@@ -325,6 +325,13 @@ impl MmioTransport {
         recovered
     }
 
+    /// Called periodically by the VMM: lets a device that was left alone since the last call
+    /// do deferred work for about `budget` (see `VirtioDevice::idle`). Returns whether some is
+    /// left.
+    pub fn idle(&mut self, budget: std::time::Duration) -> bool {
+        self.device.idle(budget)
+    }
+
     /// A guest read of `data.len()` bytes at `offset` inside the window.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE_OFFSET {

@@ -137,6 +137,12 @@ pub trait VirtioDevice: Send {
     fn shutdown(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+    /// Called periodically (see `MmioTransport::idle`): if the guest sent nothing since the
+    /// last call, the device may do deferred work for about `budget`. Returns whether some is
+    /// left.
+    fn idle(&mut self, _budget: std::time::Duration) -> bool {
+        false
+    }
 }
 
 /// Copies `config[offset..offset + data.len()]` into `data`; what lies past the end of `config`

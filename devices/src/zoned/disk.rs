@@ -7,6 +7,7 @@
 //! host zoned device behave the same.
 
 use std::io;
+use std::time::Duration;
 
 use super::geometry::{ZonedGeometry, SECTOR_SIZE};
 use super::state::{
@@ -56,6 +57,14 @@ pub trait ZoneStorage {
     /// Makes every completed write durable, then the current state of the zones listed in
     /// `zones.changed_zones()` (those changed since the last successful flush).
     fn flush(&mut self, zones: &ZoneSet) -> io::Result<()>;
+
+    /// Work a reset left for later, done while the guest leaves the disk alone (the file image
+    /// gives reset zones' blocks back here rather than in the reset), for about `budget`; with
+    /// `zones` the state now. Returns whether some is left. Called only between batches, with
+    /// no request in flight.
+    fn reclaim(&mut self, _zones: &ZoneSet, _budget: Duration) -> bool {
+        false
+    }
 
     /// After a failed write, append or zone operation involving the sequential zone starting at
     /// `zone_start`: the zone's actual (condition, write pointer) if storage can tell. A host zoned device
@@ -359,6 +368,12 @@ impl<S: ZoneStorage> ZonedDisk<S> {
             .saturating_mul(wire::REPORT_DESCRIPTOR_SIZE as u64)
             .saturating_add(wire::REPORT_HEADER_SIZE as u64);
         usize::try_from(needed).map_or(buffer_len, |needed| buffer_len.min(needed))
+    }
+
+    /// Lets storage do the work resets left for later, for about `budget` (see
+    /// [`ZoneStorage::reclaim`]); returns whether some is left.
+    pub fn reclaim(&mut self, budget: Duration) -> bool {
+        self.storage.reclaim(&self.zones, budget)
     }
 
     /// VIRTIO_BLK_T_FLUSH: everything written before is durable afterwards, with the zone

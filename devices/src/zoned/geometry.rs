@@ -473,8 +473,8 @@ pub struct ZonedDiskOptions {
     pub overrides: GeometryOverrides,
     /// Faults to inject for this run (never stored in the image).
     pub faults: FaultInjection,
-    /// `reclaim=on|off`, if given: whether a zone reset gives the zone's blocks back to the host
-    /// file system (an image only; this run only; on when not given).
+    /// `reclaim=on|off`, if given: whether reset zones' blocks go back to the host file system
+    /// while the guest is idle and at exit (an image only; this run only; on when not given).
     pub reclaim: Option<bool>,
 }
 

@@ -12,6 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::disk::{ZoneStorage, ZonedDisk};
 use super::geometry::{
@@ -242,6 +243,9 @@ pub struct ImageFile {
     /// Give reset zones' blocks back to the host file system (best effort; `reclaim=off` turns
     /// it off for a run).
     punch_holes: bool,
+    /// Zones reset since their blocks were last given back: `reclaim` punches them when the
+    /// guest leaves the disk alone, not the reset itself.
+    unreclaimed: ZoneBits,
     /// Zones whose non-current slot may hold a state that a failed persist wrote and that must
     /// not win at the next open; every later persist writes that slot again.
     unsettled: BTreeSet<usize>,
@@ -332,6 +336,7 @@ impl ImageFile {
             layout,
             slots,
             punch_holes: true,
+            unreclaimed: ZoneBits::new(geometry.nr_zones()),
             unsettled: BTreeSet::new(),
             sync_failed: false,
             #[cfg(test)]
@@ -459,31 +464,28 @@ impl ImageFile {
 
     /// Writes the given zone states into each zone's older slot and makes them durable. Only
     /// after the fdatasync succeeded do those slots become current; on failure those zones are
-    /// unsettled, and later persists write the same (still non-current) slots again.
+    /// unsettled, and later persists write the same (still non-current) slots again. Slots
+    /// close together go out in one read-modify-write of the table bytes between them (a
+    /// RESET_ALL of thousands of zones is a few system calls, not one per zone); the bytes
+    /// between are rewritten as they are, in pages the host writes back anyway.
     fn persist(&mut self, states: &[(usize, ZoneCondition, u64)]) -> io::Result<()> {
         if states.is_empty() {
             return Ok(());
         }
         let mut flips = Vec::new();
         flips.try_reserve(states.len())?;
+        let mut slots = Vec::new();
+        slots.try_reserve(states.len())?;
         for &(zone, cond, wp) in states {
             let info = self.slots[zone];
             let target = 1 - info.current;
             let generation = info.generation.wrapping_add(1);
             let (cond, wp) = persisted(self.geometry.zone_start(zone), cond, wp);
-            let slot = encode_slot(zone, cond, wp, generation);
-            let pos = self.slot_pos(zone, target);
-            // Before the write: a write that fails may still have changed the slot.
-            self.unsettled.insert(zone);
-            #[cfg(any(test, feature = "testing"))]
-            self.fail.check(StorageOp::TableWrite)?;
-            self.file.write_all_at(&slot, pos)?;
-            #[cfg(test)]
-            self.event(IoEvent::Write {
-                offset: pos,
-                data: &slot,
-                table: true,
-            });
+            slots.push((
+                self.slot_pos(zone, target),
+                zone,
+                encode_slot(zone, cond, wp, generation),
+            ));
             flips.push((
                 zone,
                 SlotInfo {
@@ -492,11 +494,50 @@ impl ImageFile {
                 },
             ));
         }
+        slots.sort_unstable_by_key(|slot| slot.0);
+        let mut run = TableRun::default();
+        for (pos, zone, slot) in slots {
+            if !run.extends_to(pos) {
+                self.write_table_run(&mut run)?;
+            }
+            // Before the write: a write that fails may still have changed the slot.
+            self.unsettled.insert(zone);
+            #[cfg(any(test, feature = "testing"))]
+            if let Err(error) = self.fail.check(StorageOp::TableWrite) {
+                self.write_table_run(&mut run)?;
+                return Err(error);
+            }
+            run.add(pos, slot);
+        }
+        self.write_table_run(&mut run)?;
         self.sync(SyncOf::Table)?;
         for (zone, info) in flips {
             self.slots[zone] = info;
             self.unsettled.remove(&zone);
         }
+        Ok(())
+    }
+
+    /// Writes a run of slots: reads the table bytes they span, puts the slots in, writes the
+    /// bytes back. Leaves the run empty.
+    fn write_table_run(&mut self, run: &mut TableRun) -> io::Result<()> {
+        let Some(start) = run.start else {
+            return Ok(());
+        };
+        let mut bytes = zeroed(run.len() as usize)?;
+        self.file.read_exact_at(&mut bytes, start)?;
+        for (pos, slot) in run.slots.drain(..) {
+            let at = (pos - start) as usize;
+            bytes[at..at + slot.len()].copy_from_slice(&slot);
+        }
+        self.file.write_all_at(&bytes, start)?;
+        #[cfg(test)]
+        self.event(IoEvent::Write {
+            offset: start,
+            data: &bytes,
+            table: true,
+        });
+        run.start = None;
         Ok(())
     }
 
@@ -572,11 +613,35 @@ impl ZoneStorage for ImageFile {
         let states = self.with_unsettled_as_durable(resets)?;
         self.persist(&states)?;
         if self.punch_holes {
-            for (from, to) in punch_ranges(plan) {
-                self.punch_hole(from, to - from);
+            for update in plan.updates.iter().filter(|u| u.old_wp > u.start) {
+                self.unreclaimed.insert(update.index);
             }
         }
         Ok(())
+    }
+
+    /// Punches the zones reset since the last reclaim, each above its write pointer now, one
+    /// fallocate per zone, until `budget` is spent; true if some are left. A host file system
+    /// pays per extent freed (ext4: about 0.15 ms each), so merging zones into fewer calls saves
+    /// nothing and would only make one call long. A zone written again since its reset keeps
+    /// its new data: only what lies above it goes, and that reads as zeros anyway. READ_ONLY
+    /// and OFFLINE zones keep everything.
+    fn reclaim(&mut self, zones: &ZoneSet, budget: Duration) -> bool {
+        let started = Instant::now();
+        let mut cursor = 0;
+        while let Some(index) = self.unreclaimed.next_from(cursor) {
+            if started.elapsed() >= budget && cursor > 0 {
+                return true;
+            }
+            cursor = index + 1;
+            self.unreclaimed.remove(index);
+            let (cond, wp) = zones.saved_state(index);
+            if holds_blocks_above_wp(cond) {
+                let end = self.geometry.zone_start(index) + self.geometry.zone_len(index);
+                self.punch_hole(wp, end - wp);
+            }
+        }
+        false
     }
 
     fn data_path(&self) -> Option<DataPath> {
@@ -621,35 +686,86 @@ impl ZoneStorage for ImageFile {
     }
 }
 
-/// The sector ranges a reset plan may give back: only what the reset zones held. A RESET_ALL
-/// merges the ranges of neighbouring reset zones, also across zones it skipped because they
-/// hold nothing (EMPTY), so thousands of zones cost one fallocate, not one each; it never
-/// reaches across a zone it keeps (READ_ONLY, OFFLINE), whose data must survive.
-fn punch_ranges(plan: &ZoneOpPlan) -> Vec<(u64, u64)> {
-    let written = plan.updates.iter().filter(|u| u.old_wp > u.start);
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
-    let mut last_index = None;
-    let mut kept = plan.kept.iter().peekable();
-    for update in written {
-        // Kept zones below this one; one of them between the previous range and this zone
-        // ends the range.
-        let mut separated = false;
-        while let Some(&&k) = kept.peek() {
-            if k >= update.index {
-                break;
-            }
-            separated |= last_index.is_some_and(|last| k > last);
-            kept.next();
-        }
-        match ranges.last_mut() {
-            Some(range) if plan.kind == ZoneOpKind::ResetAll && !separated => {
-                range.1 = update.old_wp
-            }
-            _ => ranges.push((update.start, update.old_wp)),
-        }
-        last_index = Some(update.index);
+/// Slots whose table bytes lie closer together than this go out in one write: no page the
+/// write spans is left without a changed slot.
+const TABLE_RUN_GAP: u64 = 4096;
+
+/// Zone-table slots to write in one go, in ascending file order.
+#[derive(Default)]
+struct TableRun {
+    /// File offset of the first slot; `None` while empty.
+    start: Option<u64>,
+    slots: Vec<(u64, [u8; SLOT_SIZE as usize])>,
+}
+
+impl TableRun {
+    /// Whether a slot at `pos` belongs in this run (always, while it is empty).
+    fn extends_to(&self, pos: u64) -> bool {
+        self.slots
+            .last()
+            .is_none_or(|&(last, _)| pos - (last + SLOT_SIZE) < TABLE_RUN_GAP)
     }
-    ranges
+
+    fn add(&mut self, pos: u64, slot: [u8; SLOT_SIZE as usize]) {
+        self.start.get_or_insert(pos);
+        self.slots.push((pos, slot));
+    }
+
+    /// Bytes from the first slot's start to the last one's end.
+    fn len(&self) -> u64 {
+        match (self.start, self.slots.last()) {
+            (Some(start), Some(&(last, _))) => last + SLOT_SIZE - start,
+            _ => 0,
+        }
+    }
+}
+
+/// Whether a zone's blocks above its write pointer may be punched: those of a sequential zone
+/// that accepts writes. READ_ONLY and OFFLINE zones keep everything they hold.
+fn holds_blocks_above_wp(cond: ZoneCondition) -> bool {
+    matches!(
+        cond,
+        ZoneCondition::Empty
+            | ZoneCondition::ImplicitOpen
+            | ZoneCondition::ExplicitOpen
+            | ZoneCondition::Closed
+            | ZoneCondition::Full
+    )
+}
+
+/// One bit per zone.
+#[derive(Debug)]
+struct ZoneBits {
+    words: Vec<u64>,
+}
+
+impl ZoneBits {
+    fn new(nr_zones: u64) -> Self {
+        ZoneBits {
+            words: vec![0; nr_zones.div_ceil(64) as usize],
+        }
+    }
+
+    fn insert(&mut self, index: usize) {
+        self.words[index / 64] |= 1 << (index % 64);
+    }
+
+    fn remove(&mut self, index: usize) {
+        self.words[index / 64] &= !(1 << (index % 64));
+    }
+
+    /// The lowest index at or above `from` that is set.
+    fn next_from(&self, from: usize) -> Option<usize> {
+        let mut word = from / 64;
+        let mut bits = self.words.get(word)? & (u64::MAX << (from % 64));
+        loop {
+            if bits != 0 {
+                return Some(word * 64 + bits.trailing_zeros() as usize);
+            }
+            word += 1;
+            bits = *self.words.get(word)?;
+        }
+    }
 }
 
 /// A zero-filled buffer, or an error instead of an abort when memory is short.

@@ -230,6 +230,43 @@ impl MutEventSubscriber for StateDumper {
     }
 }
 
+/// How often devices are offered time for deferred work, and how much at most each time: a
+/// device takes it only when the guest sent it nothing for a whole period, and a request that
+/// arrives meanwhile waits at most the budget.
+const IDLE_PERIOD: Duration = Duration::from_millis(100);
+const IDLE_BUDGET: Duration = Duration::from_millis(5);
+
+/// Offers each device time for deferred work while the guest leaves it alone (the zoned
+/// image gives reset zones' blocks back then, not in the reset).
+pub struct IdleWork {
+    timer: TimerFd,
+    transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+}
+
+impl IdleWork {
+    pub fn new(transports: Vec<(String, Arc<Mutex<MmioTransport>>)>) -> std::io::Result<Self> {
+        let mut timer = TimerFd::new()?;
+        timer.reset(IDLE_PERIOD, Some(IDLE_PERIOD))?;
+        Ok(Self { timer, transports })
+    }
+}
+
+impl MutEventSubscriber for IdleWork {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::new(&self.timer, EventSet::IN));
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        for (_, transport) in &self.transports {
+            // A device busy with a request (on a vCPU thread) is not idle.
+            if let Ok(mut transport) = transport.try_lock() {
+                transport.idle(IDLE_BUDGET);
+            }
+        }
+    }
+}
+
 /// How often lost interrupts and notifications are looked for.
 const LOST_EVENT_PERIOD: Duration = Duration::from_millis(250);
 

@@ -187,7 +187,8 @@ fn common_rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompError> {
             libc::PR_SET_NAME as u64,
         )?])?],
     );
-    // Zone resets punch holes in an image file; no other fallocate mode is used.
+    // Reset zones' blocks go back from an image file (the idle reclaim); no other fallocate
+    // mode is used.
     rules.insert(
         libc::SYS_fallocate,
         vec![rule(vec![dword(

@@ -485,6 +485,9 @@ fn crash_at_every_sync_point_keeps_wp_behind_durable_data() {
             7 => {
                 let _ = d.zone_op(ZoneOp::Finish, start);
             }
+            8 if rng.below(2) == 0 => {
+                d.reclaim(Duration::MAX);
+            }
             _ => d.flush().unwrap(),
         }
     }
@@ -659,8 +662,33 @@ fn only_flush_and_reset_sync() {
     );
 }
 
+/// The test geometry without open or active limits.
+fn unlimited() -> ZonedGeometry {
+    ZonedGeometry::new(ZonedGeometry {
+        max_open: 0,
+        max_active: 0,
+        ..geometry()
+    })
+    .unwrap()
+}
+
+/// Records the image's hole punches as (sector, sectors) of the data area.
+fn record_punches(d: &mut ZonedImage) -> std::sync::Arc<std::sync::Mutex<Vec<(u64, u64)>>> {
+    let punches = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = punches.clone();
+    let data_offset = d.storage().layout.data_offset;
+    d.storage_mut().io_hook = Some(Box::new(move |event: IoEvent<'_>| {
+        if let IoEvent::Punch { offset, len } = event {
+            seen.lock()
+                .unwrap()
+                .push(((offset - data_offset) / 512, len / 512));
+        }
+    }));
+    punches
+}
+
 #[test]
-fn resets_punch_only_written_data_and_reset_all_punches_once() {
+fn resets_punch_nothing_until_reclaim_and_reclaim_punches_what_they_held() {
     let dir = Scratch::new("punch");
     let path = dir.path("disk.img");
     let geometry = ZonedGeometry::new(ZonedGeometry {
@@ -674,25 +702,86 @@ fn resets_punch_only_written_data_and_reset_all_punches_once() {
     d.write(256, &pattern(256, 256, 0)).unwrap(); // zone 1 full
     d.write(512, &pattern(512, 4, 0)).unwrap(); // zone 2, right after it
     d.write(1024, &pattern(1024, 8, 0)).unwrap(); // zone 4
-    let punches = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = punches.clone();
-    d.storage_mut().io_hook = Some(Box::new(move |event: IoEvent<'_>| {
-        if let IoEvent::Punch { offset, len } = event {
-            seen.lock().unwrap().push((offset, len));
-        }
-    }));
+    let punches = record_punches(&mut d);
     d.zone_op(ZoneOp::Reset, 512).unwrap();
     d.zone_op(ZoneOp::Reset, 768).unwrap(); // empty: nothing to punch
     d.reset_all().unwrap();
-    let punches = punches.lock().unwrap().clone();
-    assert_eq!(punches.len(), 2, "{punches:?}");
-    let (zone2, all) = (punches[0], punches[1]);
-    assert_eq!(zone2.1, 4 * 512, "the written part of zone 2");
-    assert_eq!(all.0 + 256 * 512, zone2.0, "reset-all: from zone 1");
     assert_eq!(
-        all.1,
-        (1032 - 256) * 512,
-        "to the end of zone 4's data, in one call"
+        *punches.lock().unwrap(),
+        vec![],
+        "the resets themselves punch nothing"
+    );
+    assert!(!d.reclaim(Duration::MAX), "nothing left");
+    // Zones 1, 2 and 4, each whole (zone 3, reset while empty, holds nothing).
+    let each = vec![(256, 256), (512, 256), (1024, 256)];
+    assert_eq!(*punches.lock().unwrap(), each);
+    assert!(!d.reclaim(Duration::MAX));
+    assert_eq!(
+        *punches.lock().unwrap(),
+        each,
+        "a second reclaim has nothing to do"
+    );
+}
+
+#[test]
+fn reclaim_keeps_what_was_written_after_the_reset() {
+    let dir = Scratch::new("punch-rewritten");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, unlimited()).unwrap();
+    for zone in 1..5u64 {
+        d.write(zone * 256, &pattern(zone * 256, 16, 0)).unwrap();
+    }
+    d.flush().unwrap();
+    d.reset_all().unwrap();
+    // Zones 2 and 3 are written again before the guest goes idle.
+    d.write(512, &pattern(512, 8, 1)).unwrap();
+    d.write(768, &pattern(768, 3, 1)).unwrap();
+    let punches = record_punches(&mut d);
+    assert!(!d.reclaim(Duration::MAX));
+    // Zones 1 and 4 whole, the rewritten zones 2 and 3 above their new data.
+    assert_eq!(
+        *punches.lock().unwrap(),
+        vec![(256, 256), (520, 248), (771, 253), (1024, 256)]
+    );
+    assert!(read(&mut d, 512, 8) == pattern(512, 8, 1));
+    assert!(read(&mut d, 768, 3) == pattern(768, 3, 1));
+    d.flush().unwrap();
+    drop(d);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert!(read(&mut d, 512, 8) == pattern(512, 8, 1), "next run");
+    assert!(
+        d.storage().read_raw(256, 16).iter().all(|&b| b == 0),
+        "zone 1 given back"
+    );
+    assert!(
+        d.storage().read_raw(1024, 16).iter().all(|&b| b == 0),
+        "zone 4 given back"
+    );
+}
+
+#[test]
+fn reclaim_stops_when_its_budget_is_spent_and_goes_on_later() {
+    let dir = Scratch::new("punch-budget");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, unlimited()).unwrap();
+    // Zones 1, 3 and 5.
+    for zone in 1..7u64 {
+        d.write(zone * 256, &pattern(zone * 256, 8, 0)).unwrap();
+    }
+    for zone in [1u64, 3, 5] {
+        d.zone_op(ZoneOp::Reset, zone * 256).unwrap();
+    }
+    let punches = record_punches(&mut d);
+    assert!(
+        d.reclaim(Duration::ZERO),
+        "a zero budget still punches one range"
+    );
+    assert_eq!(*punches.lock().unwrap(), vec![(256, 256)]);
+    assert!(d.reclaim(Duration::ZERO));
+    assert!(!d.reclaim(Duration::MAX));
+    assert_eq!(
+        *punches.lock().unwrap(),
+        vec![(256, 256), (768, 256), (1280, 256)]
     );
 }
 
@@ -717,6 +806,7 @@ fn with_reclaim_off_resets_punch_nothing_and_reads_above_the_write_pointer_stay_
     d.zone_op(ZoneOp::Reset, 256).unwrap();
     d.write(256, &pattern(256, 2, 1)).unwrap();
     d.reset_all().unwrap();
+    assert!(!d.reclaim(Duration::MAX));
     assert_eq!(*punches.lock().unwrap(), 0);
     // The old data is still in the file, but above the write pointer the guest reads zeros.
     let mut buf = vec![0xaau8; 8 * 512];
@@ -743,6 +833,7 @@ fn reset_all_keeps_the_data_of_read_only_and_offline_zones() {
     d.inject_condition(512, ZoneCondition::ReadOnly).unwrap();
     d.set_zone_condition(1024, ZoneCondition::Offline).unwrap();
     d.reset_all().unwrap();
+    assert!(!d.reclaim(Duration::MAX));
     assert_eq!(state(&d, 1), (ZoneCondition::Empty, 256));
     assert_eq!(state(&d, 5), (ZoneCondition::Empty, 1280));
     assert!(read(&mut d, 512, 8) == pattern(512, 8, 0), "read-only zone");
