@@ -1109,7 +1109,7 @@ fn zone_state_machine(input: &mut Input) {
             1 => u64::from(input.u8()),
             _ => input.u64(),
         };
-        let hold = input.u8() % 8 == 0;
+        let hold = input.u8().is_multiple_of(8);
         match input.u8() % 12 {
             0 | 1 => {
                 if let Ok(plan) = zones.prepare_write(sector, nr_sectors) {
