@@ -48,9 +48,6 @@
 //! # }
 //! ```
 
-// rust-version 1.89 turns this lint on; the `x % n == 0` checks here predate it.
-#![allow(clippy::manual_is_multiple_of)]
-
 pub mod block;
 pub mod file_io;
 pub mod file_lock;

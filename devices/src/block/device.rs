@@ -1229,7 +1229,7 @@ mod tests {
         let mut served = 0;
         let mut answered = 0;
         for _round in 0..40 {
-            let mut disk = TestDisk::new(&m, random.next() % 4 == 0);
+            let mut disk = TestDisk::new(&m, random.next().is_multiple_of(4));
             // The mock ring does not wrap, so each disk takes fewer chains than the queue size.
             for _ in 0..(TEST_QUEUE_SIZE / 8) {
                 disk.header(random.pick(&types), random.pick(&sectors));
@@ -1239,7 +1239,7 @@ mod tests {
                         (
                             random.pick(&addresses),
                             random.pick(&lengths),
-                            random.next() % 2 == 0,
+                            random.next().is_multiple_of(2),
                         )
                     })
                     .collect();

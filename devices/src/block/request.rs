@@ -189,7 +189,7 @@ impl Request {
     /// Disk byte offset of a transfer of `len` bytes at `sector`, if the transfer is whole
     /// sectors and ends inside a disk of `capacity_bytes` (no arithmetic overflows).
     pub fn data_offset(&self, len: u64, capacity_bytes: u64) -> Option<u64> {
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             return None;
         }
         let offset = self.sector.checked_mul(SECTOR_SIZE)?;
@@ -562,7 +562,7 @@ mod tests {
             let chain: Vec<Descriptor> = (0..count)
                 .map(|_| {
                     let (addr, len) = (random.pick(&addresses), random.pick(&lengths));
-                    if random.next() % 2 == 0 {
+                    if random.next().is_multiple_of(2) {
                         readable(addr, len)
                     } else {
                         writable(addr, len)

@@ -202,7 +202,7 @@ impl DataPath {
     ) -> io::Result<()> {
         let offset = self.offset(sector)?;
         self.before_write(sector);
-        if offset % block != 0 || len as u64 % block != 0 {
+        if !offset.is_multiple_of(block) || !(len as u64).is_multiple_of(block) {
             return Err(invalid_input());
         }
         let bounce = bounce.prefix(len)?;
@@ -296,7 +296,7 @@ impl AlignedBuffer {
 
     /// Whether the start is aligned for O_DIRECT.
     pub fn is_aligned(&self) -> bool {
-        self.ptr.as_ptr() as usize % BUFFER_ALIGNMENT == 0
+        self.ptr.as_ptr().addr().is_multiple_of(BUFFER_ALIGNMENT)
     }
 
     /// Where the buffer starts (tests of its reuse).

@@ -179,8 +179,11 @@ fn vectored_at(
         let batch = &iovecs[first..(first + IOV_MAX).min(iovecs.len())];
         let at = libc::off_t::try_from(offset).map_err(|_| invalid_input())?;
         let fd = file.as_raw_fd();
-        // SAFETY: every iovec points into guest memory borrowed by the caller's GuestBuffers
-        // for the whole call, with its length; the count is at most IOV_MAX.
+        // SAFETY: the iovecs are a GuestBuffers' own (its read_from and write_to are the only
+        // callers): each describes `iov_len` bytes of a guest memory region, which stays mapped
+        // while the GuestBuffers borrows the memory, so for the whole call; one adjusted after a
+        // short transfer still lies inside the original. `file` keeps the descriptor open. A
+        // batch holds at most IOV_MAX iovecs, so its length fits the c_int count.
         let done = unsafe {
             match (batch, write) {
                 ([one], true) => libc::pwrite(fd, one.iov_base, one.iov_len, at),
@@ -211,7 +214,8 @@ fn vectored_at(
                 first += 1;
             } else {
                 let iovec = &mut iovecs.to_mut()[first];
-                // SAFETY: stays inside the same iovec's memory.
+                // SAFETY: `done` is less than this iovec's length (the branch above), so the
+                // pointer moves inside the memory the iovec describes.
                 iovec.iov_base = unsafe { iovec.iov_base.cast::<u8>().add(done) }.cast();
                 iovec.iov_len -= done;
                 done = 0;

@@ -17,9 +17,8 @@ use std::sync::Arc;
 use virtio_bindings::virtio_mmio as regs;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{
-    guest_memory, layout, write_request_header, CountingInterrupt, Input, MemoryBackend, SplitRing,
-};
+use super::driver::{Buffer, SplitRing};
+use super::{guest_memory, layout, write_request_header, CountingInterrupt, Input, MemoryBackend};
 use crate::block::{request_type, Block, QUEUE_SIZE, SECTOR_SIZE};
 use crate::virtio::mmio::IrqTrigger;
 use crate::virtio::{status, GuestMemoryMmap, MmioTransport, VirtioDevice, VIRTIO_F_VERSION_1};
@@ -103,13 +102,13 @@ fn decode_chain(
     } else {
         usize::from(count % 9)
     };
-    let parts: Vec<(u64, u32, bool)> = (0..count).map(|_| decode_part(input)).collect();
-    ring.add_chain(&parts);
+    let parts: Vec<Buffer> = (0..count).map(|_| decode_part(input)).collect();
+    ring.add_chain(&parts).expect(RINGS_IN_MEMORY);
 }
 
 /// One descriptor of a chain: kind byte (bit 0 device-writable, bits 1-3 where, bits 4-5 how
 /// long), then the arguments those pick.
-fn decode_part(input: &mut Input) -> (u64, u32, bool) {
+fn decode_part(input: &mut Input) -> Buffer {
     let kind = input.u8();
     let addr = match (kind >> 1) & 7 {
         0 => layout::HEADER + u64::from(input.u8() % 32),
@@ -127,8 +126,16 @@ fn decode_part(input: &mut Input) -> (u64, u32, bool) {
         2 => input.u32(),
         _ => u32::from(input.u8()),
     };
-    (addr, len, kind & 1 != 0)
+    Buffer {
+        addr: GuestAddress(addr),
+        len,
+        device_writable: kind & 1 != 0,
+    }
 }
+
+/// Every ring access of the harness lies in [`guest_memory`]: from the [`layout::RINGS`], any
+/// descriptor index and the ring entries of any queue size stay inside the low region.
+const RINGS_IN_MEMORY: &str = "the layout rings lie in guest memory";
 
 /// A block device (plain or zoned) activated on a [`SplitRing`], as the chain targets drive it.
 struct DeviceUnderTest {
@@ -144,7 +151,7 @@ impl DeviceUnderTest {
         let mut device = DeviceUnderTest {
             block,
             memory: memory.clone(),
-            ring: SplitRing::new(memory, queue_size),
+            ring: SplitRing::new(memory, layout::RINGS, queue_size),
             event_idx,
             interrupt: Arc::new(CountingInterrupt::default()),
         };
@@ -153,7 +160,7 @@ impl DeviceUnderTest {
     }
 
     fn activate(&mut self) {
-        if let Some(queue) = self.ring.queue(QUEUE_SIZE, self.event_idx) {
+        if let Ok(queue) = self.ring.queue(QUEUE_SIZE, self.event_idx) {
             let interrupt = self.interrupt.clone();
             // As a transport does at FEATURES_OK.
             self.block.set_acked_features(self.block.avail_features());
@@ -174,7 +181,7 @@ impl DeviceUnderTest {
 
     fn restart(&mut self) {
         self.block.reset();
-        self.ring.clear();
+        self.ring.clear().expect(RINGS_IN_MEMORY);
         self.activate();
     }
 
@@ -189,13 +196,18 @@ impl DeviceUnderTest {
                 op::DESCRIPTOR => {
                     let (index, addr, len) = (input.u16(), input.u64(), input.u32());
                     let (flags, next) = (input.u16(), input.u16());
-                    self.ring.write_descriptor(index, addr, len, flags, next);
+                    self.ring
+                        .write_descriptor(index, addr, len, flags, next)
+                        .expect(RINGS_IN_MEMORY);
                 }
-                op::PUBLISH => self.ring.publish(input.u16()),
-                op::AVAIL_IDX => self.ring.set_avail_idx(input.u16()),
+                op::PUBLISH => self.ring.publish(input.u16()).expect(RINGS_IN_MEMORY),
+                op::AVAIL_IDX => self.ring.set_avail_idx(input.u16()).expect(RINGS_IN_MEMORY),
                 op::MEMORY => write_memory(input, &self.memory),
                 op::NOTIFY => self.notify(),
-                op::AVAIL_FLAGS => self.ring.set_avail_flags(input.u16()),
+                op::AVAIL_FLAGS => self
+                    .ring
+                    .set_avail_flags(input.u16())
+                    .expect(RINGS_IN_MEMORY),
                 _ => self.restart(),
             }
         }
@@ -519,26 +531,29 @@ impl ModelRun {
     ) -> (u8, Vec<u8>) {
         let memory = self.device.memory.clone();
         write_request_header(&memory, layout::HEADER, request_type, sector);
-        let mut parts = vec![(layout::HEADER, 16, false)];
+        let mut parts = vec![Buffer::readable(GuestAddress(layout::HEADER), 16)];
         if !data.is_empty() {
             memory
                 .write_slice(data, GuestAddress(layout::DATA))
                 .expect("request data fits the data area");
-            parts.push((layout::DATA, data.len() as u32, false));
+            parts.push(Buffer::readable(
+                GuestAddress(layout::DATA),
+                data.len() as u32,
+            ));
         }
         if reply_len > 0 {
-            parts.push((MODEL_REPLY, reply_len, true));
+            parts.push(Buffer::writable(GuestAddress(MODEL_REPLY), reply_len));
         }
-        parts.push((layout::STATUS, 1, true));
+        parts.push(Buffer::writable(GuestAddress(layout::STATUS), 1));
         memory
             .write_obj(0xffu8, GuestAddress(layout::STATUS))
             .expect("the status byte is in memory");
         let fired_before = self.fired.load(Ordering::SeqCst);
-        let used = self.device.ring.used_idx();
-        self.device.ring.add_chain(&parts);
+        let used = self.device.ring.used_idx().expect(RINGS_IN_MEMORY);
+        self.device.ring.add_chain(&parts).expect(RINGS_IN_MEMORY);
         self.device.notify();
         assert_eq!(
-            self.device.ring.used_idx(),
+            self.device.ring.used_idx().expect(RINGS_IN_MEMORY),
             used.wrapping_add(1),
             "request type {request_type} at {sector} did not complete"
         );
@@ -1094,7 +1109,7 @@ fn zone_state_machine(input: &mut Input) {
             1 => u64::from(input.u8()),
             _ => input.u64(),
         };
-        let hold = input.u8() % 8 == 0;
+        let hold = input.u8().is_multiple_of(8);
         match input.u8() % 12 {
             0 | 1 => {
                 if let Ok(plan) = zones.prepare_write(sector, nr_sectors) {
@@ -1377,8 +1392,8 @@ fn probe(
         write32(transport, low, address as u32);
         write32(transport, low + 4, (address >> 32) as u32);
     }
-    *ring = SplitRing::new(memory, size);
-    ring.clear();
+    *ring = SplitRing::new(memory, layout::RINGS, size);
+    ring.clear().expect(RINGS_IN_MEMORY);
     write32(
         transport,
         regs::VIRTIO_MMIO_QUEUE_READY,
@@ -1413,7 +1428,7 @@ pub fn mmio_registers(data: &[u8]) {
     let memory = guest_memory();
     let mut transport = MmioTransport::new(memory.clone(), Box::new(block), Box::new(NoIrq))
         .expect("the block device's queue size is valid");
-    let mut ring = SplitRing::new(&memory, QUEUE_SIZE);
+    let mut ring = SplitRing::new(&memory, layout::RINGS, QUEUE_SIZE);
     let shape = DiskShape {
         capacity_sectors: sectors,
         zone_sectors: 8,
@@ -2187,13 +2202,13 @@ mod tests {
             zone_sectors: 8,
         };
         device.run(&mut input, shape);
-        assert_eq!(device.ring.used_idx(), 5);
+        assert_eq!(device.ring.used_idx().unwrap(), 5);
         let status =
             |memory: &GuestMemoryMmap| memory.read_obj::<u8>(GuestAddress(layout::STATUS)).unwrap();
         // The last request was of an unknown type.
         assert_eq!(status(&memory), crate::block::request_status::UNSUPP);
         assert_eq!(
-            device.ring.used_len(1),
+            device.ring.used_element(1).unwrap().len,
             1024 + 1,
             "the read returned its data"
         );

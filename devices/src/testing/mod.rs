@@ -1,13 +1,13 @@
 //! Test support shared by the unit tests, the bench crate and the fuzz targets (`fuzz/`): the
-//! driver side of a split virtqueue ([`driver`], whose rings wrap, for benches and device
-//! tests), an in-memory block backend, a byte reader that turns fuzzer input into choices, and a
-//! guest memory with one split virtqueue at fixed addresses ([`SplitRing`], written descriptor
-//! by descriptor, as a fuzzer needs). Compiled for this crate's tests and with the
+//! driver side of a split virtqueue ([`driver`]: raw ring writes as a hostile guest makes them,
+//! and a well-behaved driver on top, whose rings wrap), an in-memory block backend, a byte
+//! reader that turns fuzzer input into choices, and a guest memory with room for one split
+//! virtqueue at fixed addresses ([`layout`]). Compiled for this crate's tests and with the
 //! `test-support` (bench) or `testing` (fuzz) feature; the VMM never builds it.
 //!
-//! [`fuzz`] (tests and the `testing` feature) holds the body of every fuzz target as a plain function, so that the fuzz crate is
-//! a thin wrapper and the committed seeds (and every crash ever found) replay on stable in
-//! `cargo test`.
+//! [`fuzz`] (tests and the `testing` feature) holds the body of every fuzz target as a plain
+//! function, so that the fuzz crate is a thin wrapper and the committed seeds (and every crash
+//! ever found) replay on stable in `cargo test`.
 
 pub mod driver;
 #[cfg(any(test, feature = "testing"))]
@@ -17,8 +17,6 @@ use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::block::BlockBackend;
@@ -162,9 +160,13 @@ impl<'a> Input<'a> {
     }
 }
 
-/// Guest memory layout of the [`SplitRing`] harness: a 1 MiB region at 0 holding the ring and
-/// request buffers, a hole, and a second small region, so that buffers can straddle a hole.
+/// Guest memory layout of the fuzz harness: a 1 MiB region at 0 holding the ring and request
+/// buffers, a hole, and a second small region, so that buffers can straddle a hole.
 pub mod layout {
+    use vm_memory::GuestAddress;
+
+    use super::driver::RingAddresses;
+
     /// Size of the region at address 0.
     pub const LOW_SIZE: u64 = 0x10_0000;
     /// Start of the second region (a 64 KiB hole lies before it).
@@ -177,6 +179,12 @@ pub mod layout {
     pub const AVAIL_RING: u64 = 0x1000;
     /// Used ring.
     pub const USED_RING: u64 = 0x2000;
+    /// The three above, for a [`super::driver::SplitRing`].
+    pub const RINGS: RingAddresses = RingAddresses {
+        desc_table: GuestAddress(DESC_TABLE),
+        avail_ring: GuestAddress(AVAIL_RING),
+        used_ring: GuestAddress(USED_RING),
+    };
     /// Where request headers go.
     pub const HEADER: u64 = 0x3000;
     /// Where status bytes go.
@@ -210,134 +218,6 @@ impl InterruptSignal for CountingInterrupt {
     fn signal_config_change(&self) -> io::Result<()> {
         self.config.fetch_add(1, Ordering::SeqCst);
         Ok(())
-    }
-}
-
-/// One split virtqueue in guest memory at the [`layout`] addresses, written the way a driver
-/// writes it: raw descriptors, available ring entries and index. Nothing is validated, so a
-/// test (or a fuzzer) can write whatever a hostile guest could.
-#[derive(Debug)]
-pub struct SplitRing {
-    memory: GuestMemoryMmap,
-    size: u16,
-    avail_idx: u16,
-    next_descriptor: u16,
-}
-
-/// Byte offsets inside the split rings (virtio 1.x §2.7).
-const RING_IDX_OFFSET: u64 = 2;
-const RING_ENTRIES_OFFSET: u64 = 4;
-const DESCRIPTOR_SIZE: u64 = 16;
-
-impl SplitRing {
-    /// A ring of `size` entries (the caller picks any number; a queue refuses sizes that are
-    /// not powers of two) in `memory`, with empty rings.
-    pub fn new(memory: &GuestMemoryMmap, size: u16) -> Self {
-        SplitRing {
-            memory: memory.clone(),
-            size,
-            avail_idx: 0,
-            next_descriptor: 0,
-        }
-    }
-
-    /// Number of ring entries.
-    pub fn size(&self) -> u16 {
-        self.size
-    }
-
-    /// A ready queue as the device gets it after DRIVER_OK.
-    pub fn queue(&self, max_size: u16, event_idx: bool) -> Option<Queue> {
-        let mut queue = Queue::new(max_size).ok()?;
-        queue.set_size(self.size);
-        let halves = |address: u64| (Some(address as u32), Some((address >> 32) as u32));
-        let (low, high) = halves(layout::DESC_TABLE);
-        queue.set_desc_table_address(low, high);
-        let (low, high) = halves(layout::AVAIL_RING);
-        queue.set_avail_ring_address(low, high);
-        let (low, high) = halves(layout::USED_RING);
-        queue.set_used_ring_address(low, high);
-        queue.set_event_idx(event_idx);
-        queue.set_ready(true);
-        Some(queue)
-    }
-
-    /// Writes descriptor `index` of the table (indices past the queue size write past the
-    /// table, as a driver could).
-    pub fn write_descriptor(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut raw = [0u8; DESCRIPTOR_SIZE as usize];
-        raw[..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..].copy_from_slice(&next.to_le_bytes());
-        let at = layout::DESC_TABLE + u64::from(index) * DESCRIPTOR_SIZE;
-        // The table lies inside the low region for every u16 index.
-        let _ = self.memory.write_slice(&raw, GuestAddress(at));
-    }
-
-    /// Puts `head` into the next available ring slot and publishes it.
-    pub fn publish(&mut self, head: u16) {
-        let slot = u64::from(self.avail_idx % self.size.max(1));
-        let at = layout::AVAIL_RING + RING_ENTRIES_OFFSET + 2 * slot;
-        let _ = self.memory.write_obj(head, GuestAddress(at));
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.set_avail_idx(self.avail_idx);
-    }
-
-    /// Writes the available index as is (a garbage index breaks the queue).
-    pub fn set_avail_idx(&self, idx: u16) {
-        let at = layout::AVAIL_RING + RING_IDX_OFFSET;
-        let _ = self.memory.write_obj(idx, GuestAddress(at));
-    }
-
-    /// Writes the available ring's flags (e.g. VRING_AVAIL_F_NO_INTERRUPT).
-    pub fn set_avail_flags(&self, flags: u16) {
-        let _ = self
-            .memory
-            .write_obj(flags, GuestAddress(layout::AVAIL_RING));
-    }
-
-    /// The used index the device wrote.
-    pub fn used_idx(&self) -> u16 {
-        let at = layout::USED_RING + RING_IDX_OFFSET;
-        self.memory.read_obj(GuestAddress(at)).unwrap_or(0)
-    }
-
-    /// The length the device reported in used ring slot `position` (an index, not modulo).
-    pub fn used_len(&self, position: u16) -> u32 {
-        let slot = u64::from(position % self.size.max(1));
-        let at = layout::USED_RING + RING_ENTRIES_OFFSET + 8 * slot + 4;
-        self.memory.read_obj(GuestAddress(at)).unwrap_or(0)
-    }
-
-    /// Writes `parts` (address, length, device-writable) as one chain in consecutive
-    /// descriptors (wrapping around the table) and publishes its head. Returns the head.
-    pub fn add_chain(&mut self, parts: &[(u64, u32, bool)]) -> u16 {
-        let size = self.size.max(1);
-        let head = self.next_descriptor % size;
-        let mut index = head;
-        for (i, &(addr, len, writable)) in parts.iter().enumerate() {
-            let next = (index + 1) % size;
-            let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 };
-            if i + 1 < parts.len() {
-                flags |= VRING_DESC_F_NEXT;
-            }
-            self.write_descriptor(index, addr, len, flags as u16, next);
-            index = next;
-        }
-        self.next_descriptor = index;
-        self.publish(head);
-        head
-    }
-
-    /// Forgets what was published, as a driver does when it sets the queue up again.
-    pub fn clear(&mut self) {
-        self.avail_idx = 0;
-        self.next_descriptor = 0;
-        self.set_avail_idx(0);
-        let _ = self
-            .memory
-            .write_obj(0u16, GuestAddress(layout::USED_RING + RING_IDX_OFFSET));
     }
 }
 

@@ -1333,7 +1333,7 @@ mod tests {
             };
             let len = [0usize, 1, 2, 3, 4, 8, 16][(next() % 7) as usize];
             let mut data = vec![0u8; len];
-            if next() % 2 == 0 {
+            if next().is_multiple_of(2) {
                 h.transport.read(offset, &mut data);
             } else {
                 let value = match next() % 3 {

@@ -87,7 +87,7 @@ pub struct ZonedDisk<S> {
 
 /// The sectors of a transfer of `len` bytes; a transfer that is not whole sectors is IOERR.
 pub(super) fn sectors_of(len: u64) -> Result<u64, ZoneError> {
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return Err(ZoneError::Io);
     }
     Ok(len / SECTOR_SIZE)

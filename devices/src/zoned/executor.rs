@@ -1003,7 +1003,8 @@ mod tests {
     static BOUNCE_ALLOCATIONS: std::sync::atomic::AtomicUsize =
         std::sync::atomic::AtomicUsize::new(0);
 
-    // SAFETY: every call is passed on to the system allocator unchanged.
+    // SAFETY: every call is passed on to the system allocator unchanged, so its guarantees are
+    // this allocator's; the counting beside it neither allocates nor unwinds.
     unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
         unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
             if layout.align() == 4096 && layout.size() >= 32 << 10 {
@@ -1013,7 +1014,8 @@ mod tests {
             unsafe { std::alloc::System.alloc(layout) }
         }
         unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-            // SAFETY: `ptr` came from `System` with this layout.
+            // SAFETY: the caller's contract: `ptr` was allocated by this allocator with `layout`,
+            // and everything this allocator hands out comes from `System`.
             unsafe { std::alloc::System.dealloc(ptr, layout) }
         }
         unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {

@@ -242,7 +242,7 @@ impl ZonedGeometry {
                 granularity: gran,
             });
         }
-        if u64::from(g.max_append_sectors) % g.block_sectors() != 0 {
+        if !u64::from(g.max_append_sectors).is_multiple_of(g.block_sectors()) {
             return Err(GeometryError::MaxAppendNotBlockMultiple {
                 max_append_sectors: g.max_append_sectors,
                 logical_block_size: block,
@@ -625,7 +625,7 @@ impl ZonedDiskOptions {
             };
             let number = if option.is_size() {
                 let bytes = parse_size(value).ok_or_else(bad)?;
-                if bytes % SECTOR_SIZE != 0 {
+                if !bytes.is_multiple_of(SECTOR_SIZE) {
                     return Err(OptionError::NotSectorMultiple {
                         key: key.to_string(),
                         value: value.to_string(),
