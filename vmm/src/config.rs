@@ -81,7 +81,7 @@ pub struct VmConfig {
     /// Seccomp filters on vmm's threads once the VM is set up.
     pub seccomp: Seccomp,
     /// Map the kernel and initrd files into guest memory rather than copy them
-    /// (`loader::load_kernel`, `loader::PendingInitrd::map`).
+    /// (`boot::kernel::load_kernel`, `boot::initrd::PendingInitrd::map`).
     pub map_images: bool,
     /// Switches only tests set; all off in normal use.
     pub test_hooks: TestHooks,

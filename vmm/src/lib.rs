@@ -5,8 +5,9 @@
 //! - `kvm`: the KVM VM and guest memory (`kvm::vm`), the vCPU run loop (`kvm::vcpu`), the buses
 //!   its exits are dispatched on (`kvm::bus`), and how the VM ends (`kvm::exit`).
 //! - `arch`: x86 boot state: the memory map, vCPU registers, CPUID, MP table, ACPI tables.
-//! - `boot`: the kernel, initrd and boot structures in guest memory (`boot::loader`); the initrd
-//!   follows while the guest starts (`boot::held_back`).
+//! - `boot`: the kernel (`boot::kernel`), the initrd (`boot::initrd`), either mapped from its file
+//!   rather than copied (`boot::mapping`), and the boot structures (`boot::boot_info`) in guest
+//!   memory; the initrd follows while the guest starts (`boot::held_back`).
 //! - `device_manager`: virtio devices wired onto the MMIO bus, the legacy devices
 //!   (`device_manager::legacy`), virtiofsd processes for shares (`device_manager::virtiofsd`).
 //! - `host`: the host side: event loop (console, signals), terminal, seccomp filters on every

@@ -7,8 +7,11 @@ use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{acpi, layout, mptable, regs};
+use crate::boot::boot_info::write_boot_info;
 use crate::boot::held_back;
-use crate::boot::loader::{self, LoaderError};
+use crate::boot::initrd::{place_initrd, PendingInitrd};
+use crate::boot::kernel::{check_kernel, KernelLoadThread};
+use crate::boot::LoaderError;
 use crate::config::{self, VmConfig};
 use crate::device_manager::legacy::{
     AcpiPowerControl, ConsoleOutput, GuestControl, I8042Reset, SerialDevice, SerialInputDrained,
@@ -69,7 +72,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     if config.map_images && !config.shares.is_empty() {
         return Err(VmmError::MapImagesWithShares);
     }
-    let kernel = loader::check_kernel(&config.kernel)?;
+    let kernel = check_kernel(&config.kernel)?;
     // Opened now: no thread may open files once the seccomp filters are in place.
     let lost_events_log = crate::host::event_loop::LostEventsLog::from_env();
     // A vhost-user backend (virtiofsd) maps guest RAM itself: it must be shared.
@@ -80,23 +83,22 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     };
     // The initrd is read once the guest runs (`fill_held_back`), unless it is mapped.
     let initrd = match &config.initrd {
-        Some(path) => Some(loader::place_initrd(&memory, path, kernel.initrd_limit)?),
+        Some(path) => Some(place_initrd(&memory, path, kernel.initrd_limit)?),
         None => None,
     };
     let read_later = match &initrd {
         Some(initrd) => !(config.map_images && initrd.map(&memory)?),
         None => false,
     };
-    let loading =
-        loader::KernelLoadThread::spawn(memory.clone(), config.kernel.clone(), config.map_images)
-            .map_err(io_err("the kernel loader thread"))?;
+    let loading = KernelLoadThread::spawn(memory.clone(), config.kernel.clone(), config.map_images)
+        .map_err(io_err("the kernel loader thread"))?;
     let (vm, held_back) = Vm::with_memory(
         memory,
         true,
         initrd
             .as_ref()
             .filter(|_| read_later)
-            .map(loader::PendingInitrd::held_back),
+            .map(PendingInitrd::held_back),
     )?;
     // After guest memory is mapped, so that a vCPU thread's malloc arena never lands next to it,
     // where the kernel would merge the two into one mapping in /proc/PID/smaps.
@@ -201,7 +203,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     } else {
         None
     };
-    let boot = loader::write_boot_info(&vm.memory, &images, &cmdline, rsdp)?;
+    let boot = write_boot_info(&vm.memory, &images, &cmdline, rsdp)?;
 
     let mut vcpus = Vec::with_capacity(config.cpus as usize);
     for index in 0..config.cpus {
@@ -335,7 +337,7 @@ fn add_shares(
 /// minute), so that the guest's wait is what gets exercised.
 fn fill_held_back(
     vm: &Vm,
-    initrd: loader::PendingInitrd,
+    initrd: PendingInitrd,
     slot: &HeldBackSlot,
     filling: &held_back::Filling,
     late: bool,

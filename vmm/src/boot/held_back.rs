@@ -1,6 +1,6 @@
 //! Guest RAM that the VM runs without for its first milliseconds: vmm starts the guest while it
 //! still reads the initrd into guest memory, and keeps that range out of KVM's memory map until
-//! the initrd is there (`Vm::map_memory`, `loader::PendingInitrd`). The kernel reaches for its
+//! the initrd is there (`Vm::map_memory`, `initrd::PendingInitrd`). The kernel reaches for its
 //! initrd long after it starts, so normally the range is mapped well before. Should the guest get
 //! there first, its access exits to vmm as MMIO, and `HeldBackRam`, on the MMIO bus over that
 //! range, waits for the contents and then serves the access from guest memory: a read sees the
