@@ -96,9 +96,12 @@ fn lock_error(path: &Path, error: io::Error) -> ImageError {
     }
 }
 
+/// CRC-32 (IEEE 802.3, as zlib's), eight bytes per step ("slicing-by-8"): opening an image
+/// checks two slots per zone, and byte-at-a-time tables made that most of the open time of a
+/// million-zone image.
 pub fn crc32(data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
+    const TABLES: [[u32; 256]; 8] = {
+        let mut tables = [[0u32; 256]; 8];
         let mut i = 0;
         while i < 256 {
             let mut c = i as u32;
@@ -111,14 +114,39 @@ pub fn crc32(data: &[u8]) -> u32 {
                 };
                 k += 1;
             }
-            table[i] = c;
+            tables[0][i] = c;
             i += 1;
         }
-        table
+        // tables[t][i]: the CRC of byte i followed by t zero bytes.
+        let mut t = 1;
+        while t < 8 {
+            let mut i = 0;
+            while i < 256 {
+                let prev = tables[t - 1][i];
+                tables[t][i] = (prev >> 8) ^ tables[0][(prev & 0xFF) as usize];
+                i += 1;
+            }
+            t += 1;
+        }
+        tables
     };
+    let byte = |crc: u32, shift: u32| ((crc >> shift) & 0xFF) as usize;
     let mut crc = !0u32;
-    for &b in data {
-        crc = TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
+    let mut chunks = data.chunks_exact(8);
+    for chunk in &mut chunks {
+        let low = crc ^ u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        let high = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+        crc = TABLES[7][byte(low, 0)]
+            ^ TABLES[6][byte(low, 8)]
+            ^ TABLES[5][byte(low, 16)]
+            ^ TABLES[4][byte(low, 24)]
+            ^ TABLES[3][byte(high, 0)]
+            ^ TABLES[2][byte(high, 8)]
+            ^ TABLES[1][byte(high, 16)]
+            ^ TABLES[0][byte(high, 24)];
+    }
+    for &b in chunks.remainder() {
+        crc = TABLES[0][byte(crc ^ u32::from(b), 0)] ^ (crc >> 8);
     }
     !crc
 }
@@ -686,6 +714,9 @@ impl ZoneStorage for ImageFile {
     }
 }
 
+/// How many zones' slots opening an image reads per system call (256 KiB).
+const TABLE_READ_ZONES: usize = 8192;
+
 /// Slots whose table bytes lie closer together than this go out in one write: no page the
 /// write spans is left without a changed slot.
 const TABLE_RUN_GAP: u64 = 4096;
@@ -1049,9 +1080,6 @@ impl ZonedDisk<ImageFile> {
             }
         }
         let n = geometry.nr_zones() as usize;
-        let mut table = zeroed(n * 2 * SLOT_SIZE as usize).map_err(&err)?;
-        file.read_exact_at(&mut table, layout.table_offset)
-            .map_err(&err)?;
         let table_error = |zone: usize, reason: String| ImageError::CorruptZoneTable {
             path: path.to_path_buf(),
             zone,
@@ -1061,27 +1089,36 @@ impl ZonedDisk<ImageFile> {
         let mut states = Vec::new();
         slots.try_reserve_exact(n).map_err(|e| err(e.into()))?;
         states.try_reserve_exact(n).map_err(|e| err(e.into()))?;
-        for (zone, pair) in table.chunks_exact(2 * SLOT_SIZE as usize).enumerate() {
-            let a = decode_slot(zone, &pair[..16]);
-            let b = decode_slot(zone, &pair[16..]);
-            let (current, (cond, wp, generation)) = match (a, b) {
-                (Some(a), Some(b)) if a.2.wrapping_sub(b.2) == 1 => (0, a),
-                (Some(a), Some(b)) if b.2.wrapping_sub(a.2) == 1 => (1, b),
-                (Some(_), Some(_)) => {
-                    return Err(table_error(
-                        zone,
-                        "slot generations are not consecutive".into(),
-                    ))
-                }
-                (Some(a), None) => (0, a),
-                (None, Some(b)) => (1, b),
-                (None, None) => return Err(table_error(zone, "both slots are corrupt".into())),
-            };
-            slots.push(SlotInfo {
-                current,
-                generation,
-            });
-            states.push((cond, wp));
+        // The table is read a piece at a time into one buffer that stays in the CPU cache.
+        let pair_bytes = 2 * SLOT_SIZE as usize;
+        let mut table = zeroed(TABLE_READ_ZONES.min(n) * pair_bytes).map_err(&err)?;
+        for first in (0..n).step_by(TABLE_READ_ZONES) {
+            let piece = &mut table[..TABLE_READ_ZONES.min(n - first) * pair_bytes];
+            file.read_exact_at(piece, layout.table_offset + (first * pair_bytes) as u64)
+                .map_err(&err)?;
+            for (offset, pair) in piece.chunks_exact(pair_bytes).enumerate() {
+                let zone = first + offset;
+                let a = decode_slot(zone, &pair[..16]);
+                let b = decode_slot(zone, &pair[16..]);
+                let (current, (cond, wp, generation)) = match (a, b) {
+                    (Some(a), Some(b)) if a.2.wrapping_sub(b.2) == 1 => (0, a),
+                    (Some(a), Some(b)) if b.2.wrapping_sub(a.2) == 1 => (1, b),
+                    (Some(_), Some(_)) => {
+                        return Err(table_error(
+                            zone,
+                            "slot generations are not consecutive".into(),
+                        ))
+                    }
+                    (Some(a), None) => (0, a),
+                    (None, Some(b)) => (1, b),
+                    (None, None) => return Err(table_error(zone, "both slots are corrupt".into())),
+                };
+                slots.push(SlotInfo {
+                    current,
+                    generation,
+                });
+                states.push((cond, wp));
+            }
         }
         let zones = ZoneSet::restore(geometry, states.into_iter()).map_err(|e| match &e {
             super::state::RestoreError::Inconsistent { index, .. } => {

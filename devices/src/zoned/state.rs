@@ -342,7 +342,9 @@ impl ZoneSet {
         let mut set = ZoneSet::new(geometry);
         for (index, (cond, wp)) in states.enumerate() {
             let cond = Self::checked_state(&geometry, index, cond, wp, power_loss)?;
-            set.set_state(index, cond, wp);
+            // What storage holds is not a change to persist (and listing a million zones
+            // would cost 8 bytes each for the rest of the run).
+            set.apply_state(index, cond, wp);
         }
         // vmm never leaves more active zones than max-active (open zones count, and come back
         // closed), so only a crafted or damaged table has them; a live device keeps its own.
@@ -353,7 +355,7 @@ impl ZoneSet {
                 max_active,
             });
         }
-        set.clear_changed();
+        debug_assert!(set.changed.is_empty());
         Ok(set)
     }
 
@@ -568,8 +570,13 @@ impl ZoneSet {
 
     /// Sets a zone's state, keeping resource counts, the implicit-open FIFO and the changed list.
     fn set_state(&mut self, index: usize, cond: ZoneCondition, wp: u64) {
-        let old = self.entries[index].cond;
         self.mark_changed(index);
+        self.apply_state(index, cond, wp);
+    }
+
+    /// `set_state` without listing the zone as changed: for states read back from storage.
+    fn apply_state(&mut self, index: usize, cond: ZoneCondition, wp: u64) {
+        let old = self.entries[index].cond;
         if old == cond {
             // Same condition: counts and the implicit-open age stay as they are.
             self.entries[index].wp = wp;

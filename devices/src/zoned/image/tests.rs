@@ -87,6 +87,31 @@ fn state(d: &ZonedImage, i: usize) -> (ZoneCondition, u64) {
 fn crc32_matches_zlib() {
     assert_eq!(crc32(b""), 0);
     assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    // Every length and alignment against the bitwise definition.
+    let bitwise = |data: &[u8]| {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    0xEDB8_8320 ^ (crc >> 1)
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    };
+    let data: Vec<u8> = (0..300u32).map(|i| (i * 131 + 7) as u8).collect();
+    for start in 0..9 {
+        for end in start..data.len() {
+            assert_eq!(
+                crc32(&data[start..end]),
+                bitwise(&data[start..end]),
+                "{start}..{end}"
+            );
+        }
+    }
 }
 
 #[test]
