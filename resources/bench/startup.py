@@ -11,7 +11,12 @@ Figures per run:
   guest_rss_kib       guest RAM pages touched so far (kernel, initrd, boot tables); with
                       --map-images the kernel and initrd pages count only once touched
 
-  startup.py --vmm BIN --kernel K --initrd I --reps N --out FILE.json
+With --zones-dir DIR, also the cost of a zoned image as it grows: images of 16, 10,000 and
+1,000,000 zones (64 KiB zones) are created in DIR by one unmeasured run each, then each rep
+runs vmm without a zoned disk and with each image, in turn; the figures are the differences in
+first KVM_RUN and in overhead Pss against the run without one (in "zones").
+
+  startup.py --vmm BIN --kernel K --initrd I --reps N [--zones-dir DIR] --out FILE.json
 """
 import argparse
 import json
@@ -94,11 +99,18 @@ def vcpu_running(pid):
     return False
 
 
-def one_run(args):
+ZONE_COUNTS = (16, 10_000, 1_000_000)
+ZONE_KIB = 64
+
+
+def one_run(args, zoned=None):
     command = [
         args.vmm, "--kernel", args.kernel, "--initrd", args.initrd,
-        "--memory", f"{GUEST_MIB}M", "--boot-time", "--", "sleep 30",
+        "--memory", f"{GUEST_MIB}M", "--boot-time",
     ]
+    if zoned:
+        command += ["--zoned-disk", zoned]
+    command += ["--", "sleep 30"]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 10
@@ -149,6 +161,7 @@ def main():
     for name in ("--vmm", "--kernel", "--initrd", "--out"):
         parser.add_argument(name, required=True)
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--zones-dir")
     args = parser.parse_args()
     runs = []
     for rep in range(args.reps):
@@ -158,8 +171,38 @@ def main():
         print(f"  startup {rep + 1}/{args.reps}: first KVM_RUN {run['main_to_kvm_run_ms']:.2f} ms"
               f" after main, overhead Pss {run['overhead_pss_kib'] / 1024:.2f} MiB",
               file=sys.stderr)
+    result = {"guest_mib": GUEST_MIB, "runs": runs}
+    if args.zones_dir:
+        result["zones"] = zone_costs(args)
     with open(args.out, "w") as out:
-        json.dump({"guest_mib": GUEST_MIB, "runs": runs}, out, indent=1)
+        json.dump(result, out, indent=1)
+
+
+def zone_costs(args):
+    os.makedirs(args.zones_dir, exist_ok=True)
+    images = {}
+    for count in ZONE_COUNTS:
+        path = os.path.join(args.zones_dir, f"zones-{count}.img")
+        if os.path.exists(path):
+            os.unlink(path)
+        images[count] = path
+        print(f"  zones: creating an image of {count:,} zones", file=sys.stderr)
+        one_run(args, f"{path},size={count * ZONE_KIB}K,zone-size={ZONE_KIB}K")
+    runs = {str(count): [] for count in ZONE_COUNTS}
+    for rep in range(max(3, args.reps // 2)):
+        base = one_run(args)
+        for count in ZONE_COUNTS:
+            run = one_run(args, images[count])
+            runs[str(count)].append({
+                "added_kvm_run_ms": run["main_to_kvm_run_ms"] - base["main_to_kvm_run_ms"],
+                "added_pss_kib": run["overhead_pss_kib"] - base["overhead_pss_kib"],
+            })
+        last = runs[str(ZONE_COUNTS[-1])][-1]
+        print(f"  zones {rep + 1}: {ZONE_COUNTS[-1]:,} zones add {last['added_kvm_run_ms']:.1f} ms, "
+              f"{last['added_pss_kib'] * 1024 / ZONE_COUNTS[-1]:.1f} bytes per zone", file=sys.stderr)
+    for path in images.values():
+        os.unlink(path)
+    return {"zone_kib": ZONE_KIB, "runs": runs}
 
 
 if __name__ == "__main__":
