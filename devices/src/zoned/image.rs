@@ -714,7 +714,7 @@ impl ZoneStorage for ImageFile {
     }
 }
 
-/// How many zones' slots opening an image reads per system call (256 KiB).
+/// How many zones' slots opening an image reads per system call (256 KiB) and thread.
 const TABLE_READ_ZONES: usize = 8192;
 
 /// Slots whose table bytes lie closer together than this go out in one write: no page the
@@ -749,6 +749,125 @@ impl TableRun {
             _ => 0,
         }
     }
+}
+
+/// What the zone table of an image says, per zone.
+struct ZoneTable {
+    /// Which slot is current.
+    slots: Vec<SlotInfo>,
+    /// The (condition, write pointer) it holds.
+    states: Vec<(ZoneCondition, u64)>,
+}
+
+/// Why the zone table could not be read.
+enum TableFailure {
+    Io(io::Error),
+    Corrupt { zone: usize, reason: &'static str },
+}
+
+/// Below this many zones the table is decoded on the calling thread: a thread costs more.
+const PARALLEL_TABLE_ZONES: usize = 1 << 16;
+
+/// Reads and checks the slots of `n` zones: for each zone, which slot is current and the
+/// state it holds. A large table is split among up to four threads (a million zones' two
+/// million slot checksums were most of the open time); the failure reported is the one of the
+/// lowest zone, as a single thread would find it.
+fn read_zone_table(file: &File, table_offset: u64, n: usize) -> Result<ZoneTable, TableFailure> {
+    let mut slots = Vec::new();
+    let mut states = Vec::new();
+    let no_memory = |e: std::collections::TryReserveError| TableFailure::Io(e.into());
+    slots.try_reserve_exact(n).map_err(no_memory)?;
+    states.try_reserve_exact(n).map_err(no_memory)?;
+    let placeholder = SlotInfo {
+        current: 0,
+        generation: 0,
+    };
+    slots.resize(n, placeholder);
+    states.resize(n, (ZoneCondition::Empty, 0));
+    let workers = if n < PARALLEL_TABLE_ZONES {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |p| p.get().min(4))
+    };
+    let per_worker = n.div_ceil(workers);
+    let results: Vec<Result<(), (usize, TableFailure)>> = if workers == 1 {
+        vec![decode_zone_range(
+            file,
+            table_offset,
+            0,
+            &mut slots,
+            &mut states,
+        )]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = slots
+                .chunks_mut(per_worker)
+                .zip(states.chunks_mut(per_worker))
+                .enumerate()
+                .map(|(i, (slots, states))| {
+                    let first = i * per_worker;
+                    scope.spawn(move || decode_zone_range(file, table_offset, first, slots, states))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle.join().unwrap_or_else(|_| {
+                        let panicked = io::Error::other("a zone-table reader panicked");
+                        Err((0, TableFailure::Io(panicked)))
+                    })
+                })
+                .collect()
+        })
+    };
+    // Ranges in zone order: the first failure is the lowest zone's.
+    for result in results {
+        result.map_err(|(_, failure)| failure)?;
+    }
+    Ok(ZoneTable { slots, states })
+}
+
+/// Decodes the slots of the zones from `first` on, one per entry of `slots` and `states`,
+/// reading 8,192 zones at a time into one buffer that stays in the CPU cache.
+fn decode_zone_range(
+    file: &File,
+    table_offset: u64,
+    first: usize,
+    slots: &mut [SlotInfo],
+    states: &mut [(ZoneCondition, u64)],
+) -> Result<(), (usize, TableFailure)> {
+    let pair_bytes = 2 * SLOT_SIZE as usize;
+    let fail = |zone: usize, reason| (zone, TableFailure::Corrupt { zone, reason });
+    let mut table = zeroed(TABLE_READ_ZONES.min(slots.len()) * pair_bytes)
+        .map_err(|e| (first, TableFailure::Io(e)))?;
+    for start in (0..slots.len()).step_by(TABLE_READ_ZONES) {
+        let count = TABLE_READ_ZONES.min(slots.len() - start);
+        let piece = &mut table[..count * pair_bytes];
+        let offset = table_offset + ((first + start) * pair_bytes) as u64;
+        file.read_exact_at(piece, offset)
+            .map_err(|e| (first + start, TableFailure::Io(e)))?;
+        for (k, pair) in piece.chunks_exact(pair_bytes).enumerate() {
+            let zone = first + start + k;
+            let a = decode_slot(zone, &pair[..16]);
+            let b = decode_slot(zone, &pair[16..]);
+            let (current, (cond, wp, generation)) = match (a, b) {
+                (Some(a), Some(b)) if a.2.wrapping_sub(b.2) == 1 => (0, a),
+                (Some(a), Some(b)) if b.2.wrapping_sub(a.2) == 1 => (1, b),
+                (Some(_), Some(_)) => {
+                    return Err(fail(zone, "slot generations are not consecutive"))
+                }
+                (Some(a), None) => (0, a),
+                (None, Some(b)) => (1, b),
+                (None, None) => return Err(fail(zone, "both slots are corrupt")),
+            };
+            slots[start + k] = SlotInfo {
+                current,
+                generation,
+            };
+            states[start + k] = (cond, wp);
+        }
+    }
+    Ok(())
 }
 
 /// Whether a zone's blocks above its write pointer may be punched: those of a sequential zone
@@ -1080,49 +1199,19 @@ impl ZonedDisk<ImageFile> {
             }
         }
         let n = geometry.nr_zones() as usize;
-        let table_error = |zone: usize, reason: String| ImageError::CorruptZoneTable {
+        let table_error = |zone: usize, reason: &str| ImageError::CorruptZoneTable {
             path: path.to_path_buf(),
             zone,
-            reason,
+            reason: reason.to_string(),
         };
-        let mut slots = Vec::new();
-        let mut states = Vec::new();
-        slots.try_reserve_exact(n).map_err(|e| err(e.into()))?;
-        states.try_reserve_exact(n).map_err(|e| err(e.into()))?;
-        // The table is read a piece at a time into one buffer that stays in the CPU cache.
-        let pair_bytes = 2 * SLOT_SIZE as usize;
-        let mut table = zeroed(TABLE_READ_ZONES.min(n) * pair_bytes).map_err(&err)?;
-        for first in (0..n).step_by(TABLE_READ_ZONES) {
-            let piece = &mut table[..TABLE_READ_ZONES.min(n - first) * pair_bytes];
-            file.read_exact_at(piece, layout.table_offset + (first * pair_bytes) as u64)
-                .map_err(&err)?;
-            for (offset, pair) in piece.chunks_exact(pair_bytes).enumerate() {
-                let zone = first + offset;
-                let a = decode_slot(zone, &pair[..16]);
-                let b = decode_slot(zone, &pair[16..]);
-                let (current, (cond, wp, generation)) = match (a, b) {
-                    (Some(a), Some(b)) if a.2.wrapping_sub(b.2) == 1 => (0, a),
-                    (Some(a), Some(b)) if b.2.wrapping_sub(a.2) == 1 => (1, b),
-                    (Some(_), Some(_)) => {
-                        return Err(table_error(
-                            zone,
-                            "slot generations are not consecutive".into(),
-                        ))
-                    }
-                    (Some(a), None) => (0, a),
-                    (None, Some(b)) => (1, b),
-                    (None, None) => return Err(table_error(zone, "both slots are corrupt".into())),
-                };
-                slots.push(SlotInfo {
-                    current,
-                    generation,
-                });
-                states.push((cond, wp));
-            }
-        }
+        let ZoneTable { slots, states } =
+            read_zone_table(&file, layout.table_offset, n).map_err(|failure| match failure {
+                TableFailure::Io(e) => err(e),
+                TableFailure::Corrupt { zone, reason } => table_error(zone, reason),
+            })?;
         let zones = ZoneSet::restore(geometry, states.into_iter()).map_err(|e| match &e {
             super::state::RestoreError::Inconsistent { index, .. } => {
-                table_error(*index, e.to_string())
+                table_error(*index, &e.to_string())
             }
             super::state::RestoreError::Count { .. }
             | super::state::RestoreError::TooManyActive { .. } => ImageError::CorruptZoneStates {

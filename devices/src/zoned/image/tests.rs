@@ -557,6 +557,44 @@ fn a_second_open_of_an_image_in_use_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn a_table_read_by_several_threads_reports_its_lowest_corrupt_zone() {
+    let dir = Scratch::new("parallel-table");
+    let path = dir.path("many.img");
+    let n = 3 * PARALLEL_TABLE_ZONES as u64;
+    let g = ZonedGeometry::new(ZonedGeometry {
+        capacity: n * 8,
+        zone_size: 8,
+        zone_capacity: 8,
+        conventional_zones: 0,
+        max_open: 0,
+        max_active: 0,
+        max_append_sectors: 8,
+        write_granularity: 512,
+        logical_block_size: 512,
+    })
+    .unwrap();
+    let mut d = ZonedImage::create(&path, g).unwrap();
+    let last = n - 1;
+    d.write(last * 8, &pattern(last * 8, 3, 0)).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    let d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(
+        state(&d, last as usize),
+        (ZoneCondition::Closed, last * 8 + 3)
+    );
+    drop(d);
+    // Both slots of a zone near the end and of one near the start: the start's is reported,
+    // whichever thread finishes first.
+    for zone in [n - 10, 10] {
+        patch(&path, HEADER_SIZE + zone * 32 + 3, &[0xFF]);
+        patch(&path, HEADER_SIZE + zone * 32 + 19, &[0xFF]);
+    }
+    let msg = ZonedImage::open(&path, &none()).unwrap_err().to_string();
+    assert!(msg.contains("zone table at zone 10:"), "{msg}");
+}
+
+#[test]
 fn hundred_thousand_zones_open_and_report_fast() {
     let dir = Scratch::new("many");
     let path = dir.path("many.img");
