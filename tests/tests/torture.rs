@@ -3,6 +3,9 @@
 //! few chunks, kills the VMM with SIGKILL at a random moment, reopens the image in a new VMM and
 //! checks that no write pointer runs ahead of durable data (everything below each write pointer
 //! is exactly what was written) and that every chunk reported flushed is below the write pointer.
+//! Before writing, the guest fills each zone with an earlier epoch, flushes and resets the zones,
+//! and it pauses once for two seconds during the run, so that the idle reclaim of the reset zones
+//! (punching above each write pointer) runs among the writes, and sometimes as the kill lands.
 //!
 //! `VMM_TORTURE_ITERATIONS` iterations (default 3, what `make lab-test` runs; `make torture` runs
 //! 50), all in one lab boot. The kill moments come from a seed, printed first; set
@@ -43,12 +46,14 @@ impl Random {
 }
 
 /// When one iteration kills the VMM: after the guest reported writing chunk `after_chunk`, plus
-/// `delay_ms`; the guest flushes after every `flush_every` chunks.
+/// `delay_ms`; the guest flushes after every `flush_every` chunks, and pauses (the disk idle, so
+/// that it reclaims) after chunk `pause_after`.
 #[derive(Debug, Clone, Copy)]
 struct Kill {
     after_chunk: u64,
     delay_ms: u64,
     flush_every: u64,
+    pause_after: u64,
 }
 
 fn plan(seed: u64, iterations: u64) -> Vec<Kill> {
@@ -59,6 +64,7 @@ fn plan(seed: u64, iterations: u64) -> Vec<Kill> {
             after_chunk: random.below(CHUNKS - 8),
             delay_ms: random.below(300),
             flush_every: 1 + random.below(4),
+            pause_after: random.below(CHUNKS - 8),
         })
         .collect()
 }
@@ -72,11 +78,20 @@ fn env_number(name: &str) -> Option<u64> {
     )
 }
 
-/// The guest's writer (`bash /dev/vdb FLUSH_EVERY`): chunk i goes to zone 1 + i/16 at the write
+/// The guest's writer (`bash /dev/vdb FLUSH_EVERY PAUSE_AFTER`): first an earlier epoch into
+/// every zone, flushed, then the zones reset; then chunk i goes to zone 1 + i/16 at the write
 /// pointer; each sector of it is a 512-byte line naming its chunk and sector, so any misplaced
 /// or stale sector shows. "wrote I" after each chunk, "flushed I" once chunks 0..=I are durable.
+/// After chunk PAUSE_AFTER it sleeps two seconds: the device reclaims after one idle second.
 const WRITER: &str = r#"
 every=$1
+pause=$2
+awk 'BEGIN { for (s = 0; s < 128; s++) printf "%-511s
+", "earlier epoch sector " s }' > /tmp/old
+for z in $(seq 1 @ZONES@); do
+    dd if=/tmp/old of=/dev/vda bs=64k seek=$((z * @CHUNKS_PER_ZONE@)) oflag=direct conv=fsync 2>/dev/null || { echo "write 0 failed (the earlier epoch)"; exit 1; }
+done
+blkzone reset -o @ZONE_SECTORS@ -c @ZONES@ /dev/vda || { echo "write 0 failed (the reset)"; exit 1; }
 i=0
 while [ $i -lt @CHUNKS@ ]; do
     awk -v c=$i 'BEGIN { for (s = 0; s < 128; s++) printf "%-511s\n", "chunk " c " sector " s }' > /tmp/c
@@ -87,6 +102,7 @@ while [ $i -lt @CHUNKS@ ]; do
         dd if=/tmp/c of=/dev/vda bs=64k seek=$((@CHUNKS_PER_ZONE@ + i)) oflag=direct 2>/dev/null || { echo "write $i failed"; exit 1; }
         echo "wrote $i"
     fi
+    [ $i -eq "$pause" ] && sleep 2
     i=$((i + 1))
 done
 echo "writer finished"
@@ -122,7 +138,12 @@ fn lab_script(kills: &[Kill]) -> String {
     };
     let plan: Vec<String> = kills
         .iter()
-        .map(|k| format!("{}:{}:{}", k.after_chunk, k.delay_ms, k.flush_every))
+        .map(|k| {
+            format!(
+                "{}:{}:{}:{}",
+                k.after_chunk, k.delay_ms, k.flush_every, k.pause_after
+            )
+        })
         .collect();
     format!(
         r#"
@@ -136,11 +157,11 @@ script_disk /tmp/writer.sh; script_disk /tmp/checker.sh
 plan=({plan})
 n=${{#plan[@]}}
 for i in "${{!plan[@]}}"; do
-    IFS=: read -r after delay every <<< "${{plan[$i]}}"
+    IFS=: read -r after delay every pause <<< "${{plan[$i]}}"
     rm -f /tmp/z.img
     start=$SECONDS
     "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --zoned-disk /tmp/z.img,{IMAGE_OPTIONS} \
-        --disk /tmp/writer.sh,ro -- bash /dev/vdb "$every" > /tmp/writer.out 2>&1 &
+        --disk /tmp/writer.sh,ro -- bash /dev/vdb "$every" "$pause" > /tmp/writer.out 2>&1 &
     pid=$!
     for _ in $(seq 1200); do
         grep -qw "wrote $after" /tmp/writer.out && break
@@ -300,9 +321,9 @@ mod tests {
         let a = plan(42, 10);
         let b = plan(42, 10);
         let c = plan(43, 10);
-        let key = |p: &[Kill]| -> Vec<(u64, u64, u64)> {
+        let key = |p: &[Kill]| -> Vec<(u64, u64, u64, u64)> {
             p.iter()
-                .map(|k| (k.after_chunk, k.delay_ms, k.flush_every))
+                .map(|k| (k.after_chunk, k.delay_ms, k.flush_every, k.pause_after))
                 .collect()
         };
         assert_eq!(key(&a), key(&b));
