@@ -549,10 +549,10 @@ impl ImageFile {
     /// Writes a run of slots: reads the table bytes they span, puts the slots in, writes the
     /// bytes back. Leaves the run empty.
     fn write_table_run(&mut self, run: &mut TableRun) -> io::Result<()> {
-        let Some(start) = run.start else {
+        let Some((start, len)) = run.span() else {
             return Ok(());
         };
-        let mut bytes = zeroed(run.len() as usize)?;
+        let mut bytes = zeroed(len as usize)?;
         self.file.read_exact_at(&mut bytes, start)?;
         for (pos, slot) in run.slots.drain(..) {
             let at = (pos - start) as usize;
@@ -565,7 +565,6 @@ impl ImageFile {
             data: &bytes,
             table: true,
         });
-        run.start = None;
         Ok(())
     }
 
@@ -724,8 +723,6 @@ const TABLE_RUN_GAP: u64 = 4096;
 /// Zone-table slots to write in one go, in ascending file order.
 #[derive(Default)]
 struct TableRun {
-    /// File offset of the first slot; `None` while empty.
-    start: Option<u64>,
     slots: Vec<(u64, [u8; SLOT_SIZE as usize])>,
 }
 
@@ -738,16 +735,14 @@ impl TableRun {
     }
 
     fn add(&mut self, pos: u64, slot: [u8; SLOT_SIZE as usize]) {
-        self.start.get_or_insert(pos);
         self.slots.push((pos, slot));
     }
 
-    /// Bytes from the first slot's start to the last one's end.
-    fn len(&self) -> u64 {
-        match (self.start, self.slots.last()) {
-            (Some(start), Some(&(last, _))) => last + SLOT_SIZE - start,
-            _ => 0,
-        }
+    /// The file bytes from the first slot's start to the last one's end, if any.
+    fn span(&self) -> Option<(u64, u64)> {
+        let (first, _) = self.slots.first()?;
+        let (last, _) = self.slots.last()?;
+        Some((*first, last + SLOT_SIZE - first))
     }
 }
 
@@ -790,7 +785,7 @@ fn read_zone_table(file: &File, table_offset: u64, n: usize) -> Result<ZoneTable
         std::thread::available_parallelism().map_or(1, |p| p.get().min(4))
     };
     let per_worker = n.div_ceil(workers);
-    let results: Vec<Result<(), (usize, TableFailure)>> = if workers == 1 {
+    let results: Vec<Result<(), TableFailure>> = if workers == 1 {
         vec![decode_zone_range(
             file,
             table_offset,
@@ -814,7 +809,7 @@ fn read_zone_table(file: &File, table_offset: u64, n: usize) -> Result<ZoneTable
                 .map(|handle| {
                     handle.join().unwrap_or_else(|_| {
                         let panicked = io::Error::other("a zone-table reader panicked");
-                        Err((0, TableFailure::Io(panicked)))
+                        Err(TableFailure::Io(panicked))
                     })
                 })
                 .collect()
@@ -822,7 +817,7 @@ fn read_zone_table(file: &File, table_offset: u64, n: usize) -> Result<ZoneTable
     };
     // Ranges in zone order: the first failure is the lowest zone's.
     for result in results {
-        result.map_err(|(_, failure)| failure)?;
+        result?;
     }
     Ok(ZoneTable { slots, states })
 }
@@ -835,17 +830,17 @@ fn decode_zone_range(
     first: usize,
     slots: &mut [SlotInfo],
     states: &mut [(ZoneCondition, u64)],
-) -> Result<(), (usize, TableFailure)> {
+) -> Result<(), TableFailure> {
     let pair_bytes = 2 * SLOT_SIZE as usize;
-    let fail = |zone: usize, reason| (zone, TableFailure::Corrupt { zone, reason });
-    let mut table = zeroed(TABLE_READ_ZONES.min(slots.len()) * pair_bytes)
-        .map_err(|e| (first, TableFailure::Io(e)))?;
+    let fail = |zone, reason| TableFailure::Corrupt { zone, reason };
+    let mut table =
+        zeroed(TABLE_READ_ZONES.min(slots.len()) * pair_bytes).map_err(TableFailure::Io)?;
     for start in (0..slots.len()).step_by(TABLE_READ_ZONES) {
         let count = TABLE_READ_ZONES.min(slots.len() - start);
         let piece = &mut table[..count * pair_bytes];
         let offset = table_offset + ((first + start) * pair_bytes) as u64;
         file.read_exact_at(piece, offset)
-            .map_err(|e| (first + start, TableFailure::Io(e)))?;
+            .map_err(TableFailure::Io)?;
         for (k, pair) in piece.chunks_exact(pair_bytes).enumerate() {
             let zone = first + start + k;
             let a = decode_slot(zone, &pair[..16]);

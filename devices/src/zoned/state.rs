@@ -219,9 +219,6 @@ pub struct ZoneOpPlan {
     /// Zones whose state changes, in order of application (an implicit close comes first).
     /// Empty for idempotent successes.
     pub updates: Vec<ZoneUpdate>,
-    /// RESET_ALL only: the sequential zones it leaves alone although they may hold data
-    /// (READ_ONLY and OFFLINE), by index in ascending order. Storage must keep their blocks.
-    pub kept: Vec<usize>,
     generation: u64,
 }
 
@@ -926,7 +923,6 @@ impl ZoneSet {
         Ok(ZoneOpPlan {
             kind: ZoneOpKind::Single(op),
             updates,
-            kept: Vec::new(),
             generation: self.generation,
         })
     }
@@ -940,20 +936,9 @@ impl ZoneSet {
             .filter(|(_, e)| e.cond.is_active() || e.cond == ZoneCondition::Full)
             .map(|(i, _)| self.update(i, ZoneCondition::Empty, self.geometry.zone_start(i)))
             .collect();
-        let kept = self
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|&(i, e)| {
-                !self.geometry.is_conventional(i)
-                    && matches!(e.cond, ZoneCondition::ReadOnly | ZoneCondition::Offline)
-            })
-            .map(|(i, _)| i)
-            .collect();
         ZoneOpPlan {
             kind: ZoneOpKind::ResetAll,
             updates,
-            kept,
             generation: self.generation,
         }
     }
