@@ -556,23 +556,28 @@ fn a_second_open_of_an_image_in_use_is_refused_and_changes_nothing() {
     ZonedImage::open(&path, &none()).unwrap();
 }
 
-#[test]
-fn a_table_read_by_several_threads_reports_its_lowest_corrupt_zone() {
-    let dir = Scratch::new("parallel-table");
-    let path = dir.path("many.img");
-    let n = 3 * PARALLEL_TABLE_ZONES as u64;
-    let g = ZonedGeometry::new(ZonedGeometry {
+/// `n` zones of 8 sectors, the first `conventional` of them conventional, no limits.
+fn many_tiny_zones(n: u64, conventional: u32) -> ZonedGeometry {
+    ZonedGeometry::new(ZonedGeometry {
         capacity: n * 8,
         zone_size: 8,
         zone_capacity: 8,
-        conventional_zones: 0,
+        conventional_zones: conventional,
         max_open: 0,
         max_active: 0,
         max_append_sectors: 8,
         write_granularity: 512,
         logical_block_size: 512,
     })
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn a_table_read_by_several_threads_reports_its_lowest_corrupt_zone() {
+    let dir = Scratch::new("parallel-table");
+    let path = dir.path("many.img");
+    let n = 3 * PARALLEL_TABLE_ZONES as u64;
+    let g = many_tiny_zones(n, 0);
     let mut d = ZonedImage::create(&path, g).unwrap();
     let last = n - 1;
     d.write(last * 8, &pattern(last * 8, 3, 0)).unwrap();
@@ -599,18 +604,7 @@ fn hundred_thousand_zones_open_and_report_fast() {
     let dir = Scratch::new("many");
     let path = dir.path("many.img");
     let n = 100_000u64;
-    let g = ZonedGeometry::new(ZonedGeometry {
-        capacity: n * 8,
-        zone_size: 8,
-        zone_capacity: 8,
-        conventional_zones: 10,
-        max_open: 0,
-        max_active: 0,
-        max_append_sectors: 8,
-        write_granularity: 512,
-        logical_block_size: 512,
-    })
-    .unwrap();
+    let g = many_tiny_zones(n, 10);
     let t = Instant::now();
     let mut d = ZonedImage::create(&path, g).unwrap();
     let created = t.elapsed();
