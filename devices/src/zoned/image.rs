@@ -87,8 +87,8 @@ pub enum ImageError {
     },
 }
 
-/// CRC-32 (IEEE 802.3, reflected, as zlib's crc32).
-fn lock_error(path: &Path, error: io::Error) -> ImageError {
+/// The error for a lock that failed: in use when another process holds one.
+pub(super) fn lock_error(path: &Path, error: io::Error) -> ImageError {
     if crate::file_lock::is_conflict(&error) {
         ImageError::InUse(path.to_path_buf())
     } else {
@@ -165,10 +165,10 @@ fn le_u64(b: &[u8], o: usize) -> u64 {
 
 /// Where things are in an image of a given geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Layout {
-    table_offset: u64,
-    data_offset: u64,
-    file_size: u64,
+pub(super) struct Layout {
+    pub(super) table_offset: u64,
+    pub(super) data_offset: u64,
+    pub(super) file_size: u64,
 }
 
 impl Layout {
@@ -225,13 +225,56 @@ pub(crate) fn slot_crc(zone: usize, slot: &[u8]) -> u32 {
     crc32(&buf)
 }
 
-/// A decoded valid slot: (cond, wp, generation).
-fn decode_slot(zone: usize, s: &[u8]) -> Option<(ZoneCondition, u64, u16)> {
-    if le_u32(s, 12) != slot_crc(zone, s) || s[9] != 0 {
-        return None;
+/// What a valid table slot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct StoredSlot {
+    pub(super) cond: ZoneCondition,
+    /// End of valid data (absolute sector).
+    pub(super) wp: u64,
+    pub(super) generation: u16,
+}
+
+/// Why a table slot is not valid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum SlotDefect {
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("reserved byte {0:#04x}, not 0")]
+    Reserved(u8),
+    #[error("unknown condition {0}")]
+    Condition(u8),
+}
+
+/// Decodes slot `s` of `zone`.
+pub(super) fn decode_slot(zone: usize, s: &[u8]) -> Result<StoredSlot, SlotDefect> {
+    if le_u32(s, 12) != slot_crc(zone, s) {
+        return Err(SlotDefect::Checksum);
     }
-    let cond = ZoneCondition::from_u8(s[8])?;
-    Some((cond, le_u64(s, 0), u16::from_le_bytes([s[10], s[11]])))
+    if s[9] != 0 {
+        return Err(SlotDefect::Reserved(s[9]));
+    }
+    let cond = ZoneCondition::from_u8(s[8]).ok_or(SlotDefect::Condition(s[8]))?;
+    Ok(StoredSlot {
+        cond,
+        wp: le_u64(s, 0),
+        generation: u16::from_le_bytes([s[10], s[11]]),
+    })
+}
+
+/// Which of a zone's slots holds its state, 0 (A) or 1 (B), from the valid ones among them:
+/// the only valid one, or of two the one whose generation is one newer (modulo 2^16).
+pub(super) fn current_slot(
+    a: Option<StoredSlot>,
+    b: Option<StoredSlot>,
+) -> Result<(u8, StoredSlot), &'static str> {
+    match (a, b) {
+        (Some(a), Some(b)) if a.generation.wrapping_sub(b.generation) == 1 => Ok((0, a)),
+        (Some(a), Some(b)) if b.generation.wrapping_sub(a.generation) == 1 => Ok((1, b)),
+        (Some(_), Some(_)) => Err("slot generations are not consecutive"),
+        (Some(a), None) => Ok((0, a)),
+        (None, Some(b)) => Ok((1, b)),
+        (None, None) => Err("both slots are corrupt"),
+    }
 }
 
 /// The state stored for a zone: open zones are stored as they come back after power loss.
@@ -256,9 +299,10 @@ enum SyncOf {
 
 /// Which slot of a zone holds its newest durable state, and that state's generation.
 #[derive(Clone, Copy, Debug)]
-struct SlotInfo {
-    current: u8,
-    generation: u16,
+pub(super) struct SlotInfo {
+    /// 0 for slot A, 1 for slot B.
+    pub(super) current: u8,
+    pub(super) generation: u16,
 }
 
 /// The image file as [`ZoneStorage`].
@@ -442,8 +486,8 @@ impl ImageFile {
         self.file
             .read_exact_at(&mut slot, self.slot_pos(zone, self.slots[zone].current))?;
         decode_slot(zone, &slot)
-            .map(|(cond, wp, _)| (cond, wp))
-            .ok_or_else(|| io::Error::new(ErrorKind::InvalidData, "current zone slot is corrupt"))
+            .map(|slot| (slot.cond, slot.wp))
+            .map_err(|_| io::Error::new(ErrorKind::InvalidData, "current zone slot is corrupt"))
     }
 
     fn slot_pos(&self, zone: usize, slot: u8) -> u64 {
@@ -843,23 +887,14 @@ fn decode_zone_range(
             .map_err(TableFailure::Io)?;
         for (k, pair) in piece.chunks_exact(pair_bytes).enumerate() {
             let zone = first + start + k;
-            let a = decode_slot(zone, &pair[..16]);
-            let b = decode_slot(zone, &pair[16..]);
-            let (current, (cond, wp, generation)) = match (a, b) {
-                (Some(a), Some(b)) if a.2.wrapping_sub(b.2) == 1 => (0, a),
-                (Some(a), Some(b)) if b.2.wrapping_sub(a.2) == 1 => (1, b),
-                (Some(_), Some(_)) => {
-                    return Err(fail(zone, "slot generations are not consecutive"))
-                }
-                (Some(a), None) => (0, a),
-                (None, Some(b)) => (1, b),
-                (None, None) => return Err(fail(zone, "both slots are corrupt")),
-            };
+            let a = decode_slot(zone, &pair[..16]).ok();
+            let b = decode_slot(zone, &pair[16..]).ok();
+            let (current, slot) = current_slot(a, b).map_err(|reason| fail(zone, reason))?;
             slots[start + k] = SlotInfo {
                 current,
-                generation,
+                generation: slot.generation,
             };
-            states[start + k] = (cond, wp);
+            states[start + k] = (slot.cond, slot.wp);
         }
     }
     Ok(())
@@ -914,7 +949,7 @@ impl ZoneBits {
 }
 
 /// A zero-filled buffer, or an error instead of an abort when memory is short.
-fn zeroed(len: usize) -> io::Result<Vec<u8>> {
+pub(super) fn zeroed(len: usize) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     buf.try_reserve_exact(len)?;
     buf.resize(len, 0);
@@ -1112,76 +1147,9 @@ impl ZonedDisk<ImageFile> {
             .map_err(&err)?;
         // Before reading anything: another VMM may be writing the image right now.
         crate::file_lock::lock(&file, true).map_err(|e| lock_error(path, e))?;
-        let size = file.metadata().map_err(&err)?.len();
-        let mut header = vec![0u8; HEADER_SIZE.min(size) as usize];
-        file.read_exact_at(&mut header, 0).map_err(&err)?;
-        if header.len() < MAGIC.len() || header[..MAGIC.len()] != MAGIC {
-            return Err(ImageError::NotAnImage(path.to_path_buf()));
-        }
-        if size < HEADER_SIZE {
-            return Err(ImageError::Truncated {
-                path: path.to_path_buf(),
-                size,
-                expected: HEADER_SIZE,
-            });
-        }
-        let version = le_u32(&header, 8);
-        if version != FORMAT_VERSION {
-            return Err(ImageError::UnsupportedVersion {
-                path: path.to_path_buf(),
-                version,
-            });
-        }
-        let corrupt = |reason: String| ImageError::CorruptHeader {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let stored_crc = le_u32(&header, HEADER_CRC_OFFSET);
-        if stored_crc != crc32(&header[..HEADER_CRC_OFFSET]) {
-            return Err(corrupt("checksum mismatch".into()));
-        }
-        if le_u32(&header, 12) as u64 != HEADER_SIZE {
-            return Err(corrupt(format!("header size {}", le_u32(&header, 12))));
-        }
-        let geometry = ZonedGeometry::new(ZonedGeometry {
-            capacity: le_u64(&header, 16),
-            zone_size: le_u64(&header, 24),
-            zone_capacity: le_u64(&header, 32),
-            conventional_zones: le_u32(&header, 40),
-            max_open: le_u32(&header, 44),
-            max_active: le_u32(&header, 48),
-            max_append_sectors: le_u32(&header, 52),
-            write_granularity: le_u32(&header, 56),
-            // 0 in images made before the field existed, which had 512-byte blocks.
-            logical_block_size: match le_u32(&header, 80) {
-                0 => DEFAULT_LOGICAL_BLOCK_SIZE,
-                size => size,
-            },
-        })
-        .map_err(|e| corrupt(e.to_string()))?;
-        let layout = Layout::of(&geometry);
-        if u64::from(le_u32(&header, 60)) != geometry.nr_zones()
-            || le_u64(&header, 64) != layout.table_offset
-            || le_u64(&header, 72) != layout.data_offset
-        {
-            return Err(corrupt(
-                "zone count or layout offsets disagree with the geometry".into(),
-            ));
-        }
-        if size < layout.file_size {
-            return Err(ImageError::Truncated {
-                path: path.to_path_buf(),
-                size,
-                expected: layout.file_size,
-            });
-        }
-        if size > layout.file_size {
-            return Err(ImageError::WrongSize {
-                path: path.to_path_buf(),
-                size,
-                expected: layout.file_size,
-            });
-        }
+        let header = read_header(&file, path)?;
+        check_file_size(path, &header)?;
+        let geometry = header.geometry;
         for (option, value) in given.given() {
             let image = option.value_of(&geometry);
             if image != value {
@@ -1193,33 +1161,142 @@ impl ZonedDisk<ImageFile> {
                 });
             }
         }
-        let n = geometry.nr_zones() as usize;
-        let table_error = |zone: usize, reason: &str| ImageError::CorruptZoneTable {
-            path: path.to_path_buf(),
-            zone,
-            reason: reason.to_string(),
-        };
-        let ZoneTable { slots, states } =
-            read_zone_table(&file, layout.table_offset, n).map_err(|failure| match failure {
-                TableFailure::Io(e) => err(e),
-                TableFailure::Corrupt { zone, reason } => table_error(zone, reason),
-            })?;
-        let zones = ZoneSet::restore(geometry, states.into_iter()).map_err(|e| match &e {
-            super::state::RestoreError::Inconsistent { index, .. } => {
-                table_error(*index, &e.to_string())
-            }
-            super::state::RestoreError::Count { .. }
-            | super::state::RestoreError::TooManyActive { .. } => ImageError::CorruptZoneStates {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            },
-        })?;
+        let (slots, zones) = read_zones(&file, path, &header)?;
         Ok(ZonedDisk::new(
             zones,
-            ImageFile::new(file, geometry, layout, slots),
+            ImageFile::new(file, geometry, header.layout, slots),
         ))
     }
 }
 
+/// What an image's header says, checked: the geometry, the layout it implies, and the size of
+/// the file (which `check_file_size` compares with the layout).
+pub(super) struct ImageHeader {
+    pub(super) geometry: ZonedGeometry,
+    pub(super) layout: Layout,
+    pub(super) file_size: u64,
+}
+
+/// Reads and checks the header of an image (docs/zoned-image-format.md, "Opening", steps 1 to
+/// 3: magic, version, checksum, geometry and layout). Only reads the file.
+pub(super) fn read_header(file: &File, path: &Path) -> Result<ImageHeader, ImageError> {
+    let err = io_err(path);
+    let size = file.metadata().map_err(&err)?.len();
+    let mut header = vec![0u8; HEADER_SIZE.min(size) as usize];
+    file.read_exact_at(&mut header, 0).map_err(&err)?;
+    if header.len() < MAGIC.len() || header[..MAGIC.len()] != MAGIC {
+        return Err(ImageError::NotAnImage(path.to_path_buf()));
+    }
+    if size < HEADER_SIZE {
+        return Err(ImageError::Truncated {
+            path: path.to_path_buf(),
+            size,
+            expected: HEADER_SIZE,
+        });
+    }
+    let version = le_u32(&header, 8);
+    if version != FORMAT_VERSION {
+        return Err(ImageError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            version,
+        });
+    }
+    let corrupt = |reason: String| ImageError::CorruptHeader {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let stored_crc = le_u32(&header, HEADER_CRC_OFFSET);
+    if stored_crc != crc32(&header[..HEADER_CRC_OFFSET]) {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    if le_u32(&header, 12) as u64 != HEADER_SIZE {
+        return Err(corrupt(format!("header size {}", le_u32(&header, 12))));
+    }
+    let geometry = ZonedGeometry::new(ZonedGeometry {
+        capacity: le_u64(&header, 16),
+        zone_size: le_u64(&header, 24),
+        zone_capacity: le_u64(&header, 32),
+        conventional_zones: le_u32(&header, 40),
+        max_open: le_u32(&header, 44),
+        max_active: le_u32(&header, 48),
+        max_append_sectors: le_u32(&header, 52),
+        write_granularity: le_u32(&header, 56),
+        // 0 in images made before the field existed, which had 512-byte blocks.
+        logical_block_size: match le_u32(&header, 80) {
+            0 => DEFAULT_LOGICAL_BLOCK_SIZE,
+            size => size,
+        },
+    })
+    .map_err(|e| corrupt(e.to_string()))?;
+    let layout = Layout::of(&geometry);
+    if u64::from(le_u32(&header, 60)) != geometry.nr_zones()
+        || le_u64(&header, 64) != layout.table_offset
+        || le_u64(&header, 72) != layout.data_offset
+    {
+        return Err(corrupt(
+            "zone count or layout offsets disagree with the geometry".into(),
+        ));
+    }
+    Ok(ImageHeader {
+        geometry,
+        layout,
+        file_size: size,
+    })
+}
+
+/// Step 4 of opening: the file is exactly as long as its header's layout says.
+pub(super) fn check_file_size(path: &Path, header: &ImageHeader) -> Result<(), ImageError> {
+    let (size, layout) = (header.file_size, header.layout);
+    if size < layout.file_size {
+        return Err(ImageError::Truncated {
+            path: path.to_path_buf(),
+            size,
+            expected: layout.file_size,
+        });
+    }
+    if size > layout.file_size {
+        return Err(ImageError::WrongSize {
+            path: path.to_path_buf(),
+            size,
+            expected: layout.file_size,
+        });
+    }
+    Ok(())
+}
+
+/// Step 6 of opening: reads the zone table of an image whose header was checked, and rebuilds
+/// the zones from their current slots as after a power loss. Only reads the file.
+pub(super) fn read_zones(
+    file: &File,
+    path: &Path,
+    header: &ImageHeader,
+) -> Result<(Vec<SlotInfo>, ZoneSet), ImageError> {
+    let (geometry, layout) = (header.geometry, header.layout);
+    let err = io_err(path);
+    let n = geometry.nr_zones() as usize;
+    let table_error = |zone: usize, reason: &str| ImageError::CorruptZoneTable {
+        path: path.to_path_buf(),
+        zone,
+        reason: reason.to_string(),
+    };
+    let ZoneTable { slots, states } =
+        read_zone_table(file, layout.table_offset, n).map_err(|failure| match failure {
+            TableFailure::Io(e) => err(e),
+            TableFailure::Corrupt { zone, reason } => table_error(zone, reason),
+        })?;
+    let zones = ZoneSet::restore(geometry, states.into_iter()).map_err(|e| match &e {
+        super::state::RestoreError::Inconsistent { index, .. } => {
+            table_error(*index, &e.to_string())
+        }
+        super::state::RestoreError::Count { .. }
+        | super::state::RestoreError::TooManyActive { .. } => ImageError::CorruptZoneStates {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    })?;
+    Ok((slots, zones))
+}
+
 #[cfg(test)]
 mod tests;
+
