@@ -414,6 +414,49 @@ impl GeometryOverrides {
         self.values[option as usize] = Some(value);
     }
 
+    /// Sets `option` from its text in an option string (`value` of `key=value`): a size with
+    /// an optional binary suffix, or a count. Each option may be set once.
+    pub fn set_text(&mut self, option: GeometryOption, value: &str) -> Result<(), OptionError> {
+        let key = option.key();
+        if self.get(option).is_some() {
+            return Err(OptionError::Duplicate(key.to_string()));
+        }
+        let bad = || OptionError::BadValue {
+            key: key.to_string(),
+            value: value.to_string(),
+        };
+        let number = if option.is_size() {
+            let bytes = parse_size(value).ok_or_else(bad)?;
+            if !bytes.is_multiple_of(SECTOR_SIZE) {
+                return Err(OptionError::NotSectorMultiple {
+                    key: key.to_string(),
+                    value: value.to_string(),
+                });
+            }
+            bytes
+        } else {
+            u64::from(value.parse::<u32>().map_err(|_| bad())?)
+        };
+        // Sizes that overflow the config space fields are caught here, not silently cut.
+        let limit = match option {
+            GeometryOption::MaxAppend => u64::from(u32::MAX) * SECTOR_SIZE,
+            GeometryOption::WriteGranularity => u64::from(u32::MAX),
+            _ => u64::MAX,
+        };
+        if number > limit {
+            return Err(bad());
+        }
+        if option == GeometryOption::LogicalBlockSize
+            && !LOGICAL_BLOCK_SIZES
+                .iter()
+                .any(|&size| u64::from(size) == number)
+        {
+            return Err(OptionError::BadLogicalBlockSize(value.to_string()));
+        }
+        self.set(option, number);
+        Ok(())
+    }
+
     /// The options that were given, with their values.
     pub fn given(&self) -> impl Iterator<Item = (GeometryOption, u64)> + '_ {
         GeometryOption::ALL
@@ -616,42 +659,7 @@ impl ZonedDiskOptions {
             }
             let option =
                 GeometryOption::from_key(key).ok_or_else(|| OptionError::UnknownKey(key.into()))?;
-            if overrides.get(option).is_some() {
-                return Err(OptionError::Duplicate(key.to_string()));
-            }
-            let bad = || OptionError::BadValue {
-                key: key.to_string(),
-                value: value.to_string(),
-            };
-            let number = if option.is_size() {
-                let bytes = parse_size(value).ok_or_else(bad)?;
-                if !bytes.is_multiple_of(SECTOR_SIZE) {
-                    return Err(OptionError::NotSectorMultiple {
-                        key: key.to_string(),
-                        value: value.to_string(),
-                    });
-                }
-                bytes
-            } else {
-                u64::from(value.parse::<u32>().map_err(|_| bad())?)
-            };
-            // Sizes that overflow the config space fields are caught here, not silently cut.
-            let limit = match option {
-                GeometryOption::MaxAppend => u64::from(u32::MAX) * SECTOR_SIZE,
-                GeometryOption::WriteGranularity => u64::from(u32::MAX),
-                _ => u64::MAX,
-            };
-            if number > limit {
-                return Err(bad());
-            }
-            if option == GeometryOption::LogicalBlockSize
-                && !LOGICAL_BLOCK_SIZES
-                    .iter()
-                    .any(|&size| u64::from(size) == number)
-            {
-                return Err(OptionError::BadLogicalBlockSize(value.to_string()));
-            }
-            overrides.set(option, number);
+            overrides.set_text(option, value)?;
         }
         Ok(ZonedDiskOptions {
             path: PathBuf::from(path),
@@ -980,6 +988,30 @@ mod tests {
         // A small zone size lowers the default max-append.
         let o = ZonedDiskOptions::parse("d,zone-size=256K,size=1M").unwrap();
         assert_eq!(o.overrides.geometry().unwrap().max_append_sectors, 512);
+    }
+
+    #[test]
+    fn set_text_takes_what_the_option_string_takes() {
+        let mut o = GeometryOverrides::default();
+        o.set_text(GeometryOption::Size, "1G").unwrap();
+        o.set_text(GeometryOption::MaxOpen, "4").unwrap();
+        let parsed = ZonedDiskOptions::parse("d,size=1G,max-open=4").unwrap();
+        assert_eq!(o, parsed.overrides);
+        assert_eq!(
+            o.set_text(GeometryOption::Size, "2G"),
+            Err(OptionError::Duplicate("size".into()))
+        );
+        assert_eq!(
+            o.set_text(GeometryOption::ZoneSize, "1000"),
+            Err(OptionError::NotSectorMultiple {
+                key: "zone-size".into(),
+                value: "1000".into()
+            })
+        );
+        assert_eq!(
+            o.set_text(GeometryOption::LogicalBlockSize, "1K"),
+            Err(OptionError::BadLogicalBlockSize("1K".into()))
+        );
     }
 
     #[test]

@@ -356,6 +356,21 @@ impl ZoneSet {
         Ok(set)
     }
 
+    /// Checks one zone's saved (condition, write pointer) against the geometry as [`restore`]
+    /// does, and returns the condition it comes back with (an open zone comes back CLOSED, or
+    /// EMPTY at its start). For a tool that lists every bad zone of a table, where `restore`
+    /// stops at the first.
+    ///
+    /// [`restore`]: ZoneSet::restore
+    pub fn restored_condition(
+        geometry: &ZonedGeometry,
+        index: usize,
+        cond: ZoneCondition,
+        wp: u64,
+    ) -> Result<ZoneCondition, RestoreError> {
+        Self::checked_state(geometry, index, cond, wp, true)
+    }
+
     /// Validates a zone state against the geometry; returns the condition to use.
     fn checked_state(
         geometry: &ZonedGeometry,

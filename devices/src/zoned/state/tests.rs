@@ -602,6 +602,28 @@ fn restore_closes_open_zones() {
 }
 
 #[test]
+fn restored_condition_judges_one_zone_as_restore_does() {
+    let g = geometry(0, 0);
+    let one = |index, cond, wp| ZoneSet::restored_condition(&g, index, cond, wp);
+    assert_eq!(one(0, NotWritePointer, 16), Ok(NotWritePointer));
+    assert_eq!(one(1, ImplicitOpen, 20), Ok(Closed));
+    assert_eq!(one(2, ExplicitOpen, 32), Ok(Empty));
+    assert_eq!(one(3, Full, 60), Ok(Full));
+    for (index, cond, wp) in [
+        (0, Empty, 0),
+        (1, Empty, 17),
+        (1, Closed, 28),
+        (1, Full, 29),
+        (1, Closed, 15),
+    ] {
+        assert_eq!(
+            one(index, cond, wp),
+            Err(RestoreError::Inconsistent { index, cond, wp })
+        );
+    }
+}
+
+#[test]
 fn restore_refuses_more_active_zones_than_max_active() {
     // Zones 1, 2 and 3 come back CLOSED (open ones are closed by the power loss): 3 active
     // zones on a device that allows 2 would leave the guest a device already past its limit.
