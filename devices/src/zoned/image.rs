@@ -1299,4 +1299,3 @@ pub(super) fn read_zones(
 
 #[cfg(test)]
 mod tests;
-

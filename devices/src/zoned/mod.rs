@@ -9,6 +9,7 @@
 //! - [`disk`]: [`ZonedDisk`], the zone state plus storage behind the [`ZoneStorage`] seam.
 //! - [`image`]: [`ZonedImage`], the file-emulated backend (docs/zoned-image-format.md).
 //! - [`host`]: [`HostZonedDevice`], a host-managed zoned block device of the host.
+//! - [`inspect`]: an image read without changing it, for `vmm image report` and `check`.
 //! - [`executor`]: [`ZonedExecutor`], the `block::Executor` of a zoned disk: admission
 //!   (counting, injected write failures) and dispatch. Its parts: `faults` (fault injection),
 //!   `lanes` (a batch into parallel lanes by zone), `guest_io` (data between guest memory and
@@ -35,6 +36,7 @@ pub mod geometry;
 mod guest_io;
 pub mod host;
 pub mod image;
+pub mod inspect;
 mod lanes;
 mod report;
 pub mod state;
