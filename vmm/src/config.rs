@@ -124,6 +124,18 @@ pub enum ConfigError {
     NotACpuCount(String),
 }
 
+/// A command-line error from clap as one line: its first paragraph, without the "error: "
+/// prefix and the usage hints.
+pub fn clap_error_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    message.join(" ").trim_start_matches("error: ").to_string()
+}
+
 /// Parses a memory size into MiB by `devices::size`'s grammar, where a bare number is MiB: "512",
 /// "512M", "2G", "1048576K", "1T", "1GiB"; a size that is not whole MiB is rounded down.
 pub fn parse_memory_mib(text: &str) -> Result<u64, ConfigError> {

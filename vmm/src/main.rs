@@ -130,14 +130,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // One line: clap's first line, without its "error: " prefix and usage hints.
-            let rendered = e.render().to_string();
-            let message: Vec<&str> = rendered
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            eprintln!("vmm: {}", message.join(" ").trim_start_matches("error: "));
+            eprintln!("vmm: {}", config::clap_error_line(&e));
             return ExitCode::from(VMM_ERROR);
         }
     };
