@@ -12,11 +12,14 @@
 //!   (`device_manager::legacy`), virtiofsd processes for shares (`device_manager::virtiofsd`).
 //! - `host`: the host side: event loop (console, signals), terminal, seccomp filters on every
 //!   thread, logging, boot timing.
+//!
+//! `image_tool` is `vmm image`, which needs no VM: it creates, lists and checks zoned images.
 
 pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod device_manager;
 pub mod host;
+pub mod image_tool;
 pub mod kvm;
 pub mod machine;

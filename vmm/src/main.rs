@@ -13,7 +13,13 @@ use vmm::kvm::exit::ExitReason;
 
 /// Boot a Linux kernel under KVM with a serial console; exits with the guest's reported status.
 #[derive(Parser, Debug)]
-#[command(name = "vmm", version, about)]
+#[command(
+    name = "vmm",
+    version,
+    about,
+    after_help = "Zoned images on the host, without a guest: vmm image create|report|check IMG \
+                  (see vmm image --help)."
+)]
 struct Cli {
     /// Kernel to boot: a bzImage, or an ELF vmlinux (PVH entry when it has the note). Without
     /// it, in a kernel tree, that tree's arch/x86/boot/bzImage.
@@ -115,6 +121,11 @@ fn disks_in_order(matches: &clap::ArgMatches, cli: &Cli) -> Vec<DiskSpec> {
 const VMM_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
+    // `vmm image ...` is a tool of its own on the host: no VM, none of the options below.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|first| first == "image") {
+        return vmm::image_tool::main(args);
+    }
     // Before any thread starts (vmm::host::seccomp explains why).
     vmm::host::seccomp::use_one_malloc_arena();
     vmm::host::timing::start();
