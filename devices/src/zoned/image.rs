@@ -22,6 +22,10 @@ use super::geometry::{
 use super::state::{ZoneCondition, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet};
 use crate::file_io::DataPath;
 
+mod volatile;
+use volatile::UnflushedBlocks;
+pub use volatile::{CutRandom, Loss, PowerCutReport};
+
 /// File magic at offset 0.
 pub const MAGIC: [u8; 8] = *b"VMMZONED";
 /// The only format version this code reads and writes.
@@ -324,6 +328,9 @@ pub struct ImageFile {
     /// An fdatasync failed: written data may be lost without a trace (the host may have
     /// dropped the pages), so no write pointer is committed any more in this run.
     sync_failed: bool,
+    /// With the volatile write cache (`cache=volatile`): the flushed contents of conventional
+    /// blocks written since the last flush, which a power cut may restore.
+    unflushed: Option<UnflushedBlocks>,
     #[cfg(test)]
     io_hook: Option<IoHook>,
     /// Test-only storage failures: the n-th next operation of a kind fails with EIO.
@@ -411,6 +418,7 @@ impl ImageFile {
             unreclaimed: ZoneBits::new(geometry.nr_zones()),
             unsettled: BTreeSet::new(),
             sync_failed: false,
+            unflushed: None,
             #[cfg(test)]
             io_hook: None,
             #[cfg(any(test, feature = "testing"))]
@@ -649,6 +657,7 @@ impl ZoneStorage for ImageFile {
     fn write(&mut self, sector: u64, data: &[u8]) -> io::Result<()> {
         #[cfg(any(test, feature = "testing"))]
         self.fail.check(StorageOp::DataWrite)?;
+        self.save_flushed_blocks(sector, data.len() as u64)?;
         self.file.write_all_at(data, self.data_pos(sector))?;
         #[cfg(test)]
         self.event(IoEvent::Write {
@@ -721,6 +730,10 @@ impl ZoneStorage for ImageFile {
         if self.io_hook.is_some() {
             return None;
         }
+        // The volatile cache saves blocks before they change.
+        if self.unflushed.is_some() {
+            return None;
+        }
         // An injected data write failure must see every write.
         #[cfg(any(test, feature = "testing"))]
         if self.fail.countdown[StorageOp::DataWrite as usize].is_some() {
@@ -753,7 +766,11 @@ impl ZoneStorage for ImageFile {
             let (cond, wp) = zones.saved_state(i);
             states.push((i, cond, wp));
         }
-        self.persist(&states)
+        self.persist(&states)?;
+        if let Some(unflushed) = &mut self.unflushed {
+            unflushed.clear();
+        }
+        Ok(())
     }
 }
 
@@ -1004,6 +1021,15 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> ImageError + '_ {
 }
 
 impl ZonedDisk<ImageFile> {
+    /// A power cut of the volatile write cache (see `image::volatile`): loses what `loss` says
+    /// of the writes since the last flush, choosing with `seed`, and leaves the image durable
+    /// as the next run finds it. The disk is not to be used afterwards.
+    pub fn power_cut(&mut self, loss: Loss, seed: u64) -> io::Result<PowerCutReport> {
+        let zones = self.zones().clone();
+        self.storage_mut()
+            .power_cut(&zones, loss, &mut CutRandom::new(seed))
+    }
+
     /// What the command line asks for: opens the image at `options.path` if it exists
     /// (explicit options must match it), else creates it from the options plus defaults.
     pub fn open_or_create(options: &ZonedDiskOptions) -> Result<Self, ImageError> {

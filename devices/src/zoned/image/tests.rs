@@ -1165,3 +1165,190 @@ fn a_zone_made_read_only_for_a_run_keeps_its_active_resource() {
     let d = ZonedImage::open(&path, &none()).unwrap();
     assert!(d.zones().active_zones() <= 2, "{:?}", d.zones());
 }
+
+/// The volatile write cache's set-up for the power-cut tests: zone 0 (conventional) holds
+/// sectors 0..8 of epoch 0 and zone 1 sectors 256..272, flushed; then, unflushed: sectors
+/// 4..12 of epoch 1, zone 1 up to 288, zone 2 up to 520 and finished, zone 3 reset and
+/// rewritten to 776.
+fn volatile_image(dir: &Scratch) -> (PathBuf, ZonedImage) {
+    let path = dir.path("cut.img");
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    d.storage_mut().set_volatile_cache();
+    d.write(0, &pattern(0, 8, 0)).unwrap();
+    d.write(256, &pattern(256, 16, 0)).unwrap();
+    d.write(768, &pattern(768, 32, 0)).unwrap();
+    d.flush().unwrap();
+    d.write(4, &pattern(4, 8, 1)).unwrap();
+    d.write(272, &pattern(272, 16, 1)).unwrap();
+    d.write(512, &pattern(512, 8, 1)).unwrap();
+    d.zone_op(ZoneOp::Finish, 512).unwrap();
+    d.zone_op(ZoneOp::Reset, 768).unwrap();
+    d.write(768, &pattern(768, 8, 1)).unwrap();
+    (path, d)
+}
+
+fn zeros(nr: u64) -> Vec<u8> {
+    vec![0u8; (nr * 512) as usize]
+}
+
+#[test]
+fn a_power_cut_losing_all_leaves_the_image_as_flushed() {
+    let dir = Scratch::new("cut-all");
+    let (path, mut d) = volatile_image(&dir);
+    let report = d.power_cut(Loss::All, 1).unwrap();
+    drop(d);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(read(&mut d, 0, 8), pattern(0, 8, 0));
+    assert_eq!(
+        read(&mut d, 8, 4),
+        zeros(4),
+        "unflushed conventional blocks"
+    );
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 272));
+    assert_eq!(read(&mut d, 256, 32)[..16 * 512], pattern(256, 16, 0)[..]);
+    assert_eq!(read(&mut d, 272, 16), zeros(16));
+    assert_eq!(
+        state(&d, 2),
+        (ZoneCondition::Empty, 512),
+        "unflushed finish"
+    );
+    // The reset was durable: what it erased stays erased.
+    assert_eq!(state(&d, 3), (ZoneCondition::Empty, 768));
+    assert_eq!(read(&mut d, 768, 32), zeros(32));
+    assert_eq!(report.blocks_lost, 8);
+    assert_eq!(report.blocks_kept, 0);
+    assert_eq!(report.sectors_lost, 16 + 8 + 8);
+    assert_eq!(report.zones_rolled_back, 3);
+}
+
+#[test]
+fn a_random_power_cut_keeps_a_prefix_of_each_zone_and_whole_blocks() {
+    let mut outcomes = BTreeSet::new();
+    for seed in 0..40 {
+        let dir = Scratch::new("cut-random");
+        let (path, mut d) = volatile_image(&dir);
+        d.power_cut(Loss::Random, seed).unwrap();
+        drop(d);
+        let mut d = ZonedImage::open(&path, &none()).unwrap();
+        // Flushed data is never lost; each unflushed block is old or new, never a mix.
+        assert_eq!(read(&mut d, 0, 4), pattern(0, 4, 0), "seed {seed}");
+        let mut kept_blocks = Vec::new();
+        for s in 4..12 {
+            let now = read(&mut d, s, 1);
+            let old = if s < 8 { pattern(s, 1, 0) } else { zeros(1) };
+            assert!(
+                now == pattern(s, 1, 1) || now == old,
+                "seed {seed} sector {s}"
+            );
+            kept_blocks.push(now == pattern(s, 1, 1));
+        }
+        let (cond1, wp1) = state(&d, 1);
+        assert!((272..=288).contains(&wp1), "seed {seed}: zone 1 wp {wp1}");
+        assert_eq!(cond1, ZoneCondition::Closed);
+        let mut expected = pattern(256, 16, 0);
+        expected.extend(pattern(272, wp1 - 272, 1));
+        assert_eq!(read(&mut d, 256, wp1 - 256), expected, "seed {seed}");
+        assert_eq!(read(&mut d, wp1, 288 - wp1), zeros(288 - wp1));
+        let (cond2, wp2) = state(&d, 2);
+        assert!((512..=520).contains(&wp2), "seed {seed}: zone 2 wp {wp2}");
+        match wp2 {
+            512 => assert_eq!(cond2, ZoneCondition::Empty),
+            520 => assert!(matches!(cond2, ZoneCondition::Full | ZoneCondition::Closed)),
+            _ => assert_eq!(cond2, ZoneCondition::Closed),
+        }
+        assert_eq!(read(&mut d, 512, wp2 - 512), pattern(512, wp2 - 512, 1));
+        let (_, wp3) = state(&d, 3);
+        assert!((768..=776).contains(&wp3), "seed {seed}: zone 3 wp {wp3}");
+        assert_eq!(read(&mut d, 768, wp3 - 768), pattern(768, wp3 - 768, 1));
+        assert_eq!(
+            read(&mut d, wp3, 800 - wp3),
+            zeros(800 - wp3),
+            "old data reappeared"
+        );
+        outcomes.insert((kept_blocks, wp1, wp2, cond2 as u8, wp3));
+    }
+    assert!(
+        outcomes.len() > 20,
+        "only {} outcomes in 40 seeds",
+        outcomes.len()
+    );
+}
+
+#[test]
+fn the_same_seed_loses_the_same_writes() {
+    let image_after = |seed| {
+        let dir = Scratch::new("cut-seed");
+        let (path, mut d) = volatile_image(&dir);
+        let report = d.power_cut(Loss::Random, seed).unwrap();
+        drop(d);
+        (std::fs::read(&path).unwrap(), report)
+    };
+    assert_eq!(image_after(7), image_after(7));
+    assert_ne!(image_after(7).0, image_after(8).0);
+}
+
+#[test]
+fn a_flush_makes_the_cached_writes_safe_from_a_power_cut() {
+    let dir = Scratch::new("cut-flushed");
+    let (path, mut d) = volatile_image(&dir);
+    d.flush().unwrap();
+    let report = d.power_cut(Loss::All, 1).unwrap();
+    assert_eq!(report, PowerCutReport::default());
+    drop(d);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(read(&mut d, 4, 8), pattern(4, 8, 1));
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 288));
+    assert_eq!(state(&d, 2), (ZoneCondition::Full, 520));
+}
+
+#[test]
+fn without_the_volatile_cache_a_power_cut_loses_nothing() {
+    let dir = Scratch::new("cut-none");
+    let path = dir.path("disk.img");
+    let mut d = ZonedImage::create(&path, geometry()).unwrap();
+    d.write(4, &pattern(4, 8, 1)).unwrap();
+    d.write(256, &pattern(256, 16, 1)).unwrap();
+    assert!(d.storage().data_path().is_some());
+    assert_eq!(
+        d.power_cut(Loss::All, 1).unwrap(),
+        PowerCutReport::default()
+    );
+    drop(d);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(read(&mut d, 4, 8), pattern(4, 8, 1));
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 272));
+}
+
+#[test]
+fn a_4k_disk_loses_whole_logical_blocks() {
+    let dir = Scratch::new("cut-4k");
+    let path = dir.path("disk.img");
+    let mut g = geometry();
+    g.logical_block_size = 4096;
+    g.write_granularity = 4096;
+    let g = ZonedGeometry::new(g).unwrap();
+    for seed in 0..16 {
+        let _ = std::fs::remove_file(&path);
+        let mut d = ZonedImage::create(&path, g).unwrap();
+        d.storage_mut().set_volatile_cache();
+        assert!(d.storage().data_path().is_none());
+        d.write(0, &pattern(0, 16, 1)).unwrap();
+        d.write(256, &pattern(256, 64, 1)).unwrap();
+        d.power_cut(Loss::Random, seed).unwrap();
+        drop(d);
+        let mut d = ZonedImage::open(&path, &none()).unwrap();
+        let (_, wp) = state(&d, 1);
+        assert_eq!(
+            (wp - 256) % 8,
+            0,
+            "seed {seed}: wp {wp} inside a 4 KiB block"
+        );
+        for block in 0..2 {
+            let now = read(&mut d, block * 8, 8);
+            assert!(
+                now == pattern(block * 8, 8, 1) || now == zeros(8),
+                "seed {seed}"
+            );
+        }
+    }
+}
