@@ -23,6 +23,7 @@ use crate::virtio::{
     read_config_bytes, ActivateError, GuestMemoryMmap, InterruptSignal, QueueError, VirtioDevice,
     VIRTIO_F_VERSION_1,
 };
+use crate::zoned::image::{PowerCut, PowerCutReport};
 
 /// Size of `struct virtio_blk_config` including the zoned fields (virtio 1.3).
 pub const CONFIG_SIZE: usize = 96;
@@ -489,6 +490,10 @@ impl VirtioDevice for Block {
 
     fn shutdown(&mut self) -> std::io::Result<()> {
         self.flush()
+    }
+
+    fn power_cut(&mut self, cut: PowerCut) -> std::io::Result<Option<PowerCutReport>> {
+        self.server.executor.power_cut(cut)
     }
 
     /// Deferred work runs only once the guest has sent nothing for `QUIET_CALLS` calls in a

@@ -11,6 +11,7 @@ use super::device::CONFIG_SIZE;
 use super::request::Request;
 use super::request_status;
 use crate::virtio::GuestMemoryMmap;
+use crate::zoned::image::{PowerCut, PowerCutReport};
 
 /// The outcome of one request: its status code and how many data bytes were written into
 /// device-writable buffers (the status byte is counted separately).
@@ -67,6 +68,12 @@ pub trait Executor: Send {
 
     /// Makes everything written durable (called when the VMM shuts down).
     fn flush(&mut self) -> io::Result<()>;
+
+    /// The VM lost power (`--power-cut`), with no request in flight: what a volatile write
+    /// cache held may be lost (see `ZoneStorage::power_cut`); without one this is `flush`.
+    fn power_cut(&mut self, _cut: PowerCut) -> io::Result<Option<PowerCutReport>> {
+        self.flush().map(|()| None)
+    }
 
     /// Called between batches when the guest has sent nothing for a while: deferred work
     /// (the zoned image's reclaim of reset zones) for about `budget`. Returns whether some is

@@ -137,6 +137,14 @@ pub trait VirtioDevice: Send {
     fn shutdown(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+    /// The VM lost power (`--power-cut`) and has stopped: a device with a volatile write cache
+    /// loses what `cut` says and reports it; any other is shut down as usual.
+    fn power_cut(
+        &mut self,
+        _cut: crate::zoned::image::PowerCut,
+    ) -> std::io::Result<Option<crate::zoned::image::PowerCutReport>> {
+        self.shutdown().map(|()| None)
+    }
     /// Called periodically (see `MmioTransport::idle`): if the guest sent nothing since the
     /// last call, the device may do deferred work for about `budget`. Returns whether some is
     /// left.

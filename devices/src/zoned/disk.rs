@@ -10,6 +10,7 @@ use std::io;
 use std::time::Duration;
 
 use super::geometry::{ZonedGeometry, SECTOR_SIZE};
+use super::image::{PowerCut, PowerCutReport};
 use super::state::{
     ReadSegment, WritePlan, Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet,
 };
@@ -64,6 +65,14 @@ pub trait ZoneStorage {
     /// no request in flight.
     fn reclaim(&mut self, _zones: &ZoneSet, _budget: Duration) -> bool {
         false
+    }
+
+    /// The VM lost power (`--power-cut`): storage with a volatile write cache loses what `cut`
+    /// says of the writes since the last flush and reports it; storage without one (the
+    /// default) makes everything durable, as at a clean stop, and reports nothing. Called once,
+    /// with no request in flight; the storage is not used afterwards.
+    fn power_cut(&mut self, zones: &ZoneSet, _cut: PowerCut) -> io::Result<Option<PowerCutReport>> {
+        self.flush(zones).map(|()| None)
     }
 
     /// After a failed write, append or zone operation involving the sequential zone starting at
@@ -382,6 +391,11 @@ impl<S: ZoneStorage> ZonedDisk<S> {
         self.storage.flush(&self.zones).map_err(io_error)?;
         self.zones.clear_changed();
         Ok(())
+    }
+
+    /// A power cut (see `ZoneStorage::power_cut`); the disk is not used afterwards.
+    pub fn power_cut(&mut self, cut: PowerCut) -> io::Result<Option<PowerCutReport>> {
+        self.storage.power_cut(&self.zones, cut)
     }
 
     /// Fault injection for this run only: the zone shows READ_ONLY or OFFLINE, and the image

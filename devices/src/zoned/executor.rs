@@ -5,6 +5,8 @@
 //! `guest_io`, reports to `report`.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::warn;
@@ -12,6 +14,7 @@ use log::warn;
 use super::disk::{ZoneStorage, ZonedDisk};
 use super::faults::WriteFaults;
 use super::geometry::FaultInjection;
+use super::image::{PowerCut, PowerCutReport};
 use super::lanes::{lane_of, Lanes};
 use super::report;
 use super::wire::{self, status};
@@ -32,6 +35,51 @@ pub struct RequestCounts {
 }
 
 /// Serves the requests of a host-managed zoned virtio-blk disk.
+/// When a power cut comes (`--power-cut`), shared by the disks with a volatile write cache and
+/// vmm: at the Nth FLUSH any of them gets, or when vmm decides (a timer, a signal). From the
+/// cut on, those disks fail every request with IOERR without touching storage, the FLUSH that
+/// met the cut included, so that nothing the guest does while the VM stops changes what the
+/// cut then loses; `on_cut` (which stops the VM) runs once.
+pub struct PowerCutTrigger {
+    /// FLUSH requests still to come before the cut; 0 for a cut that does not count flushes.
+    flushes_left: AtomicU64,
+    cut: AtomicBool,
+    on_cut: Box<dyn Fn() + Send + Sync>,
+}
+
+impl PowerCutTrigger {
+    /// A cut just before the `at_flush`th FLUSH (counted from 1) completes, if given.
+    pub fn new(at_flush: Option<u64>, on_cut: Box<dyn Fn() + Send + Sync>) -> Self {
+        Self {
+            flushes_left: AtomicU64::new(at_flush.unwrap_or(0)),
+            cut: AtomicBool::new(false),
+            on_cut,
+        }
+    }
+
+    /// Cuts now (once; later calls do nothing).
+    pub fn cut_now(&self) {
+        if !self.cut.swap(true, Ordering::SeqCst) {
+            (self.on_cut)();
+        }
+    }
+
+    pub fn has_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+
+    /// A FLUSH arrived: counts it, and cuts if it is the one. True if the power is cut.
+    fn flush_arrives(&self) -> bool {
+        let counted = self
+            .flushes_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if counted == Ok(1) {
+            self.cut_now();
+        }
+        self.has_cut()
+    }
+}
+
 pub struct ZonedExecutor<S: ZoneStorage> {
     disk: ZonedDisk<S>,
     counts: RequestCounts,
@@ -40,6 +88,8 @@ pub struct ZonedExecutor<S: ZoneStorage> {
     /// batches so that collecting it allocates nothing.
     run: Vec<(usize, usize)>,
     lanes: Lanes,
+    /// Set on a disk with a volatile write cache when a power cut may come.
+    power_cut: Option<Arc<PowerCutTrigger>>,
 }
 
 impl<S: ZoneStorage> ZonedExecutor<S> {
@@ -50,7 +100,13 @@ impl<S: ZoneStorage> ZonedExecutor<S> {
             faults: WriteFaults::default(),
             run: Vec::new(),
             lanes: Lanes::new(),
+            power_cut: None,
         }
+    }
+
+    /// This disk loses power when `trigger` says (see [`PowerCutTrigger`]).
+    pub fn set_power_cut(&mut self, trigger: Arc<PowerCutTrigger>) {
+        self.power_cut = Some(trigger);
     }
 
     /// An executor whose disk shows the injected `faults` for this run (nothing is stored).
@@ -81,6 +137,12 @@ impl<S: ZoneStorage> ZonedExecutor<S> {
             RequestType::ZoneReport => counts.reports += 1,
             kind if wire::zone_op_of_request(kind).is_some() => counts.zone_management += 1,
             _ => {}
+        }
+        if let Some(trigger) = &self.power_cut {
+            if trigger.has_cut() || (request.kind == RequestType::Flush && trigger.flush_arrives())
+            {
+                return Some(Completion::with_status(status::IOERR));
+            }
         }
         if !matches!(request.kind, RequestType::Out | RequestType::ZoneAppend) {
             return None;
@@ -208,6 +270,10 @@ impl<S: ZoneStorage + Send> Executor for ZonedExecutor<S> {
 
     fn idle(&mut self, budget: Duration) -> bool {
         self.disk.reclaim(budget)
+    }
+
+    fn power_cut(&mut self, cut: PowerCut) -> io::Result<Option<PowerCutReport>> {
+        self.disk.power_cut(cut)
     }
 }
 #[cfg(test)]
@@ -923,13 +989,13 @@ mod tests {
         file.set_len(4 * ZONE * SECTOR_SIZE).unwrap();
         let (started, seen) = mpsc::channel::<u64>();
         let seen = Mutex::new(seen);
-        let overlapped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let overlapped = std::sync::Arc::new(AtomicBool::new(false));
         let flag = overlapped.clone();
         let hook = move |sector: u64| {
             if sector == ZONE {
                 // Zone 1 waits for zone 2's write to begin.
                 let got = seen.lock().unwrap().recv_timeout(Duration::from_secs(10));
-                flag.store(got == Ok(2 * ZONE), std::sync::atomic::Ordering::SeqCst);
+                flag.store(got == Ok(2 * ZONE), Ordering::SeqCst);
             } else {
                 let _ = started.send(sector);
             }
@@ -952,7 +1018,7 @@ mod tests {
         let done = execute(&mut handler, &batch, &memory);
         assert_eq!(done, vec![Completion::ok(0); 2]);
         assert!(
-            overlapped.load(std::sync::atomic::Ordering::SeqCst),
+            overlapped.load(Ordering::SeqCst),
             "the write to zone 1 finished before the write to zone 2 started"
         );
         let zones: Vec<Zone> = handler.disk().report(0, 4).unwrap().collect();
@@ -1008,7 +1074,7 @@ mod tests {
     unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
         unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
             if layout.align() == 4096 && layout.size() >= 32 << 10 {
-                BOUNCE_ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                BOUNCE_ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
             }
             // SAFETY: the caller's contract for `alloc` holds for `System.alloc`.
             unsafe { std::alloc::System.alloc(layout) }
@@ -1020,7 +1086,7 @@ mod tests {
         }
         unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
             if layout.align() == 4096 && layout.size() >= 32 << 10 {
-                BOUNCE_ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                BOUNCE_ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
             }
             // SAFETY: as for `alloc`.
             unsafe { std::alloc::System.alloc_zeroed(layout) }
@@ -1079,11 +1145,11 @@ mod tests {
             Completion::ok(len),
         ];
         assert_eq!(execute(&mut handler, &batch(0), &memory), expected);
-        let before = BOUNCE_ALLOCATIONS.load(std::sync::atomic::Ordering::SeqCst);
+        let before = BOUNCE_ALLOCATIONS.load(Ordering::SeqCst);
         for round in 1..20 {
             assert_eq!(execute(&mut handler, &batch(round), &memory), expected);
         }
-        let after = BOUNCE_ALLOCATIONS.load(std::sync::atomic::Ordering::SeqCst);
+        let after = BOUNCE_ALLOCATIONS.load(Ordering::SeqCst);
         assert_eq!(after - before, 0, "bounce buffers allocated per request");
         let mut back = vec![0u8; len as usize];
         memory.read_slice(&mut back, GuestAddress(0x40000)).unwrap();
@@ -1133,5 +1199,69 @@ mod tests {
             .read_slice(&mut tail, GuestAddress(0x29000))
             .unwrap();
         assert!(tail.iter().all(|&b| b == 0), "above the write pointer");
+    }
+
+    #[test]
+    fn a_power_cut_at_the_nth_flush_fails_it_and_everything_after() {
+        let mut f = fixture("power-cut");
+        f.handler.disk.storage_mut().set_volatile_cache();
+        let cuts = Arc::new(AtomicU64::new(0));
+        let counted = cuts.clone();
+        let trigger = Arc::new(PowerCutTrigger::new(
+            Some(2),
+            Box::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }),
+        ));
+        f.handler.set_power_cut(trigger.clone());
+        let write = |sector| request(request_type::OUT, sector, &[(0x1000, 4096)], &[]);
+        let flush = request(request_type::FLUSH, 0, &[], &[]);
+        assert_eq!(f.run(&write(ZONE)).status, status::OK);
+        assert_eq!(f.run(&flush).status, status::OK, "the first flush");
+        assert_eq!(f.run(&write(ZONE + 8)).status, status::OK);
+        assert!(!trigger.has_cut());
+        let batch = [flush.clone(), write(ZONE + 16), flush.clone()];
+        let completions = execute(&mut f.handler, &batch, &f.memory);
+        assert!(completions.iter().all(|c| c.status == status::IOERR));
+        assert!(trigger.has_cut());
+        assert_eq!(cuts.load(Ordering::SeqCst), 1, "on_cut runs once");
+        assert_eq!(
+            f.handler.disk.zones().saved_state(1).1,
+            ZONE + 16,
+            "nothing after the cut"
+        );
+        let report = f
+            .handler
+            .power_cut(PowerCut {
+                loss: crate::zoned::image::Loss::All,
+                seed: 0,
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.sectors_lost, 8, "the write after the first flush");
+        // What the next run finds (a copy: the executor still holds the image's lock).
+        let copy = f.path.with_extension("after-cut");
+        std::fs::copy(&f.path, &copy).unwrap();
+        let reopened = ZonedImage::open(&copy, &Default::default());
+        let _ = std::fs::remove_file(&copy);
+        assert_eq!(reopened.unwrap().zones().saved_state(1).1, ZONE + 8);
+    }
+
+    #[test]
+    fn a_power_cut_by_vmm_stops_the_disk_at_once() {
+        let mut f = fixture("power-cut-now");
+        let trigger = Arc::new(PowerCutTrigger::new(None, Box::new(|| {})));
+        f.handler.set_power_cut(trigger.clone());
+        let flush = request(request_type::FLUSH, 0, &[], &[]);
+        for _ in 0..3 {
+            assert_eq!(
+                f.run(&flush).status,
+                status::OK,
+                "no flush count: flushes go on"
+            );
+        }
+        trigger.cut_now();
+        let read = request(request_type::IN, 0, &[], &[(0x1000, 512)]);
+        assert_eq!(f.run(&read).status, status::IOERR);
     }
 }

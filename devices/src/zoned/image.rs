@@ -24,7 +24,7 @@ use crate::file_io::DataPath;
 
 mod volatile;
 use volatile::UnflushedBlocks;
-pub use volatile::{CutRandom, Loss, PowerCutReport};
+pub use volatile::{CutRandom, Loss, PowerCut, PowerCutReport};
 
 /// File magic at offset 0.
 pub const MAGIC: [u8; 8] = *b"VMMZONED";
@@ -724,6 +724,10 @@ impl ZoneStorage for ImageFile {
         false
     }
 
+    fn power_cut(&mut self, zones: &ZoneSet, cut: PowerCut) -> io::Result<Option<PowerCutReport>> {
+        self.cut_power(zones, cut.loss, &mut CutRandom::new(cut.seed))
+    }
+
     fn data_path(&self) -> Option<DataPath> {
         // Tests that model the page cache must see every write.
         #[cfg(test)]
@@ -1021,15 +1025,6 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> ImageError + '_ {
 }
 
 impl ZonedDisk<ImageFile> {
-    /// A power cut of the volatile write cache (see `image::volatile`): loses what `loss` says
-    /// of the writes since the last flush, choosing with `seed`, and leaves the image durable
-    /// as the next run finds it. The disk is not to be used afterwards.
-    pub fn power_cut(&mut self, loss: Loss, seed: u64) -> io::Result<PowerCutReport> {
-        let zones = self.zones().clone();
-        self.storage_mut()
-            .power_cut(&zones, loss, &mut CutRandom::new(seed))
-    }
-
     /// What the command line asks for: opens the image at `options.path` if it exists
     /// (explicit options must match it), else creates it from the options plus defaults.
     pub fn open_or_create(options: &ZonedDiskOptions) -> Result<Self, ImageError> {

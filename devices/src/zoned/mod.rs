@@ -43,7 +43,7 @@ pub mod state;
 pub mod wire;
 
 pub use disk::{ZoneStorage, ZonedDisk};
-pub use executor::{RequestCounts, ZonedExecutor};
+pub use executor::{PowerCutTrigger, RequestCounts, ZonedExecutor};
 pub use geometry::{FailWrite, FaultInjection, GeometryOverrides, ZonedDiskOptions, ZonedGeometry};
 pub use host::{HostError, HostZonedDevice, HostZonedDisk};
 pub use image::{ImageError, ZonedImage};

@@ -1195,7 +1195,13 @@ fn zeros(nr: u64) -> Vec<u8> {
 fn a_power_cut_losing_all_leaves_the_image_as_flushed() {
     let dir = Scratch::new("cut-all");
     let (path, mut d) = volatile_image(&dir);
-    let report = d.power_cut(Loss::All, 1).unwrap();
+    let report = d
+        .power_cut(PowerCut {
+            loss: Loss::All,
+            seed: 1,
+        })
+        .unwrap()
+        .unwrap();
     drop(d);
     let mut d = ZonedImage::open(&path, &none()).unwrap();
     assert_eq!(read(&mut d, 0, 8), pattern(0, 8, 0));
@@ -1227,7 +1233,12 @@ fn a_random_power_cut_keeps_a_prefix_of_each_zone_and_whole_blocks() {
     for seed in 0..40 {
         let dir = Scratch::new("cut-random");
         let (path, mut d) = volatile_image(&dir);
-        d.power_cut(Loss::Random, seed).unwrap();
+        d.power_cut(PowerCut {
+            loss: Loss::Random,
+            seed,
+        })
+        .unwrap()
+        .unwrap();
         drop(d);
         let mut d = ZonedImage::open(&path, &none()).unwrap();
         // Flushed data is never lost; each unflushed block is old or new, never a mix.
@@ -1279,7 +1290,13 @@ fn the_same_seed_loses_the_same_writes() {
     let image_after = |seed| {
         let dir = Scratch::new("cut-seed");
         let (path, mut d) = volatile_image(&dir);
-        let report = d.power_cut(Loss::Random, seed).unwrap();
+        let report = d
+            .power_cut(PowerCut {
+                loss: Loss::Random,
+                seed,
+            })
+            .unwrap()
+            .unwrap();
         drop(d);
         (std::fs::read(&path).unwrap(), report)
     };
@@ -1292,7 +1309,13 @@ fn a_flush_makes_the_cached_writes_safe_from_a_power_cut() {
     let dir = Scratch::new("cut-flushed");
     let (path, mut d) = volatile_image(&dir);
     d.flush().unwrap();
-    let report = d.power_cut(Loss::All, 1).unwrap();
+    let report = d
+        .power_cut(PowerCut {
+            loss: Loss::All,
+            seed: 1,
+        })
+        .unwrap()
+        .unwrap();
     assert_eq!(report, PowerCutReport::default());
     drop(d);
     let mut d = ZonedImage::open(&path, &none()).unwrap();
@@ -1309,10 +1332,11 @@ fn without_the_volatile_cache_a_power_cut_loses_nothing() {
     d.write(4, &pattern(4, 8, 1)).unwrap();
     d.write(256, &pattern(256, 16, 1)).unwrap();
     assert!(d.storage().data_path().is_some());
-    assert_eq!(
-        d.power_cut(Loss::All, 1).unwrap(),
-        PowerCutReport::default()
-    );
+    let cut = PowerCut {
+        loss: Loss::All,
+        seed: 1,
+    };
+    assert_eq!(d.power_cut(cut).unwrap(), None);
     drop(d);
     let mut d = ZonedImage::open(&path, &none()).unwrap();
     assert_eq!(read(&mut d, 4, 8), pattern(4, 8, 1));
@@ -1334,7 +1358,12 @@ fn a_4k_disk_loses_whole_logical_blocks() {
         assert!(d.storage().data_path().is_none());
         d.write(0, &pattern(0, 16, 1)).unwrap();
         d.write(256, &pattern(256, 64, 1)).unwrap();
-        d.power_cut(Loss::Random, seed).unwrap();
+        d.power_cut(PowerCut {
+            loss: Loss::Random,
+            seed,
+        })
+        .unwrap()
+        .unwrap();
         drop(d);
         let mut d = ZonedImage::open(&path, &none()).unwrap();
         let (_, wp) = state(&d, 1);

@@ -32,6 +32,13 @@ pub enum Loss {
     Random,
 }
 
+/// A power cut to apply: what it loses, and the seed of its random choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PowerCut {
+    pub loss: Loss,
+    pub seed: u64,
+}
+
 /// What a power cut did to one image, for the message vmm prints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PowerCutReport {
@@ -93,7 +100,7 @@ impl CutRandom {
 
 impl ImageFile {
     /// Turns the volatile write cache on: from now on writes since the last flush are losable
-    /// by [`ImageFile::power_cut`]. All data then moves through this backend (no parallel data
+    /// by a power cut (`ZoneStorage::power_cut`). All data then moves through this backend (no parallel data
     /// path), so that each conventional block's flushed contents are saved before it changes.
     pub fn set_volatile_cache(&mut self) {
         self.unflushed = Some(UnflushedBlocks::default());
@@ -131,17 +138,17 @@ impl ImageFile {
     /// A power cut: applies `loss` to what was written since the last flush (with `zones` the
     /// state in memory), then makes the result durable, as the next run will find it. Nothing
     /// is lost without the volatile cache: the image is then flushed as at a clean exit.
-    pub fn power_cut(
+    pub(super) fn cut_power(
         &mut self,
         zones: &ZoneSet,
         loss: Loss,
         random: &mut CutRandom,
-    ) -> io::Result<PowerCutReport> {
+    ) -> io::Result<Option<PowerCutReport>> {
         let mut report = PowerCutReport::default();
         let Some(unflushed) = self.unflushed.take() else {
             use crate::zoned::disk::ZoneStorage;
             self.flush(zones)?;
-            return Ok(report);
+            return Ok(None);
         };
         let block_bytes = u64::from(self.geometry.logical_block_size);
         for (block, old) in &unflushed.saved {
@@ -155,7 +162,7 @@ impl ImageFile {
         }
         if self.sync_failed {
             // Nothing was committed since the failed fdatasync; the durable table stays.
-            return Ok(report);
+            return Ok(Some(report));
         }
         // What is kept must be durable before a slot describes it.
         self.sync(super::SyncOf::Data)?;
@@ -188,7 +195,7 @@ impl ImageFile {
             }
         }
         self.persist(&states)?;
-        Ok(report)
+        Ok(Some(report))
     }
 }
 
