@@ -83,8 +83,112 @@ pub struct VmConfig {
     /// Map the kernel and initrd files into guest memory rather than copy them
     /// (`boot::kernel::load_kernel`, `boot::initrd::PendingInitrd::map`).
     pub map_images: bool,
+    /// `--power-cut`: when the power goes and what the `cache=volatile` disks lose.
+    pub power_cut: Option<PowerCutSpec>,
     /// Switches only tests set; all off in normal use.
     pub test_hooks: TestHooks,
+}
+
+/// When `--power-cut` cuts the power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerCutWhen {
+    /// `after=DURATION`: that long after vmm started.
+    After(std::time::Duration),
+    /// `flush=N`: when the Nth FLUSH reaches a `cache=volatile` disk, before it completes.
+    Flush(u64),
+    /// `signal`: when vmm gets SIGUSR2.
+    Signal,
+}
+
+/// `--power-cut WHEN[,lose=all|random][,seed=N]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PowerCutSpec {
+    pub when: PowerCutWhen,
+    pub loss: devices::zoned::image::Loss,
+    /// The seed of the random loss; vmm picks one (and prints it) when not given.
+    pub seed: Option<u64>,
+}
+
+/// vmm's exit status after a power cut (README, "Exit status").
+pub const POWER_CUT_STATUS: u8 = 99;
+
+impl PowerCutSpec {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        use devices::zoned::image::Loss;
+        let mut parts = text.split(',');
+        let first = parts.next().unwrap_or("");
+        let when = match first.split_once('=') {
+            None if first == "signal" => PowerCutWhen::Signal,
+            Some(("after", value)) => PowerCutWhen::After(parse_duration(value).ok_or_else(|| {
+                format!("invalid duration '{value}' in --power-cut after=: expected e.g. 500ms, 2s, 1.5s or 1m")
+            })?),
+            Some(("flush", value)) => match value.parse::<u64>() {
+                Ok(n) if n > 0 => PowerCutWhen::Flush(n),
+                _ => return Err(format!("invalid flush count '{value}' in --power-cut flush=: expected a number from 1")),
+            },
+            _ => {
+                return Err(format!(
+                    "invalid --power-cut '{first}': expected after=DURATION, flush=N or signal first"
+                ))
+            }
+        };
+        let mut spec = PowerCutSpec {
+            when,
+            loss: Loss::All,
+            seed: None,
+        };
+        let mut loss_given = false;
+        for part in parts {
+            match part.split_once('=') {
+                Some(("lose", value)) if !loss_given => {
+                    loss_given = true;
+                    spec.loss = match value {
+                        "all" => Loss::All,
+                        "random" => Loss::Random,
+                        _ => {
+                            return Err(format!(
+                                "invalid --power-cut lose={value}: expected all or random"
+                            ))
+                        }
+                    };
+                }
+                Some(("seed", value)) if spec.seed.is_none() => {
+                    spec.seed = Some(value.parse().map_err(|_| {
+                        format!(
+                            "invalid --power-cut seed={value}: expected a number from 0 to 2^64-1"
+                        )
+                    })?);
+                }
+                Some(("lose", _)) | Some(("seed", _)) => {
+                    return Err(format!("--power-cut option '{part}' given twice"))
+                }
+                _ => {
+                    return Err(format!(
+                        "invalid --power-cut option '{part}': expected lose=all|random or seed=N"
+                    ))
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// `500ms`, `2s`, `1.5s`, `1m`, or a plain number of seconds.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number.parse().ok()?;
+    let seconds = value * scale;
+    (0.0..1e9)
+        .contains(&seconds)
+        .then(|| std::time::Duration::from_secs_f64(seconds))
 }
 
 /// Test-only switches, read from `VMM_TEST_*` environment variables so that a lab test can reach
@@ -522,6 +626,56 @@ mod tests {
         let choice = resolve(Some(kernel), Some("/x".into()), true, true, &tmp).unwrap();
         assert_eq!(choice.initrd, Some(PathBuf::from("/x")));
         std::fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn power_cut_options() {
+        use devices::zoned::image::Loss;
+        let spec = |s: &str| PowerCutSpec::parse(s);
+        assert_eq!(
+            spec("after=1.5s,lose=random,seed=7"),
+            Ok(PowerCutSpec {
+                when: PowerCutWhen::After(std::time::Duration::from_millis(1500)),
+                loss: Loss::Random,
+                seed: Some(7)
+            })
+        );
+        assert_eq!(
+            spec("flush=3"),
+            Ok(PowerCutSpec {
+                when: PowerCutWhen::Flush(3),
+                loss: Loss::All,
+                seed: None
+            })
+        );
+        assert_eq!(spec("signal").unwrap().when, PowerCutWhen::Signal);
+        assert_eq!(
+            spec("after=500ms").unwrap().when,
+            PowerCutWhen::After(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(
+            spec("after=2").unwrap().when,
+            PowerCutWhen::After(std::time::Duration::from_secs(2))
+        );
+        for bad in [
+            "",
+            "soon",
+            "after=",
+            "after=-1s",
+            "after=xs",
+            "flush=0",
+            "flush=x",
+            "signal,lose=some",
+            "signal,seed=-1",
+            "signal,lose=all,lose=all",
+            "signal,frob=1",
+        ] {
+            let error = spec(bad).unwrap_err();
+            assert!(
+                !error.contains('\n') && error.contains("power-cut"),
+                "{bad}: {error}"
+            );
+        }
     }
 
     #[test]

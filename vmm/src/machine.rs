@@ -19,7 +19,8 @@ use crate::device_manager::legacy::{
 };
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::host::event_loop::{
-    ConsoleFlusher, ConsoleInput, ExitWatcher, IdleWork, LostEventWatcher, StateDumper,
+    ConsoleFlusher, ConsoleInput, ExitWatcher, IdleWork, LostEventWatcher, PowerCutWatch,
+    StateDumper,
 };
 use crate::host::seccomp::{self, Filters, SeccompError, ThreadKind};
 use crate::host::terminal;
@@ -27,6 +28,8 @@ use crate::kvm::bus::{Bus, BusDevice};
 use crate::kvm::exit::{ExitReason, VmExit};
 use crate::kvm::vcpu::Vcpu;
 use crate::kvm::vm::{HeldBackSlot, Vm, VmError};
+use devices::zoned::image::{PowerCut, PowerCutReport};
+use devices::zoned::PowerCutTrigger;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -182,6 +185,28 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         )?;
     }
     let mut devices = DeviceManager::new();
+    let power_cut = match &config.power_cut {
+        Some(spec) => {
+            let seed = match spec.seed {
+                Some(seed) => seed,
+                None => {
+                    devices::zoned::image::random_seed().map_err(io_err("the power-cut seed"))?
+                }
+            };
+            let exit = exit.clone();
+            let at_flush = match spec.when {
+                config::PowerCutWhen::Flush(n) => Some(n),
+                _ => None,
+            };
+            let trigger = Arc::new(PowerCutTrigger::new(
+                at_flush,
+                Box::new(move || exit.request(ExitReason::PowerCut)),
+            ));
+            devices.set_power_cut(trigger.clone());
+            Some((spec, seed, trigger))
+        }
+        None => None,
+    };
     devices.add_disks(&vm.fd, &vm.memory, &mut mmio_bus, &config.disks)?;
     let share_params = add_shares(&mut devices, &vm, &mut mmio_bus, config, &exit)?;
     let mmio_bus = Arc::new(mmio_bus);
@@ -246,6 +271,25 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         drained,
         exit.clone(),
     ))));
+    if let Some((spec, _, trigger)) = &power_cut {
+        let watch = match spec.when {
+            config::PowerCutWhen::After(after) => Some(
+                PowerCutWatch::after(
+                    after.saturating_sub(crate::host::timing::elapsed()),
+                    trigger.clone(),
+                )
+                .map_err(io_err("the power-cut timer"))?,
+            ),
+            config::PowerCutWhen::Signal => Some(PowerCutWatch::on_event(
+                terminal::install_power_cut_handler().map_err(io_err("signal handling"))?,
+                trigger.clone(),
+            )),
+            config::PowerCutWhen::Flush(_) => None,
+        };
+        if let Some(watch) = watch {
+            events.add_subscriber(Arc::new(Mutex::new(watch)));
+        }
+    }
     // Queue notifications arrive on ioeventfds: without these subscribers no request is served.
     for notifier in devices.take_subscribers() {
         events.add_subscriber(notifier);
@@ -275,7 +319,24 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         drop(threads);
         result
     });
-    devices.shutdown();
+    match (&result, &power_cut) {
+        (Ok(ExitReason::PowerCut), Some((spec, seed, _))) => {
+            let cut = PowerCut {
+                loss: spec.loss,
+                seed: *seed,
+            };
+            crate::kvm::bus::lock(&console).flush_now();
+            for (name, report) in devices.power_cut(cut) {
+                eprintln!("vmm: power cut: {name} {}", describe_cut(&report));
+            }
+            eprintln!(
+                "vmm: power cut ({}), seed {seed}: the same --power-cut with seed={seed} loses the \
+                 same writes of the same run",
+                spec_text(spec)
+            );
+        }
+        _ => devices.shutdown(),
+    }
     crate::kvm::bus::lock(&console).flush_now();
     terminal::restore();
     // Printed whatever the log level: with level-triggered virtio interrupts, a recovery means
@@ -431,6 +492,32 @@ impl VcpuThreads {
         }
         Ok(self.threads)
     }
+}
+
+/// What a power cut lost of one disk, for its line on stderr.
+fn describe_cut(report: &PowerCutReport) -> String {
+    format!(
+        "lost {} unflushed sectors of {} sequential zones (kept {}), {} of {} unflushed \
+         conventional blocks",
+        report.sectors_lost,
+        report.zones_rolled_back,
+        report.sectors_kept,
+        report.blocks_lost,
+        report.blocks_lost + report.blocks_kept,
+    )
+}
+
+fn spec_text(spec: &config::PowerCutSpec) -> String {
+    let when = match spec.when {
+        config::PowerCutWhen::After(after) => format!("after {:.3} s", after.as_secs_f64()),
+        config::PowerCutWhen::Flush(n) => format!("at flush {n}"),
+        config::PowerCutWhen::Signal => "on SIGUSR2".to_string(),
+    };
+    let loss = match spec.loss {
+        devices::zoned::image::Loss::All => "lose=all",
+        devices::zoned::image::Loss::Random => "lose=random",
+    };
+    format!("{when}, {loss}")
 }
 
 #[cfg(test)]

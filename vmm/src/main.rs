@@ -94,6 +94,14 @@ struct Cli {
     /// as it reads them, which can cost it more than the copy saved (see README "Startup").
     #[arg(long)]
     map_images: bool,
+    /// Simulate a power cut of the `--zoned-disk ...,cache=volatile` disks: WHEN is
+    /// `after=DURATION` (from vmm's start: 500ms, 2s, 1m), `flush=N` (the Nth FLUSH one of
+    /// them gets never completes) or `signal` (SIGUSR2). The VM stops at once; `lose=all`
+    /// (default) drops every write since the last flush, `lose=random` keeps a random prefix of
+    /// each zone's and a random part of the conventional blocks', reproducibly for a given
+    /// `seed` (printed). vmm then exits with status 99.
+    #[arg(long, value_name = "WHEN[,lose=all|random][,seed=N]", value_parser = config::PowerCutSpec::parse)]
+    power_cut: Option<config::PowerCutSpec>,
 }
 
 /// Plain and zoned disks in the order they were given on the command line.
@@ -146,6 +154,14 @@ fn main() -> ExitCode {
         }
     };
     let disks = disks_in_order(&matches, &cli);
+    let volatile_disk = cli.zoned_disk.iter().any(|disk| disk.volatile_cache);
+    if cli.power_cut.is_some() && !volatile_disk {
+        eprintln!(
+            "vmm: --power-cut needs a --zoned-disk with cache=volatile, whose unflushed writes it \
+             can lose"
+        );
+        return ExitCode::from(VMM_ERROR);
+    }
     let run_mode = !cli.command.is_empty();
     let guest = match config::GuestChoice::resolve(
         cli.kernel,
@@ -189,6 +205,7 @@ fn main() -> ExitCode {
         boot_time: cli.boot_time,
         seccomp: cli.seccomp,
         map_images: cli.map_images,
+        power_cut: cli.power_cut,
         test_hooks: config::TestHooks::from_env(),
     };
     match vmm::machine::run(&config) {

@@ -378,3 +378,39 @@ fn run_mode_or_host_root_without_a_built_initramfs() {
 fn no_kernel_outside_a_kernel_tree() {
     assert_one_line_error(&["--", "true"], "--kernel is required");
 }
+
+#[test]
+fn bad_power_cut_options() {
+    let kernel = temp_file("powercut-kernel", &fake_bzimage());
+    let k = kernel.to_str().unwrap();
+    for (value, expected) in [
+        ("soon", "invalid --power-cut 'soon'"),
+        ("after=later", "invalid duration 'later'"),
+        ("flush=0", "invalid flush count '0'"),
+        ("signal,lose=most", "lose=most"),
+        ("signal,seed=x", "seed=x"),
+    ] {
+        assert_one_line_error(&["--kernel", k, "--power-cut", value], expected);
+    }
+    // A power cut needs a disk whose unflushed writes it can lose.
+    assert_one_line_error(
+        &["--kernel", k, "--power-cut", "after=1s"],
+        "--power-cut needs a --zoned-disk with cache=volatile",
+    );
+    assert_one_line_error(
+        &[
+            "--kernel",
+            k,
+            "--zoned-disk",
+            "tmp",
+            "--power-cut",
+            "signal",
+        ],
+        "cache=volatile",
+    );
+    assert_one_line_error(
+        &["--kernel", k, "--zoned-disk", "tmp,cache=lots"],
+        "'lots' for zoned disk option 'cache'",
+    );
+    let _ = std::fs::remove_file(kernel);
+}

@@ -519,6 +519,10 @@ pub struct ZonedDiskOptions {
     /// `reclaim=on|off`, if given: whether reset zones' blocks go back to the host file system
     /// while the guest is idle and at exit (an image only; this run only; on when not given).
     pub reclaim: Option<bool>,
+    /// `cache=volatile`: writes since the last flush stay losable by a power cut
+    /// (`--power-cut`); `cache=writeback` (the default) keeps them, as the host's page cache
+    /// does when vmm is killed.
+    pub volatile_cache: bool,
 }
 
 /// Faults a zoned disk shows the guest for one run, for testing error paths: zones that are
@@ -624,7 +628,8 @@ pub fn parse_size(text: &str) -> Option<u64> {
 impl ZonedDiskOptions {
     /// Parses `PATH[,size=..][,zone-size=..][,zone-capacity=..][,conventional-zones=N]
     /// [,max-open=N][,max-active=N][,max-append=..][,write-granularity=..]
-    /// [,logical-block-size=512|4096][,reclaim=on|off]` and the fault injection options.
+    /// [,logical-block-size=512|4096][,reclaim=on|off][,cache=writeback|volatile]` and the
+    /// fault injection options.
     pub fn parse(text: &str) -> Result<Self, OptionError> {
         let mut parts = text.split(',');
         let path = parts.next().unwrap_or("");
@@ -634,6 +639,7 @@ impl ZonedDiskOptions {
         let mut overrides = GeometryOverrides::default();
         let mut faults = FaultInjection::default();
         let mut reclaim = None;
+        let mut cache = None;
         for part in parts {
             let (key, value) = part
                 .split_once('=')
@@ -657,6 +663,22 @@ impl ZonedDiskOptions {
                 });
                 continue;
             }
+            if key == "cache" {
+                if cache.is_some() {
+                    return Err(OptionError::Duplicate(key.to_string()));
+                }
+                cache = Some(match value {
+                    "volatile" => true,
+                    "writeback" => false,
+                    _ => {
+                        return Err(OptionError::BadValue {
+                            key: key.to_string(),
+                            value: value.to_string(),
+                        })
+                    }
+                });
+                continue;
+            }
             let option =
                 GeometryOption::from_key(key).ok_or_else(|| OptionError::UnknownKey(key.into()))?;
             overrides.set_text(option, value)?;
@@ -666,6 +688,7 @@ impl ZonedDiskOptions {
             overrides,
             faults,
             reclaim,
+            volatile_cache: cache.unwrap_or(false),
         })
     }
 }
@@ -713,6 +736,25 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn cache_option() {
+        let volatile = |s: &str| ZonedDiskOptions::parse(s).map(|o| o.volatile_cache);
+        assert_eq!(volatile("x.img"), Ok(false));
+        assert_eq!(volatile("x.img,cache=volatile,size=1G"), Ok(true));
+        assert_eq!(volatile("x.img,cache=writeback"), Ok(false));
+        assert_eq!(
+            volatile("x.img,cache=none"),
+            Err(OptionError::BadValue {
+                key: "cache".into(),
+                value: "none".into()
+            })
+        );
+        assert_eq!(
+            volatile("x.img,cache=volatile,cache=volatile"),
+            Err(OptionError::Duplicate("cache".into()))
+        );
     }
 
     #[test]

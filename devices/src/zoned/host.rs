@@ -83,6 +83,9 @@ pub enum HostError {
     /// `reclaim` was given for a device, whose resets are the device's own business.
     #[error("{0}: reclaim applies to image files, not to a host device")]
     ReclaimOption(PathBuf),
+    /// `cache=volatile` was given for a device, whose cache vmm cannot drop.
+    #[error("{0}: cache=volatile (for --power-cut) applies to image files, not to a host device")]
+    VolatileCache(PathBuf),
     /// BLKREPORTZONE failed.
     #[error("{0}: cannot report zones: {1}")]
     Report(PathBuf, io::Error),
@@ -423,6 +426,9 @@ impl HostZonedDevice {
         if options.reclaim.is_some() {
             return Err(HostError::ReclaimOption(path.to_path_buf()));
         }
+        if options.volatile_cache {
+            return Err(HostError::VolatileCache(path.to_path_buf()));
+        }
         let metadata = std::fs::metadata(path).map_err(|e| open_error(path, e))?;
         let sysfs = sysfs_dir_of(&metadata);
         match read_model(&sysfs)? {
@@ -752,6 +758,11 @@ mod tests {
         assert!(matches!(
             HostZonedDevice::open(&options),
             Err(HostError::ReclaimOption(_))
+        ));
+        let options = ZonedDiskOptions::parse("/dev/null,cache=volatile").unwrap();
+        assert!(matches!(
+            HostZonedDevice::open(&options),
+            Err(HostError::VolatileCache(_))
         ));
         let options = ZonedDiskOptions::parse("/dev/null").unwrap();
         // /dev/null is a character device: its sysfs entry has no queue/zoned.

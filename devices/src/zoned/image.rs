@@ -1001,6 +1001,11 @@ fn create_temporary(dir: &Path, name: &std::ffi::OsStr) -> io::Result<(File, Pat
     }
 }
 
+/// A seed for `--power-cut` when none is given: 64 random bits from the kernel.
+pub fn random_seed() -> io::Result<u64> {
+    random_u64()
+}
+
 /// 64 random bits from the kernel.
 pub(crate) fn random_u64() -> io::Result<u64> {
     let mut bytes = [0u8; 8];
@@ -1025,6 +1030,11 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> ImageError + '_ {
 }
 
 impl ZonedDisk<ImageFile> {
+    /// `cache=volatile`: writes since the last flush stay losable by a power cut.
+    pub fn set_volatile_cache(&mut self) {
+        self.storage_mut().set_volatile_cache();
+    }
+
     /// What the command line asks for: opens the image at `options.path` if it exists
     /// (explicit options must match it), else creates it from the options plus defaults.
     pub fn open_or_create(options: &ZonedDiskOptions) -> Result<Self, ImageError> {

@@ -16,8 +16,10 @@ pub mod virtiofsd;
 use devices::block::{Block, RawFile};
 use devices::fs::{FsBackend, VirtioFs};
 use devices::virtio::{MmioInterrupt, MmioTransport, VirtioDevice};
+use devices::zoned::image::{PowerCut, PowerCutReport};
 use devices::zoned::{
-    self, HostZonedDevice, ZoneStorage, ZonedDisk, ZonedDiskOptions, ZonedExecutor, ZonedImage,
+    self, HostZonedDevice, PowerCutTrigger, ZoneStorage, ZonedDisk, ZonedDiskOptions,
+    ZonedExecutor, ZonedImage,
 };
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -234,6 +236,8 @@ pub struct DeviceManager {
     virtiofsds: Vec<Virtiofsd>,
     /// Where their sockets are (created with the first share).
     socket_dir: Option<SocketDir>,
+    /// Given to every zoned disk with a volatile cache (`--power-cut`).
+    power_cut: Option<Arc<PowerCutTrigger>>,
 }
 
 impl DeviceManager {
@@ -295,7 +299,7 @@ impl DeviceManager {
         // an image file.
         let block = if zoned::host::is_block_device(&options.path) {
             let disk = HostZonedDevice::open(options)?;
-            zoned_block(disk, options, &serial)?
+            zoned_block(disk, options, &serial, None)?
         } else {
             // `tmp`: a fresh image in the temporary directory that has no name, so nothing
             // planted there is opened and nothing is left behind, even after a SIGKILL.
@@ -304,7 +308,11 @@ impl DeviceManager {
             } else {
                 ZonedImage::open_or_create(options)
             }?;
-            zoned_block(image, options, &serial)?
+            let mut image = image;
+            if options.volatile_cache {
+                image.set_volatile_cache();
+            }
+            zoned_block(image, options, &serial, self.power_cut.clone())?
         };
         self.add_virtio(vm, memory, bus, Box::new(block))
     }
@@ -374,6 +382,26 @@ impl DeviceManager {
         }
         // Removed now, while vmm's seccomp filters are not installed yet.
         self.socket_dir = None;
+    }
+
+    /// The zoned disks with `cache=volatile` added from now on lose power when `trigger` says.
+    pub fn set_power_cut(&mut self, trigger: Arc<PowerCutTrigger>) {
+        self.power_cut = Some(trigger);
+    }
+
+    /// The power was cut and the VM has stopped: each disk with a volatile cache loses what
+    /// `cut` says; every other device is shut down as usual. Returns what each lost, by name.
+    pub fn power_cut(&self, cut: PowerCut) -> Vec<(String, PowerCutReport)> {
+        let mut reports = Vec::new();
+        for (name, transport) in &self.transports {
+            let mut transport = lock(transport);
+            match transport.device_mut().power_cut(cut) {
+                Ok(Some(report)) => reports.push((name.clone(), report)),
+                Ok(None) => {}
+                Err(error) => log::error!("{name}: the power cut failed: {error}"),
+            }
+        }
+        reports
     }
 
     /// Makes every device's state durable; called once the VM has stopped.
@@ -471,14 +499,18 @@ pub fn register_interrupt(
 }
 
 /// A virtio-blk device serving `disk` as a host-managed zoned disk, with the faults the options
-/// ask to inject.
+/// ask to inject, and with a volatile cache losing power when `power_cut` says.
 fn zoned_block<S: ZoneStorage + Send + 'static>(
     disk: ZonedDisk<S>,
     options: &ZonedDiskOptions,
     serial: &str,
+    power_cut: Option<Arc<PowerCutTrigger>>,
 ) -> Result<Block, DeviceError> {
-    let executor =
+    let mut executor =
         ZonedExecutor::with_faults(disk, &options.faults).map_err(DeviceError::FaultInjection)?;
+    if let Some(trigger) = power_cut.filter(|_| options.volatile_cache) {
+        executor.set_power_cut(trigger);
+    }
     Ok(Block::with_executor(Box::new(executor), serial))
 }
 

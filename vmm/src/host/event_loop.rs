@@ -267,6 +267,47 @@ impl MutEventSubscriber for IdleWork {
     }
 }
 
+/// Cuts the power (`--power-cut after=` or `signal`) when its timer expires or SIGUSR2 comes.
+pub struct PowerCutWatch {
+    fd: Box<dyn AsRawFd + Send>,
+    trigger: Arc<devices::zoned::PowerCutTrigger>,
+}
+
+impl PowerCutWatch {
+    /// At `after` from now.
+    pub fn after(
+        after: Duration,
+        trigger: Arc<devices::zoned::PowerCutTrigger>,
+    ) -> std::io::Result<Self> {
+        let mut timer = TimerFd::new()?;
+        // A zero timer would never fire.
+        timer.reset(after.max(Duration::from_nanos(1)), None)?;
+        Ok(Self {
+            fd: Box::new(timer),
+            trigger,
+        })
+    }
+
+    /// When `event` (woken by the SIGUSR2 handler) fires.
+    pub fn on_event(event: EventFd, trigger: Arc<devices::zoned::PowerCutTrigger>) -> Self {
+        Self {
+            fd: Box::new(event),
+            trigger,
+        }
+    }
+}
+
+impl MutEventSubscriber for PowerCutWatch {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(Events::with_data_raw(self.fd.as_raw_fd(), 0, EventSet::IN));
+    }
+
+    fn process(&mut self, _events: Events, ops: &mut EventOps) {
+        let _ = ops.remove(Events::with_data_raw(self.fd.as_raw_fd(), 0, EventSet::IN));
+        self.trigger.cut_now();
+    }
+}
+
 /// How often lost interrupts and notifications are looked for.
 const LOST_EVENT_PERIOD: Duration = Duration::from_millis(250);
 

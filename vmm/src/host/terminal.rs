@@ -13,6 +13,8 @@ static TERMIOS_FOR_SIGNAL_HANDLER: OnceLock<libc::termios> = OnceLock::new();
 static SIGNAL_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 static DUMP_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
+/// The eventfd SIGUSR2 (`--power-cut signal`) wakes, or -1.
+static POWER_CUT_EVENT_FD: AtomicI32 = AtomicI32::new(-1);
 
 pub fn stdin_is_tty() -> bool {
     // SAFETY: isatty only inspects the descriptor.
@@ -81,6 +83,10 @@ extern "C" fn on_dump_signal(_signo: libc::c_int) {
     wake(&DUMP_EVENT_FD);
 }
 
+extern "C" fn on_power_cut_signal(_signo: libc::c_int) {
+    wake(&POWER_CUT_EVENT_FD);
+}
+
 /// Installs `handler` for `signals` and returns the eventfd it wakes (stored in `fd`).
 fn route_signals(
     signals: &[libc::c_int],
@@ -118,6 +124,11 @@ pub fn install_signal_handlers() -> std::io::Result<EventFd> {
 /// returned eventfd.
 pub fn install_dump_handler() -> std::io::Result<EventFd> {
     route_signals(&[libc::SIGUSR1], on_dump_signal, &DUMP_EVENT_FD)
+}
+
+/// Routes SIGUSR2 (`--power-cut signal`) to the returned eventfd.
+pub fn install_power_cut_handler() -> std::io::Result<EventFd> {
+    route_signals(&[libc::SIGUSR2], on_power_cut_signal, &POWER_CUT_EVENT_FD)
 }
 
 /// The last signal received, if any.

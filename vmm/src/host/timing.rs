@@ -14,6 +14,11 @@ pub fn start() {
     let _ = START.get_or_init(Instant::now);
 }
 
+/// How long ago `main` started.
+pub fn elapsed() -> Duration {
+    START.get_or_init(Instant::now).elapsed()
+}
+
 fn since_start() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos().max(1) as u64
 }

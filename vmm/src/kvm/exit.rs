@@ -26,6 +26,8 @@ pub enum ExitReason {
     Signal(i32),
     /// The user pressed the console escape (Ctrl-A x).
     UserQuit,
+    /// `--power-cut` cut the power.
+    PowerCut,
 }
 
 impl ExitReason {
@@ -39,6 +41,7 @@ impl ExitReason {
             | ExitReason::UserQuit => 0,
             ExitReason::VcpuError(_) | ExitReason::DeviceFailed(_) => 1,
             ExitReason::Signal(signo) => 128 + signo,
+            ExitReason::PowerCut => i32::from(crate::config::POWER_CUT_STATUS),
         }
     }
 
@@ -139,6 +142,7 @@ mod tests {
         assert!(!ExitReason::GuestStatus(1).lacks_guest_status());
         assert_eq!(ExitReason::GuestStatus(1).exit_code_for(true), 1);
         assert_eq!(ExitReason::Reset.exit_code_for(false), 0);
+        assert_eq!(ExitReason::PowerCut.exit_code_for(true), 99);
         assert_eq!(ExitReason::GuestStatus(0).exit_code_for(true), 0);
         assert_eq!(ExitReason::GuestStatus(9).exit_code_for(true), 9);
         assert_eq!(ExitReason::UserQuit.exit_code_for(true), 0);
