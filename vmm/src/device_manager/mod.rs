@@ -99,6 +99,9 @@ pub enum DeviceError {
     /// A `--zoned-disk` image that cannot be opened or created.
     #[error(transparent)]
     ZonedImage(#[from] zoned::ImageError),
+    /// A `--zoned-disk ...,trace=FILE` that cannot be created.
+    #[error(transparent)]
+    ZoneTrace(#[from] zoned::TraceError),
     /// Fault injection options that do not fit the disk (the devices crate words the message).
     #[error("{0}")]
     FaultInjection(String),
@@ -291,11 +294,17 @@ impl DeviceManager {
         // A block device is passed through (it must be host-managed zoned); anything else is
         // an image file.
         let serial = format!("vmm-zoned{}", self.slots.len());
+        // The trace file first: one that cannot be created stops vmm before the disk is touched.
+        let trace = options
+            .trace
+            .as_deref()
+            .map(zoned::ZoneTrace::create)
+            .transpose()?;
         // A block device is passed through (it must be host-managed zoned); anything else is
         // an image file.
         let block = if zoned::host::is_block_device(&options.path) {
             let disk = HostZonedDevice::open(options)?;
-            zoned_block(disk, options, &serial)?
+            zoned_block(disk, options, trace, &serial)?
         } else {
             // `tmp`: a fresh image in the temporary directory that has no name, so nothing
             // planted there is opened and nothing is left behind, even after a SIGKILL.
@@ -304,7 +313,7 @@ impl DeviceManager {
             } else {
                 ZonedImage::open_or_create(options)
             }?;
-            zoned_block(image, options, &serial)?
+            zoned_block(image, options, trace, &serial)?
         };
         self.add_virtio(vm, memory, bus, Box::new(block))
     }
@@ -471,14 +480,18 @@ pub fn register_interrupt(
 }
 
 /// A virtio-blk device serving `disk` as a host-managed zoned disk, with the faults the options
-/// ask to inject.
+/// ask to inject and the trace, if one is kept.
 fn zoned_block<S: ZoneStorage + Send + 'static>(
     disk: ZonedDisk<S>,
     options: &ZonedDiskOptions,
+    trace: Option<zoned::ZoneTrace>,
     serial: &str,
 ) -> Result<Block, DeviceError> {
-    let executor =
+    let mut executor =
         ZonedExecutor::with_faults(disk, &options.faults).map_err(DeviceError::FaultInjection)?;
+    if let Some(trace) = trace {
+        executor = executor.with_trace(trace);
+    }
     Ok(Block::with_executor(Box::new(executor), serial))
 }
 
