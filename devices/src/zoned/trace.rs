@@ -300,3 +300,6 @@ impl Line {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
