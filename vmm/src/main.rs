@@ -109,9 +109,12 @@ fn disks_in_order(matches: &clap::ArgMatches, cli: &Cli) -> Vec<DiskSpec> {
         .into_iter()
         .zip(cli.disk.iter().cloned().map(DiskSpec::Plain))
         .chain(
-            positions("zoned_disk")
-                .into_iter()
-                .zip(cli.zoned_disk.iter().cloned().map(DiskSpec::Zoned)),
+            positions("zoned_disk").into_iter().zip(
+                cli.zoned_disk
+                    .iter()
+                    .cloned()
+                    .map(|options| DiskSpec::Zoned(Box::new(options))),
+            ),
         )
         .collect();
     disks.sort_by_key(|(position, _)| *position);

@@ -40,7 +40,8 @@ pub const THROWAWAY_IMAGE: &str = "tmp";
 #[derive(Debug, Clone)]
 pub enum DiskSpec {
     Plain(DiskConfig),
-    Zoned(ZonedDiskOptions),
+    /// Boxed: the zoned options are several times the plain ones.
+    Zoned(Box<ZonedDiskOptions>),
 }
 
 /// A `--disk` option: `PATH[,ro][,serial=ID]`.
