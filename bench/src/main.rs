@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use devices::block::{request_type, Block, RawFile};
 use devices::zoned::wire::request as zone_request;
-use devices::zoned::{ZonedExecutor, ZonedGeometry, ZonedImage};
+use devices::zoned::{ZoneTrace, ZonedExecutor, ZonedGeometry, ZonedImage};
 
 use rig::{Op, Rig};
 
@@ -201,13 +201,23 @@ fn zoned_geometry(capacity_bytes: u64, zone_bytes: u64) -> ZonedGeometry {
 }
 
 fn zoned_block(path: &Path, geometry: ZonedGeometry) -> Result<Block, String> {
+    traced_zoned_block(path, geometry, None)
+}
+
+/// A zoned disk, writing a zone trace (`trace=FILE`) to `trace` if given.
+fn traced_zoned_block(
+    path: &Path,
+    geometry: ZonedGeometry,
+    trace: Option<&Path>,
+) -> Result<Block, String> {
     let _ = std::fs::remove_file(path);
     let disk = ZonedImage::create(path, geometry)
         .map_err(|e| format!("cannot create the zoned image {}: {e}", path.display()))?;
-    Ok(Block::with_executor(
-        Box::new(ZonedExecutor::new(disk)),
-        "bench-zoned",
-    ))
+    let mut executor = ZonedExecutor::new(disk);
+    if let Some(trace) = trace {
+        executor = executor.with_trace(ZoneTrace::create(trace).map_err(|e| e.to_string())?);
+    }
+    Ok(Block::with_executor(Box::new(executor), "bench-zoned"))
 }
 
 fn plain_block(path: &Path, read_only: bool) -> Result<Block, String> {
@@ -241,7 +251,8 @@ fn device_read(rig: &mut Rig, size: u64, total: u64) -> Result<f64, String> {
     Ok(mib_per_s(total, elapsed))
 }
 
-/// Sequential writes of `size` bytes: raw, plain device, zoned device, zoned appends.
+/// Sequential writes of `size` bytes: raw, plain device, zoned device, zoned appends; at 4 KiB,
+/// where the cost per request shows most, also the zoned device writing a zone trace.
 fn write_cases(settings: &Settings, size: u64, total: u64) -> Result<Vec<Case>, String> {
     let label = format!("{} KiB", size / KIB);
     let target = if size >= 128 * KIB {
@@ -262,6 +273,15 @@ fn write_cases(settings: &Settings, size: u64, total: u64) -> Result<Vec<Case>, 
         target,
     );
     let mut append = Case::new(&format!("zone append {label}"), "MiB/s", "raw pwrite", "");
+    let mut traced = (size == 4 * KIB).then(|| {
+        Case::new(
+            &format!("write {label} zoned with trace"),
+            "MiB/s",
+            "raw pwrite",
+            "",
+        )
+    });
+    let trace_path = settings.dir.join("zoned-trace.jsonl");
     let raw_path = settings.dir.join("raw.img");
     let plain_path = settings.dir.join("plain.img");
     let zoned_path = settings.dir.join("zoned.img");
@@ -311,11 +331,21 @@ fn write_cases(settings: &Settings, size: u64, total: u64) -> Result<Vec<Case>, 
                 total,
             )
         })?;
+        if let Some(traced) = traced.as_mut() {
+            paired(traced, &|| {
+                device_write(
+                    traced_zoned_block(&zoned_path, geometry, Some(&trace_path))?,
+                    request_type::OUT,
+                    size,
+                    total,
+                )
+            })?;
+        }
     }
-    for path in [&plain_path, &zoned_path] {
+    for path in [&plain_path, &zoned_path, &trace_path] {
         let _ = std::fs::remove_file(path);
     }
-    Ok(vec![plain, zoned, append])
+    Ok([plain, zoned, append].into_iter().chain(traced).collect())
 }
 
 /// Sequential reads of `size` bytes of data in the page cache: raw pread, plain, zoned.

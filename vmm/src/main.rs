@@ -62,7 +62,8 @@ struct Cli {
     /// suffix K, M, G or T (also KiB, MiB, GiB, TiB; any case). An existing image keeps its geometry; a
     /// conflicting option is an error. For this run only: [,reclaim=on|off] (whether reset zones'
     /// blocks go back to the host file system once the guest leaves the disk alone, and at exit;
-    /// images only; default on), and fault injection:
+    /// images only; default on), [,trace=FILE] (one JSON line per request, docs/zone-trace.md),
+    /// and fault injection:
     /// [,read-only-zones=I[:I]...] [,offline-zones=I[:I]...] (zones shown READ_ONLY or OFFLINE)
     /// [,fail-write=ZONE:N[:STATUS]] (the Nth write to zone ZONE fails with STATUS, 1 to 6,
     /// default 1). PATH `tmp` is a throwaway image in $TMPDIR, gone when vmm exits; a block device
@@ -116,9 +117,12 @@ fn disks_in_order(matches: &clap::ArgMatches, cli: &Cli) -> Vec<DiskSpec> {
         .into_iter()
         .zip(cli.disk.iter().cloned().map(DiskSpec::Plain))
         .chain(
-            positions("zoned_disk")
-                .into_iter()
-                .zip(cli.zoned_disk.iter().cloned().map(DiskSpec::Zoned)),
+            positions("zoned_disk").into_iter().zip(
+                cli.zoned_disk
+                    .iter()
+                    .cloned()
+                    .map(|options| DiskSpec::Zoned(Box::new(options))),
+            ),
         )
         .collect();
     disks.sort_by_key(|(position, _)| *position);

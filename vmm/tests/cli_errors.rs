@@ -219,6 +219,35 @@ fn bad_zoned_disk_options_create_or_touch_nothing() {
     std::fs::remove_file(kernel).unwrap();
 }
 
+/// A zone trace FILE that cannot be created (a missing directory, a directory) stops vmm with
+/// one line naming it, before the image is created.
+#[test]
+fn a_zone_trace_that_cannot_be_created() {
+    let kernel = temp_file("fake-bzimage-trace", &fake_bzimage());
+    let k = kernel.to_str().unwrap();
+    let fresh = std::env::temp_dir().join(format!("vmm-cli-{}-trace.img", std::process::id()));
+    let f = fresh.to_str().unwrap();
+    let _ = std::fs::remove_file(&fresh);
+    let dir = std::env::temp_dir();
+    for (trace, expected) in [
+        (
+            "/nonexistent/dir/trace.jsonl".to_string(),
+            "zoned disk trace /nonexistent/dir/trace.jsonl: cannot create it: No such file or directory",
+        ),
+        (
+            dir.display().to_string(),
+            "cannot create it: Is a directory",
+        ),
+    ] {
+        assert_one_line_error(
+            &["--kernel", k, "--zoned-disk", &format!("{f},trace={trace}")],
+            expected,
+        );
+        assert!(!fresh.exists(), "trace={trace} must not create the image");
+    }
+    std::fs::remove_file(kernel).unwrap();
+}
+
 /// A 4Kn image reopened with another logical block size is refused like any other geometry
 /// conflict, and stays as it was.
 #[test]

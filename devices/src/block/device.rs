@@ -14,7 +14,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::backend::BlockBackend;
-use super::executor::{Completion, Executor};
+use super::executor::{Answered, Completion, Executor};
 use super::guest::{self, bytes_to_guest};
 use super::plain::PlainExecutor;
 use super::request::{Malformed, Request, RequestType};
@@ -112,16 +112,19 @@ impl RequestServer {
     /// GET_ID is the device's identity, not storage: the device answers it. Zoned types from a
     /// driver that refused the executor's required features get UNSUPP (virtio 1.3 5.2.6).
     fn route(&mut self, memory: &GuestMemoryMmap, request: Request) -> Outcome {
-        let answer =
-            |completion| Outcome::Answered(request.status, completion, request.writable_len());
-        if request.kind == RequestType::GetId {
-            return answer(self.get_id(memory, &request));
-        }
-        if request.kind.is_zoned() && !self.executor_enabled {
-            return answer(Completion::with_status(request_status::UNSUPP));
-        }
-        self.batch.requests.push(request);
-        Outcome::Execute(self.batch.requests.len() - 1)
+        let completion = if request.kind == RequestType::GetId {
+            self.get_id(memory, &request)
+        } else if request.kind.is_zoned() && !self.executor_enabled {
+            Completion::with_status(request_status::UNSUPP)
+        } else {
+            self.batch.requests.push(request);
+            return Outcome::Execute(self.batch.requests.len() - 1);
+        };
+        self.executor.answered(Answered::Request {
+            request: &request,
+            status: completion.status,
+        });
+        Outcome::Answered(request.status, completion, request.writable_len())
     }
 
     /// Serves the chains added since the last call (made available together) and returns,
@@ -153,6 +156,10 @@ impl RequestServer {
                     status: Some(address),
                 }) => {
                     debug!("virtio-blk: malformed request: {error}");
+                    self.executor.answered(Answered::Malformed {
+                        error: &error,
+                        answered: true,
+                    });
                     (address, Completion::with_status(request_status::IOERR), 0)
                 }
                 Outcome::Malformed(Malformed {
@@ -160,6 +167,10 @@ impl RequestServer {
                     status: None,
                 }) => {
                     debug!("virtio-blk: dropping request: {error}");
+                    self.executor.answered(Answered::Malformed {
+                        error: &error,
+                        answered: false,
+                    });
                     batch.used.push((head, 0));
                     continue;
                 }

@@ -8,7 +8,7 @@ use std::io;
 use std::time::Duration;
 
 use super::device::CONFIG_SIZE;
-use super::request::Request;
+use super::request::{ParseError, Request};
 use super::request_status;
 use crate::virtio::GuestMemoryMmap;
 use crate::zoned::image::{PowerCut, PowerCutReport};
@@ -39,6 +39,19 @@ impl Completion {
     }
 }
 
+/// A chain the device answered itself, without the executor.
+#[derive(Debug)]
+pub enum Answered<'a> {
+    /// A request: GET_ID, or a zoned type from a driver that refused the zoned feature.
+    Request { request: &'a Request, status: u8 },
+    /// A chain that is not a request: answered with IOERR, or returned unanswered when it has
+    /// no usable status byte.
+    Malformed {
+        error: &'a ParseError,
+        answered: bool,
+    },
+}
+
 /// Serves the storage side of a virtio-blk device.
 pub trait Executor: Send {
     /// Feature bits that depend on the storage (read-only, topology, zoned), offered on top of
@@ -65,6 +78,10 @@ pub trait Executor: Send {
         memory: &GuestMemoryMmap,
         completions: &mut Vec<Completion>,
     );
+
+    /// Told of every chain the device answered without `execute` (a zoned disk's trace lists
+    /// them); nothing by default.
+    fn answered(&mut self, _answer: Answered<'_>) {}
 
     /// Makes everything written durable (called when the VMM shuts down).
     fn flush(&mut self) -> io::Result<()>;

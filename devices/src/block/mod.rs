@@ -17,7 +17,7 @@ use virtio_bindings::virtio_blk;
 
 pub use backend::{BackendError, BlockBackend, RawFile};
 pub use device::Block;
-pub use executor::{Completion, Executor};
+pub use executor::{Answered, Completion, Executor};
 pub use plain::PlainExecutor;
 
 pub use request::{Malformed, ParseError, Request, RequestType, Segment};

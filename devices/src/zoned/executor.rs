@@ -7,7 +7,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::warn;
 
@@ -17,9 +17,11 @@ use super::geometry::FaultInjection;
 use super::image::{PowerCut, PowerCutReport};
 use super::lanes::{lane_of, Lanes};
 use super::report;
+use super::state::ZoneOpKind;
+use super::trace::{write_pointer, Observed, ZoneTrace};
 use super::wire::{self, status};
 use crate::block::device::{config_offset, put, CONFIG_SIZE};
-use crate::block::{Completion, Executor, Request, RequestType};
+use crate::block::{Answered, Completion, Executor, Request, RequestType};
 use crate::virtio::GuestMemoryMmap;
 
 /// How many requests of each kind a zoned disk served, for the shutdown log line (and for tests
@@ -90,6 +92,10 @@ pub struct ZonedExecutor<S: ZoneStorage> {
     lanes: Lanes,
     /// Set on a disk with a volatile write cache when a power cut may come.
     power_cut: Option<Arc<PowerCutTrigger>>,
+    /// The zone trace of this run (`trace=FILE`), if one is kept.
+    trace: Option<ZoneTrace>,
+    /// With a trace: what each request of the batch did to its zone, kept between batches.
+    observed: Vec<Option<Observed>>,
 }
 
 impl<S: ZoneStorage> ZonedExecutor<S> {
@@ -101,6 +107,30 @@ impl<S: ZoneStorage> ZonedExecutor<S> {
             run: Vec::new(),
             lanes: Lanes::new(),
             power_cut: None,
+            trace: None,
+            observed: Vec::new(),
+        }
+    }
+
+    /// The executor, writing one line per request to `trace` (docs/zone-trace.md).
+    pub fn with_trace(mut self, trace: ZoneTrace) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+
+    /// The zone trace, if one is kept.
+    pub fn trace(&self) -> Option<&ZoneTrace> {
+        self.trace.as_ref()
+    }
+
+    /// What a request that changed nothing (an injected failure) left its zone at.
+    fn unchanged(&self, request: &Request) -> Observed {
+        let zone = self.disk.geometry().zone_index(request.sector);
+        let wp = write_pointer(self.disk.zones(), zone);
+        Observed {
+            done: Instant::now(),
+            wp_before: wp,
+            wp_after: wp,
         }
     }
 
@@ -153,22 +183,56 @@ impl<S: ZoneStorage> ZonedExecutor<S> {
             .map(Completion::with_status)
     }
 
-    /// Serves an admitted request that is not part of a lane run.
-    fn serve_alone(&mut self, request: &Request, memory: &GuestMemoryMmap) -> Completion
+    /// Serves an admitted request that is not part of a lane run; with `observe`, also says
+    /// what it did to the write pointer of the zone it addresses.
+    fn serve_alone(
+        &mut self,
+        request: &Request,
+        memory: &GuestMemoryMmap,
+        observe: bool,
+    ) -> (Completion, Option<Observed>)
     where
         S: Send,
     {
         let data = self.disk.storage().data_path();
         let kind = request.kind;
+        let zone = self.disk.geometry().zone_index(request.sector);
         if matches!(
             kind,
             RequestType::In | RequestType::Out | RequestType::ZoneAppend
         ) {
-            return self
-                .lanes
-                .serve_alone(&mut self.disk, data.as_ref(), memory, request);
+            return self.lanes.serve_alone(
+                &mut self.disk,
+                data.as_ref(),
+                memory,
+                request,
+                (zone, observe),
+            );
         }
         let zone_op = wire::zone_op_of_request(kind);
+        if !observe {
+            return (self.serve_other(request, memory, zone_op), None);
+        }
+        // Only an operation on one zone has a write pointer to show.
+        let zone = zone.filter(|_| matches!(zone_op, Some(ZoneOpKind::Single(_))));
+        let wp_before = write_pointer(self.disk.zones(), zone);
+        let completion = self.serve_other(request, memory, zone_op);
+        let observed = Observed {
+            done: Instant::now(),
+            wp_before,
+            wp_after: write_pointer(self.disk.zones(), zone),
+        };
+        (completion, Some(observed))
+    }
+
+    /// Serves a request other than IN, OUT and ZONE_APPEND.
+    fn serve_other(
+        &mut self,
+        request: &Request,
+        memory: &GuestMemoryMmap,
+        zone_op: Option<ZoneOpKind>,
+    ) -> Completion {
+        let kind = request.kind;
         if !(kind == RequestType::Flush || kind == RequestType::ZoneReport || zone_op.is_some()) {
             return Completion::with_status(status::UNSUPP);
         }
@@ -221,9 +285,18 @@ impl<S: ZoneStorage + Send> Executor for ZonedExecutor<S> {
         let data = self.disk.storage().data_path();
         let mut run = std::mem::take(&mut self.run);
         run.clear();
+        let tracing = self.trace.is_some();
+        let mut observed = std::mem::take(&mut self.observed);
+        if tracing {
+            observed.clear();
+            observed.resize(requests.len(), None);
+        }
         for (index, request) in requests.iter().enumerate() {
             if let Some(failed) = self.admit(request) {
                 completions[index] = failed;
+                if tracing {
+                    observed[index] = Some(self.unchanged(request));
+                }
                 continue;
             }
             match lane_of(self.disk.geometry(), request) {
@@ -236,9 +309,14 @@ impl<S: ZoneStorage + Send> Executor for ZonedExecutor<S> {
                         requests,
                         memory,
                         completions,
+                        tracing.then_some(&mut observed[..]),
                     );
                     run.clear();
-                    completions[index] = self.serve_alone(request, memory);
+                    let (completion, seen) = self.serve_alone(request, memory, tracing);
+                    completions[index] = completion;
+                    if tracing {
+                        observed[index] = seen;
+                    }
                 }
             }
         }
@@ -249,8 +327,33 @@ impl<S: ZoneStorage + Send> Executor for ZonedExecutor<S> {
             requests,
             memory,
             completions,
+            tracing.then_some(&mut observed[..]),
         );
         self.run = run;
+        if let Some(trace) = self.trace.as_mut() {
+            let mut flushed = false;
+            for ((request, completion), seen) in requests.iter().zip(&*completions).zip(&observed) {
+                trace.request(self.disk.zones(), request, completion.status, *seen);
+                flushed |= request.kind == RequestType::Flush;
+            }
+            // The guest's FLUSH is the disk's commit point, and the trace's.
+            if flushed {
+                trace.flush();
+            }
+        }
+        self.observed = observed;
+    }
+
+    fn answered(&mut self, answer: Answered<'_>) {
+        let Some(trace) = self.trace.as_mut() else {
+            return;
+        };
+        match answer {
+            Answered::Request { request, status } => {
+                trace.request(self.disk.zones(), request, status, None)
+            }
+            Answered::Malformed { error, answered } => trace.malformed(error, answered),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -265,14 +368,23 @@ impl<S: ZoneStorage + Send> Executor for ZonedExecutor<S> {
         });
         // What the guest never left time for: the image shrinks before vmm exits.
         self.disk.reclaim(Duration::MAX);
+        if let Some(trace) = self.trace.as_mut() {
+            trace.flush();
+        }
         flushed
     }
 
     fn idle(&mut self, budget: Duration) -> bool {
+        if let Some(trace) = self.trace.as_mut() {
+            trace.flush();
+        }
         self.disk.reclaim(budget)
     }
 
     fn power_cut(&mut self, cut: PowerCut) -> io::Result<Option<PowerCutReport>> {
+        if let Some(trace) = self.trace.as_mut() {
+            trace.flush();
+        }
         self.disk.power_cut(cut)
     }
 }

@@ -523,6 +523,9 @@ pub struct ZonedDiskOptions {
     /// (`--power-cut`); `cache=writeback` (the default) keeps them, as the host's page cache
     /// does when vmm is killed.
     pub volatile_cache: bool,
+    /// `trace=FILE`, if given: the zone trace of this run, one JSON line per request
+    /// (docs/zone-trace.md); created or truncated when the disk is set up.
+    pub trace: Option<PathBuf>,
 }
 
 /// Faults a zoned disk shows the guest for one run, for testing error paths: zones that are
@@ -628,8 +631,8 @@ pub fn parse_size(text: &str) -> Option<u64> {
 impl ZonedDiskOptions {
     /// Parses `PATH[,size=..][,zone-size=..][,zone-capacity=..][,conventional-zones=N]
     /// [,max-open=N][,max-active=N][,max-append=..][,write-granularity=..]
-    /// [,logical-block-size=512|4096][,reclaim=on|off][,cache=writeback|volatile]` and the
-    /// fault injection options.
+    /// [,logical-block-size=512|4096][,reclaim=on|off][,cache=writeback|volatile][,trace=FILE]`
+    /// and the fault injection options.
     pub fn parse(text: &str) -> Result<Self, OptionError> {
         let mut parts = text.split(',');
         let path = parts.next().unwrap_or("");
@@ -640,6 +643,7 @@ impl ZonedDiskOptions {
         let mut faults = FaultInjection::default();
         let mut reclaim = None;
         let mut cache = None;
+        let mut trace = None;
         for part in parts {
             let (key, value) = part
                 .split_once('=')
@@ -679,6 +683,19 @@ impl ZonedDiskOptions {
                 });
                 continue;
             }
+            if key == "trace" {
+                if trace.is_some() {
+                    return Err(OptionError::Duplicate(key.to_string()));
+                }
+                if value.is_empty() {
+                    return Err(OptionError::BadValue {
+                        key: key.to_string(),
+                        value: value.to_string(),
+                    });
+                }
+                trace = Some(PathBuf::from(value));
+                continue;
+            }
             let option =
                 GeometryOption::from_key(key).ok_or_else(|| OptionError::UnknownKey(key.into()))?;
             overrides.set_text(option, value)?;
@@ -689,6 +706,7 @@ impl ZonedDiskOptions {
             faults,
             reclaim,
             volatile_cache: cache.unwrap_or(false),
+            trace,
         })
     }
 }
@@ -754,6 +772,27 @@ mod tests {
         assert_eq!(
             volatile("x.img,cache=volatile,cache=volatile"),
             Err(OptionError::Duplicate("cache".into()))
+        );
+    }
+
+    #[test]
+    fn trace_option() {
+        let trace = |s: &str| ZonedDiskOptions::parse(s).map(|o| o.trace);
+        assert_eq!(trace("x.img"), Ok(None));
+        assert_eq!(
+            trace("x.img,trace=/tmp/t.jsonl,size=1G"),
+            Ok(Some(PathBuf::from("/tmp/t.jsonl")))
+        );
+        assert_eq!(
+            trace("x.img,trace="),
+            Err(OptionError::BadValue {
+                key: "trace".into(),
+                value: "".into()
+            })
+        );
+        assert_eq!(
+            trace("x.img,trace=a,trace=b"),
+            Err(OptionError::Duplicate("trace".into()))
         );
     }
 

@@ -31,7 +31,7 @@ pub(super) enum LaneDisk<'a, S> {
 
 impl<S> LaneDisk<'_, S> {
     /// Runs `f` on the zone state, holding the lock for its duration if the state is shared.
-    fn with<R>(&mut self, f: impl FnOnce(&mut ZonedDisk<S>) -> R) -> R {
+    pub(super) fn with<R>(&mut self, f: impl FnOnce(&mut ZonedDisk<S>) -> R) -> R {
         match self {
             LaneDisk::Alone(disk) => f(disk),
             // A panicking lane leaves no half-made state change (the lock is held only around

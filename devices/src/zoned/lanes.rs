@@ -5,10 +5,12 @@
 //! `DataPath`, with one O_DIRECT bounce buffer per lane kept from batch to batch.
 
 use std::sync::Mutex;
+use std::time::Instant;
 
 use super::disk::{ZoneStorage, ZonedDisk};
 use super::geometry::{ZonedGeometry, SECTOR_SIZE};
 use super::guest_io::{serve_data, Lane, LaneDisk, Mover};
+use super::trace::{write_pointer, Observed};
 use crate::block::{Completion, Request, RequestType};
 use crate::file_io::{AlignedBuffer, DataPath};
 use crate::virtio::GuestMemoryMmap;
@@ -37,6 +39,31 @@ pub(super) fn lane_of(geometry: &ZonedGeometry, request: &Request) -> Option<usi
     (geometry.zone_index(last)? == zone).then_some(zone)
 }
 
+/// Serves one data request through `lane`; with `observe`, also sees what it did to the write
+/// pointer of `zone` (its zone), read before and after it. Nothing else moves that write pointer
+/// meanwhile: every request to a zone goes to the same lane, and an implicit close from another
+/// lane changes only the zone's condition.
+fn serve_observed<S: ZoneStorage>(
+    lane: &mut Lane<'_, '_, S>,
+    memory: &GuestMemoryMmap,
+    request: &Request,
+    zone: Option<usize>,
+    observe: bool,
+) -> (Completion, Option<Observed>) {
+    if !observe {
+        return (serve_data(lane, memory, request), None);
+    }
+    let wp_before = lane.disk.with(|disk| write_pointer(disk.zones(), zone));
+    let completion = serve_data(lane, memory, request);
+    let wp_after = lane.disk.with(|disk| write_pointer(disk.zones(), zone));
+    let observed = Observed {
+        done: Instant::now(),
+        wp_before,
+        wp_after,
+    };
+    (completion, Some(observed))
+}
+
 /// The data bytes `request` moves (in either direction).
 fn data_bytes(request: &Request) -> u64 {
     request.readable_len().max(request.writable_len())
@@ -57,14 +84,16 @@ impl Lanes {
         }
     }
 
-    /// Serves one data request on this thread.
+    /// Serves one data request on this thread; with `observe`, says what it did to the write
+    /// pointer of its zone, `zone`.
     pub(super) fn serve_alone<S: ZoneStorage>(
         &mut self,
         disk: &mut ZonedDisk<S>,
         data: Option<&DataPath>,
         memory: &GuestMemoryMmap,
         request: &Request,
-    ) -> Completion {
+        (zone, observe): (Option<usize>, bool),
+    ) -> (Completion, Option<Observed>) {
         let mover = match data {
             Some(data) => Mover::Path {
                 data,
@@ -76,12 +105,14 @@ impl Lanes {
             disk: LaneDisk::Alone(disk),
             mover,
         };
-        serve_data(&mut lane, memory, request)
+        serve_observed(&mut lane, memory, request, zone, observe)
     }
 
     /// Serves `run` (request index, zone) into `out`: on this thread when the run stays in
     /// one lane, is small on buffered storage, or storage has no data path; otherwise with a
-    /// thread per lane.
+    /// thread per lane. With `observed` (a trace is kept), what each request did to its zone
+    /// goes there, at the request's index.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn serve<S: ZoneStorage + Send>(
         &mut self,
         disk: &mut ZonedDisk<S>,
@@ -90,7 +121,9 @@ impl Lanes {
         requests: &[Request],
         memory: &GuestMemoryMmap,
         out: &mut [Completion],
+        mut observed: Option<&mut [Option<Observed>]>,
     ) {
+        let observe = observed.is_some();
         // Which lanes the run's zones fall into, one bit each: most runs (a sequential stream,
         // small requests) stay on this thread, and need neither lane lists nor the lock.
         let lanes_used = run
@@ -105,25 +138,30 @@ impl Lanes {
             lanes_used.count_ones() >= 2 && (data.is_direct() || run_bytes() >= PARALLEL_MIN_BYTES)
         });
         let Some(data) = parallel else {
-            for &(index, _) in run {
-                out[index] = self.serve_alone(disk, data, memory, &requests[index]);
+            for &(index, zone) in run {
+                let (completion, seen) =
+                    self.serve_alone(disk, data, memory, &requests[index], (Some(zone), observe));
+                out[index] = completion;
+                if let Some(observed) = observed.as_deref_mut() {
+                    observed[index] = seen;
+                }
             }
             return;
         };
-        let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); MAX_LANES];
+        let mut lanes: Vec<Vec<(usize, usize)>> = vec![Vec::new(); MAX_LANES];
         for &(index, zone) in run {
-            lanes[zone % MAX_LANES].push(index);
+            lanes[zone % MAX_LANES].push((index, zone));
         }
         // Each lane with work, and its bounce buffer grown here for the lane's largest request:
         // the lane threads only use it (any allocation stays on this long-lived thread).
-        let mut work: Vec<(&[usize], &mut AlignedBuffer)> = Vec::with_capacity(MAX_LANES);
+        let mut work: Vec<(&[(usize, usize)], &mut AlignedBuffer)> = Vec::with_capacity(MAX_LANES);
         for (lane, bounce) in lanes.iter().zip(self.bounces.iter_mut()) {
             if lane.is_empty() {
                 continue;
             }
             let largest = lane
                 .iter()
-                .map(|&index| data.bounce_len(data_bytes(&requests[index])))
+                .map(|&(index, _)| data.bounce_len(data_bytes(&requests[index])))
                 .max()
                 .unwrap_or(0);
             // A buffer that cannot grow here fails its requests in the lane (ENOMEM) instead.
@@ -131,15 +169,21 @@ impl Lanes {
             work.push((lane, bounce));
         }
         let disk = Mutex::new(&mut *disk);
-        let served: Vec<(usize, Completion)> = std::thread::scope(|scope| {
+        type Served = (usize, (Completion, Option<Observed>));
+        let served: Vec<Served> = std::thread::scope(|scope| {
             let disk = &disk;
-            let serve_lane = move |lane: &[usize], bounce: &mut AlignedBuffer| {
+            let serve_lane = move |lane: &[(usize, usize)], bounce: &mut AlignedBuffer| {
                 let mut access = Lane {
                     disk: LaneDisk::Shared(disk),
                     mover: Mover::Path { data, bounce },
                 };
                 lane.iter()
-                    .map(|&index| (index, serve_data(&mut access, memory, &requests[index])))
+                    .map(|&(index, zone)| {
+                        let request = &requests[index];
+                        let served =
+                            serve_observed(&mut access, memory, request, Some(zone), observe);
+                        (index, served)
+                    })
                     .collect::<Vec<_>>()
             };
             let mut work = work.into_iter();
@@ -165,8 +209,11 @@ impl Lanes {
             }
             served
         });
-        for (index, completion) in served {
+        for (index, (completion, seen)) in served {
             out[index] = completion;
+            if let Some(observed) = observed.as_deref_mut() {
+                observed[index] = seen;
+            }
         }
     }
 }

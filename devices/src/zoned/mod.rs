@@ -14,6 +14,7 @@
 //!   (counting, injected write failures) and dispatch. Its parts: `faults` (fault injection),
 //!   `lanes` (a batch into parallel lanes by zone), `guest_io` (data between guest memory and
 //!   storage under the zone rules), `report` (the ZONE_REPORT reply).
+//! - [`trace`]: [`ZoneTrace`], the per-request trace of `trace=FILE` (docs/zone-trace.md).
 //!
 //! How `ZonedExecutor` serves each request type (`wire::status_of` of the result, OK or the
 //! error's `status()`, goes into the status byte):
@@ -40,6 +41,7 @@ pub mod inspect;
 mod lanes;
 mod report;
 pub mod state;
+pub mod trace;
 pub mod wire;
 
 pub use disk::{ZoneStorage, ZonedDisk};
@@ -48,3 +50,4 @@ pub use geometry::{FailWrite, FaultInjection, GeometryOverrides, ZonedDiskOption
 pub use host::{HostError, HostZonedDevice, HostZonedDisk};
 pub use image::{ImageError, ZonedImage};
 pub use state::{Zone, ZoneCondition, ZoneError, ZoneOp, ZoneOpKind, ZoneSet, ZoneType};
+pub use trace::{TraceError, ZoneTrace};

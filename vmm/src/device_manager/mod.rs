@@ -42,7 +42,8 @@ pub const THROWAWAY_IMAGE: &str = "tmp";
 #[derive(Debug, Clone)]
 pub enum DiskSpec {
     Plain(DiskConfig),
-    Zoned(ZonedDiskOptions),
+    /// Boxed: the zoned options are several times the plain ones.
+    Zoned(Box<ZonedDiskOptions>),
 }
 
 /// A `--disk` option: `PATH[,ro][,serial=ID]`.
@@ -101,6 +102,9 @@ pub enum DeviceError {
     /// A `--zoned-disk` image that cannot be opened or created.
     #[error(transparent)]
     ZonedImage(#[from] zoned::ImageError),
+    /// A `--zoned-disk ...,trace=FILE` that cannot be created.
+    #[error(transparent)]
+    ZoneTrace(#[from] zoned::TraceError),
     /// Fault injection options that do not fit the disk (the devices crate words the message).
     #[error("{0}")]
     FaultInjection(String),
@@ -295,11 +299,17 @@ impl DeviceManager {
         // A block device is passed through (it must be host-managed zoned); anything else is
         // an image file.
         let serial = format!("vmm-zoned{}", self.slots.len());
+        // The trace file first: one that cannot be created stops vmm before the disk is touched.
+        let trace = options
+            .trace
+            .as_deref()
+            .map(zoned::ZoneTrace::create)
+            .transpose()?;
         // A block device is passed through (it must be host-managed zoned); anything else is
         // an image file.
         let block = if zoned::host::is_block_device(&options.path) {
             let disk = HostZonedDevice::open(options)?;
-            zoned_block(disk, options, &serial, None)?
+            zoned_block(disk, options, trace, &serial, None)?
         } else {
             // `tmp`: a fresh image in the temporary directory that has no name, so nothing
             // planted there is opened and nothing is left behind, even after a SIGKILL.
@@ -312,7 +322,7 @@ impl DeviceManager {
             if options.volatile_cache {
                 image.set_volatile_cache();
             }
-            zoned_block(image, options, &serial, self.power_cut.clone())?
+            zoned_block(image, options, trace, &serial, self.power_cut.clone())?
         };
         self.add_virtio(vm, memory, bus, Box::new(block))
     }
@@ -499,10 +509,12 @@ pub fn register_interrupt(
 }
 
 /// A virtio-blk device serving `disk` as a host-managed zoned disk, with the faults the options
-/// ask to inject, and with a volatile cache losing power when `power_cut` says.
+/// ask to inject, the trace, if one is kept, and a volatile cache losing power when `power_cut`
+/// says.
 fn zoned_block<S: ZoneStorage + Send + 'static>(
     disk: ZonedDisk<S>,
     options: &ZonedDiskOptions,
+    trace: Option<zoned::ZoneTrace>,
     serial: &str,
     power_cut: Option<Arc<PowerCutTrigger>>,
 ) -> Result<Block, DeviceError> {
@@ -510,6 +522,9 @@ fn zoned_block<S: ZoneStorage + Send + 'static>(
         ZonedExecutor::with_faults(disk, &options.faults).map_err(DeviceError::FaultInjection)?;
     if let Some(trigger) = power_cut.filter(|_| options.volatile_cache) {
         executor.set_power_cut(trigger);
+    }
+    if let Some(trace) = trace {
+        executor = executor.with_trace(trace);
     }
     Ok(Block::with_executor(Box::new(executor), serial))
 }

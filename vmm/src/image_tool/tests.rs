@@ -166,11 +166,26 @@ fn create_refuses_an_existing_file_and_bad_options_create_nothing() {
     }
 }
 
+/// Opens an image `create` just made. Another test of this process that forks a child (to run
+/// a command) lends the child the tool's descriptors until its exec closes them, and with them
+/// the tool's lock on the image: a moment in which the image is "in use".
+fn open_when_free(path: &Path) -> ZonedImage {
+    for _ in 0..100 {
+        match ZonedImage::open(path, &GeometryOverrides::default()) {
+            Err(devices::zoned::ImageError::InUse(_)) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{} stays in use", path.display());
+}
+
 /// An image the device wrote: zone 1 CLOSED at +8, zone 2 FULL by writes, zone 3 FULL by a
 /// FINISH at +0x10, zone 4 written and reset (and reclaimed).
 fn worked(dir: &Scratch, name: &str) -> PathBuf {
     let path = create(dir, name);
-    let mut disk = ZonedImage::open(&path, &GeometryOverrides::default()).unwrap();
+    let mut disk = open_when_free(&path);
     disk.write(0x200, &[1; 8 * 512]).unwrap();
     disk.write(0x400, &[2; 0x180 * 512]).unwrap();
     disk.write(0x600, &[3; 0x10 * 512]).unwrap();
