@@ -63,7 +63,8 @@ struct Cli {
     /// conflicting option is an error. For this run only: [,reclaim=on|off] (whether reset zones'
     /// blocks go back to the host file system once the guest leaves the disk alone, and at exit;
     /// images only; default on), [,trace=FILE] (one JSON line per request, docs/zone-trace.md),
-    /// and fault injection:
+    /// [,cache=writeback|volatile] (volatile: writes since the last flush stay losable by
+    /// --power-cut; images only), and fault injection:
     /// [,read-only-zones=I[:I]...] [,offline-zones=I[:I]...] (zones shown READ_ONLY or OFFLINE)
     /// [,fail-write=ZONE:N[:STATUS]] (the Nth write to zone ZONE fails with STATUS, 1 to 6,
     /// default 1). PATH `tmp` is a throwaway image in $TMPDIR, gone when vmm exits; a block device
