@@ -443,3 +443,48 @@ fn bad_power_cut_options() {
     );
     let _ = std::fs::remove_file(kernel);
 }
+
+#[test]
+fn a_zoned_disk_that_is_a_fifo_or_a_directory_is_refused_not_waited_on() {
+    let kernel = temp_file("fake-bzimage-fifo", &fake_bzimage());
+    let fifo = std::env::temp_dir().join(format!("vmm-cli-{}-fifo", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(["--kernel", kernel.to_str().unwrap(), "--zoned-disk"])
+        .arg(&fifo)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() && started.elapsed().as_secs() < 20 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let finished = child.try_wait().unwrap().is_some();
+    if !finished {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&fifo);
+    assert!(finished, "vmm waited on the FIFO");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("is a FIFO, not a zoned image file"),
+        "{stderr}"
+    );
+    let dir = std::env::temp_dir();
+    assert_one_line_error(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--zoned-disk",
+            dir.to_str().unwrap(),
+        ],
+        "is a directory, not a zoned image file",
+    );
+    let _ = std::fs::remove_file(kernel);
+}

@@ -53,6 +53,9 @@ pub enum ImageError {
     Exists(PathBuf),
     #[error("{0} is not a vmm zoned image (no VMMZONED magic)")]
     NotAnImage(PathBuf),
+    /// A directory, a character device, a FIFO or a socket.
+    #[error("{path} is {kind}, not a zoned image file")]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error("zoned image {path} is truncated: {size} bytes, expected {expected}")]
     Truncated {
         path: PathBuf,
@@ -1001,6 +1004,37 @@ fn create_temporary(dir: &Path, name: &std::ffi::OsStr) -> io::Result<(File, Pat
     }
 }
 
+/// What a path that is not a regular file is, for the error; `None` for a regular file. A block
+/// device counts as "a block device" here: callers that accept one check for it first.
+pub(super) fn non_file_kind(file_type: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    Some(if file_type.is_file() {
+        return None;
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    })
+}
+
+fn refuse_non_file(path: &Path, metadata: &std::fs::Metadata) -> Result<(), ImageError> {
+    match non_file_kind(metadata.file_type()) {
+        None => Ok(()),
+        Some(kind) => Err(ImageError::NotAFile {
+            path: path.to_path_buf(),
+            kind,
+        }),
+    }
+}
+
 /// A seed for `--power-cut` when none is given: 64 random bits from the kernel.
 pub fn random_seed() -> io::Result<u64> {
     random_u64()
@@ -1171,11 +1205,17 @@ impl ZonedDisk<ImageFile> {
     /// were open come back CLOSED (or EMPTY when nothing was written), as after a power loss.
     pub fn open(path: &Path, given: &GeometryOverrides) -> Result<Self, ImageError> {
         let err = io_err(path);
+        use std::os::unix::fs::OpenOptionsExt;
+        // Looked at before opening: a FIFO or a device node is not read as an image.
+        refuse_non_file(path, &std::fs::metadata(path).map_err(&err)?)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
             .open(path)
             .map_err(&err)?;
+        // Again for what was opened, should the name have changed hands in between.
+        refuse_non_file(path, &file.metadata().map_err(&err)?)?;
         // Before reading anything: another VMM may be writing the image right now.
         crate::file_lock::lock(&file, true).map_err(|e| lock_error(path, e))?;
         let header = read_header(&file, path)?;

@@ -58,20 +58,11 @@ pub fn type_name(zone_type: ZoneType) -> &'static str {
 /// Refuses what is not a regular file, by its metadata.
 fn refuse_non_file(path: &Path, metadata: &Metadata) -> Result<(), InspectError> {
     let file_type = metadata.file_type();
-    let kind = if file_type.is_file() {
-        return Ok(());
-    } else if file_type.is_block_device() {
+    if file_type.is_block_device() {
         return Err(InspectError::BlockDevice(path.to_path_buf()));
-    } else if file_type.is_dir() {
-        "a directory"
-    } else if file_type.is_char_device() {
-        "a character device"
-    } else if file_type.is_fifo() {
-        "a FIFO"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
+    }
+    let Some(kind) = image::non_file_kind(file_type) else {
+        return Ok(());
     };
     Err(InspectError::NotAFile {
         path: path.to_path_buf(),
