@@ -110,3 +110,97 @@ done
         run.describe()
     );
 }
+
+/// Guest for the timer and the signal: the flushed MiB, 2 MiB unflushed, then a marker and a
+/// long sleep in which the power goes.
+const WRITE_AND_WAIT: &str = r#"
+seq 1 2000000 | head -c 3145728 > /tmp/data
+dd if=/tmp/data of=/dev/vda bs=1M count=1 seek=4 oflag=direct conv=notrunc,fsync 2>/dev/null
+dd if=/tmp/data of=/dev/vda bs=1M count=2 skip=1 seek=5 oflag=direct conv=notrunc 2>/dev/null
+echo "ready for the cut"
+sleep 300
+echo "NOT CUT"
+"#;
+
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn a_power_cut_comes_after_a_time_or_on_sigusr2() {
+    let script = format!(
+        r#"
+cat > /tmp/write.sh <<'EOF'
+{WRITE_AND_WAIT}
+EOF
+cat > /tmp/check.sh <<'EOF'
+{CHECK}
+EOF
+script_disk /tmp/write.sh
+script_disk /tmp/check.sh
+set +e
+disk=/tmp/z.img,size=64M,zone-size=4M,conventional-zones=1,cache=volatile
+check() {{
+    "$VMM" --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --zoned-disk /tmp/z.img \
+        --disk /tmp/check.sh,ro -- bash /dev/vdb
+}}
+echo "== after"
+rm -f /tmp/z.img
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --zoned-disk $disk \
+    --disk /tmp/write.sh,ro --power-cut after=60s -- bash /dev/vdb >/tmp/out 2>&1
+echo "after_status=$? after_ready=$(grep -c 'ready for the cut' /tmp/out)"
+grep '^vmm: power cut' /tmp/out
+check
+echo "== signal"
+rm -f /tmp/z.img
+"$VMM" --kernel "$KERNEL" --initrd "$INITRD" --memory 512M --zoned-disk $disk \
+    --disk /tmp/write.sh,ro --power-cut signal,lose=random -- bash /dev/vdb >/tmp/out 2>&1 &
+pid=$!
+for i in $(seq 600); do grep -q 'ready for the cut' /tmp/out && break; sleep 0.5; done
+kill -USR2 $pid
+wait $pid
+echo "signal_status=$?"
+grep '^vmm: power cut' /tmp/out
+check
+"#
+    );
+    let run = run_script_in_lab(900, &script);
+    run.assert_ok();
+    assert!(!run.stdout.contains("NOT CUT"), "{}", run.describe());
+    assert_eq!(
+        values_of(&run.stdout, "after_status"),
+        ["99"],
+        "{}",
+        run.describe()
+    );
+    assert_eq!(
+        values_of(&run.stdout, "after_ready"),
+        ["1"],
+        "the cut came too early: {}",
+        run.describe()
+    );
+    assert_eq!(
+        values_of(&run.stdout, "signal_status"),
+        ["99"],
+        "{}",
+        run.describe()
+    );
+    assert_eq!(
+        values_of(&run.stdout, "prefix"),
+        ["ok"; 2],
+        "{}",
+        run.describe()
+    );
+    let wps = values_of(&run.stdout, "wp");
+    assert_eq!(
+        wps.first().map(String::as_str),
+        Some("2048"),
+        "{}",
+        run.describe()
+    );
+    let random: u64 = wps[1].parse().unwrap();
+    assert!((2048..=6144).contains(&random), "{wps:?}");
+    assert!(
+        run.stdout.contains("on SIGUSR2, lose=random"),
+        "{}",
+        run.describe()
+    );
+    eprintln!("zone 1 write pointers after the timer and the signal: {wps:?}");
+}
