@@ -1369,4 +1369,4 @@ pub(super) fn read_zones(
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -313,12 +313,11 @@ impl DeviceManager {
         } else {
             // `tmp`: a fresh image in the temporary directory that has no name, so nothing
             // planted there is opened and nothing is left behind, even after a SIGKILL.
-            let image = if options.path.as_os_str() == THROWAWAY_IMAGE {
+            let mut image = if options.path.as_os_str() == THROWAWAY_IMAGE {
                 ZonedImage::create_throwaway(&std::env::temp_dir(), options)
             } else {
                 ZonedImage::open_or_create(options)
             }?;
-            let mut image = image;
             if options.volatile_cache {
                 image.set_volatile_cache();
             }

@@ -4,11 +4,11 @@ use crate::zoned::state::{ZoneError, ZoneOp};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
+/// A scratch directory removed on drop (also for the `inspect` tests).
+pub(in crate::zoned) struct Scratch(pub(in crate::zoned) PathBuf);
 
 impl Scratch {
-    fn new(name: &str) -> Self {
+    pub(in crate::zoned) fn new(name: &str) -> Self {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "vmm-zoned-{}-{}-{}",
@@ -20,7 +20,7 @@ impl Scratch {
         Scratch(dir)
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(in crate::zoned) fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 }
@@ -31,8 +31,9 @@ impl Drop for Scratch {
     }
 }
 
-/// 8 zones of 256 sectors, zone capacity 192, zone 0 conventional, max 2 open / 3 active.
-fn geometry() -> ZonedGeometry {
+/// 8 zones of 256 sectors (128 KiB, whole file-system blocks), zone capacity 192, zone 0
+/// conventional, max 2 open / 3 active (also for the `inspect` tests).
+pub(in crate::zoned) fn geometry() -> ZonedGeometry {
     ZonedGeometry::new(ZonedGeometry {
         capacity: 8 * 256,
         zone_size: 256,

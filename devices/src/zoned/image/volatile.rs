@@ -106,10 +106,6 @@ impl ImageFile {
         self.unflushed = Some(UnflushedBlocks::default());
     }
 
-    pub fn has_volatile_cache(&self) -> bool {
-        self.unflushed.is_some()
-    }
-
     /// Before a write of `len` bytes at `sector`: saves the flushed contents of each
     /// conventional block it changes for the first time since the last flush.
     pub(super) fn save_flushed_blocks(&mut self, sector: u64, len: u64) -> io::Result<()> {

@@ -1,53 +1,9 @@
 use super::*;
 use crate::zoned::geometry::GeometryOverrides;
+use crate::zoned::image::tests::{geometry, Scratch};
 use crate::zoned::image::{crc32, slot_crc, ZonedImage, HEADER_SIZE};
 use crate::zoned::state::ZoneOp;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "vmm-inspect-{}-{}-{}",
-            name,
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// 8 zones of 256 sectors (128 KiB, whole file-system blocks), zone capacity 192, zone 0
-/// conventional, max 2 open / 3 active.
-fn geometry() -> ZonedGeometry {
-    ZonedGeometry::new(ZonedGeometry {
-        capacity: 8 * 256,
-        zone_size: 256,
-        zone_capacity: 192,
-        conventional_zones: 1,
-        max_open: 2,
-        max_active: 3,
-        max_append_sectors: 64,
-        write_granularity: 512,
-        logical_block_size: 512,
-    })
-    .unwrap()
-}
 
 /// An image as the device leaves it after some work, its reset zone reclaimed: zone 0
 /// (conventional) written, zone 1 CLOSED at +8, zone 2 FULL by writes, zone 3 FULL by a
