@@ -100,7 +100,7 @@ pub enum PowerCutWhen {
     Signal,
 }
 
-/// `--power-cut WHEN[,lose=all|random][,seed=N]`.
+/// `--power-cut WHEN[,lose=all|random|flushed][,seed=N]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PowerCutSpec {
     pub when: PowerCutWhen,
@@ -145,9 +145,10 @@ impl PowerCutSpec {
                     spec.loss = match value {
                         "all" => Loss::All,
                         "random" => Loss::Random,
+                        "flushed" => Loss::Flushed,
                         _ => {
                             return Err(format!(
-                                "invalid --power-cut lose={value}: expected all or random"
+                                "invalid --power-cut lose={value}: expected all, random or flushed"
                             ))
                         }
                     };
@@ -164,7 +165,7 @@ impl PowerCutSpec {
                 }
                 _ => {
                     return Err(format!(
-                        "invalid --power-cut option '{part}': expected lose=all|random or seed=N"
+                        "invalid --power-cut option '{part}': expected lose=all|random|flushed or seed=N"
                     ))
                 }
             }
@@ -649,6 +650,7 @@ mod tests {
             })
         );
         assert_eq!(spec("signal").unwrap().when, PowerCutWhen::Signal);
+        assert_eq!(spec("flush=2,lose=flushed").unwrap().loss, Loss::Flushed);
         assert_eq!(
             spec("after=500ms").unwrap().when,
             PowerCutWhen::After(std::time::Duration::from_millis(500))

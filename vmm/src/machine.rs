@@ -496,9 +496,17 @@ impl VcpuThreads {
 
 /// What a power cut lost of one disk, for its line on stderr.
 fn describe_cut(report: &PowerCutReport) -> String {
+    let flushed = if report.flushed_sectors_lost > 0 {
+        format!(
+            ", and {} FLUSHED sectors (lose=flushed)",
+            report.flushed_sectors_lost
+        )
+    } else {
+        String::new()
+    };
     format!(
         "lost {} unflushed sectors of {} sequential zones (kept {}), {} of {} unflushed \
-         conventional blocks",
+         conventional blocks{flushed}",
         report.sectors_lost,
         report.zones_rolled_back,
         report.sectors_kept,
@@ -516,6 +524,7 @@ fn spec_text(spec: &config::PowerCutSpec) -> String {
     let loss = match spec.loss {
         devices::zoned::image::Loss::All => "lose=all",
         devices::zoned::image::Loss::Random => "lose=random",
+        devices::zoned::image::Loss::Flushed => "lose=flushed, a broken device",
     };
     format!("{when}, {loss}")
 }

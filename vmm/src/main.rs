@@ -101,8 +101,10 @@ struct Cli {
     /// them gets never completes) or `signal` (SIGUSR2). The VM stops at once; `lose=all`
     /// (default) drops every write since the last flush, `lose=random` keeps a random prefix of
     /// each zone's and a random part of the conventional blocks', reproducibly for a given
-    /// `seed` (printed). vmm then exits with status 99.
-    #[arg(long, value_name = "WHEN[,lose=all|random][,seed=N]", value_parser = config::PowerCutSpec::parse)]
+    /// `seed` (printed); `lose=flushed` is a broken device, to check that a crash test catches
+    /// one: each sequential zone also loses its last flushed writes. vmm then exits with
+    /// status 99.
+    #[arg(long, value_name = "WHEN[,lose=all|random|flushed][,seed=N]", value_parser = config::PowerCutSpec::parse)]
     power_cut: Option<config::PowerCutSpec>,
 }
 

@@ -23,7 +23,7 @@ use super::state::{ZoneCondition, ZoneOp, ZoneOpKind, ZoneOpPlan, ZoneSet};
 use crate::file_io::DataPath;
 
 mod volatile;
-use volatile::UnflushedBlocks;
+use volatile::VolatileCache;
 pub use volatile::{CutRandom, Loss, PowerCut, PowerCutReport};
 
 /// File magic at offset 0.
@@ -333,7 +333,7 @@ pub struct ImageFile {
     sync_failed: bool,
     /// With the volatile write cache (`cache=volatile`): the flushed contents of conventional
     /// blocks written since the last flush, which a power cut may restore.
-    unflushed: Option<UnflushedBlocks>,
+    cache: Option<VolatileCache>,
     #[cfg(test)]
     io_hook: Option<IoHook>,
     /// Test-only storage failures: the n-th next operation of a kind fails with EIO.
@@ -421,7 +421,7 @@ impl ImageFile {
             unreclaimed: ZoneBits::new(geometry.nr_zones()),
             unsettled: BTreeSet::new(),
             sync_failed: false,
-            unflushed: None,
+            cache: None,
             #[cfg(test)]
             io_hook: None,
             #[cfg(any(test, feature = "testing"))]
@@ -695,6 +695,9 @@ impl ZoneStorage for ImageFile {
         // durable state, not their state in memory.
         let states = self.with_unsettled_as_durable(resets)?;
         self.persist(&states)?;
+        if let Some(cache) = &mut self.cache {
+            cache.forget_advances(plan.updates.iter().map(|u| u.index));
+        }
         if self.punch_holes {
             for update in plan.updates.iter().filter(|u| u.old_wp > u.start) {
                 self.unreclaimed.insert(update.index);
@@ -738,7 +741,7 @@ impl ZoneStorage for ImageFile {
             return None;
         }
         // The volatile cache saves blocks before they change.
-        if self.unflushed.is_some() {
+        if self.cache.is_some() {
             return None;
         }
         // An injected data write failure must see every write.
@@ -773,9 +776,10 @@ impl ZoneStorage for ImageFile {
             let (cond, wp) = zones.saved_state(i);
             states.push((i, cond, wp));
         }
+        self.note_flushed_advances(&states)?;
         self.persist(&states)?;
-        if let Some(unflushed) = &mut self.unflushed {
-            unflushed.clear();
+        if let Some(cache) = &mut self.cache {
+            cache.flushed();
         }
         Ok(())
     }

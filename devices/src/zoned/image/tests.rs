@@ -1344,6 +1344,45 @@ fn without_the_volatile_cache_a_power_cut_loses_nothing() {
     assert_eq!(state(&d, 1), (ZoneCondition::Closed, 272));
 }
 
+/// `lose=flushed`, the broken device a crash test must catch: each sequential zone also loses
+/// the writes of the last flush that moved its write pointer; a durable reset stays.
+#[test]
+fn a_broken_power_cut_also_loses_each_zones_last_flushed_writes() {
+    let dir = Scratch::new("cut-broken");
+    let (path, mut d) = volatile_image(&dir);
+    // Zone 4 moves in the first flush only, zone 1 in both: zone 4 goes back to before the
+    // first, zone 1 to before the second.
+    d.write(1024, &pattern(1024, 8, 0)).unwrap();
+    d.flush().unwrap();
+    d.write(288, &pattern(288, 8, 2)).unwrap();
+    let report = d
+        .power_cut(PowerCut {
+            loss: Loss::Flushed,
+            seed: 1,
+        })
+        .unwrap()
+        .unwrap();
+    drop(d);
+    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    assert_eq!(state(&d, 1), (ZoneCondition::Closed, 272), "zone 1");
+    assert_eq!(read(&mut d, 272, 24), zeros(24));
+    assert_eq!(state(&d, 4), (ZoneCondition::Empty, 1024), "zone 4");
+    assert_eq!(read(&mut d, 1024, 8), zeros(8));
+    // Zone 2 was finished in the last flush; zone 3 was reset (durable) and written since.
+    assert_eq!(state(&d, 2), (ZoneCondition::Empty, 512), "zone 2");
+    assert_eq!(state(&d, 3), (ZoneCondition::Empty, 768), "zone 3");
+    // Conventional blocks lose what lose=all loses, no more.
+    assert_eq!(
+        read(&mut d, 0, 12),
+        pattern(0, 4, 0)
+            .into_iter()
+            .chain(pattern(4, 8, 1))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(report.flushed_sectors_lost, 16 + 8 + 8 + 8);
+    assert_eq!(report.sectors_lost, 8);
+}
+
 #[test]
 fn a_4k_disk_loses_whole_logical_blocks() {
     let dir = Scratch::new("cut-4k");
@@ -1381,4 +1420,53 @@ fn a_4k_disk_loses_whole_logical_blocks() {
             );
         }
     }
+}
+
+#[test]
+fn a_512e_disk_loses_whole_physical_blocks() {
+    let dir = Scratch::new("cut-512e");
+    let path = dir.path("disk.img");
+    let mut g = geometry();
+    g.write_granularity = 4096;
+    let g = ZonedGeometry::new(g).unwrap();
+    let mut outcomes = BTreeSet::new();
+    for seed in 0..16 {
+        let _ = std::fs::remove_file(&path);
+        let mut d = ZonedImage::create(&path, g).unwrap();
+        d.storage_mut().set_volatile_cache();
+        d.write(0, &pattern(0, 16, 0)).unwrap();
+        d.flush().unwrap();
+        // 512-byte writes into 4 KiB physical blocks; a sequential zone takes whole ones.
+        for s in 0..16 {
+            d.write(s, &pattern(s, 1, 1)).unwrap();
+        }
+        d.write(256, &pattern(256, 64, 1)).unwrap();
+        d.power_cut(PowerCut {
+            loss: Loss::Random,
+            seed,
+        })
+        .unwrap()
+        .unwrap();
+        drop(d);
+        let mut d = ZonedImage::open(&path, &none()).unwrap();
+        let (_, wp) = state(&d, 1);
+        assert!(
+            (wp - 256) % 8 == 0,
+            "seed {seed}: wp {wp} inside a 4 KiB block"
+        );
+        for block in 0..2 {
+            let now = read(&mut d, block * 8, 8);
+            let new = now == pattern(block * 8, 8, 1);
+            assert!(
+                new || now == pattern(block * 8, 8, 0),
+                "seed {seed}: block {block} torn"
+            );
+            outcomes.insert((block, new));
+        }
+    }
+    assert_eq!(
+        outcomes.len(),
+        4,
+        "each block both kept and lost: {outcomes:?}"
+    );
 }

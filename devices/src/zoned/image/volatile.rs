@@ -6,14 +6,19 @@
 //! may do, per zone, relative to the last flush (or the zone's last reset, which is durable):
 //!
 //! - a sequential zone keeps a prefix of its unflushed writes: its write pointer lands anywhere
-//!   between the durable one and the one in memory, on a logical block; an unflushed OPEN,
+//!   between the durable one and the one in memory, on a physical block (the write
+//!   granularity, at least a logical block); an unflushed OPEN,
 //!   CLOSE or FINISH is lost, unless `random` keeps every write of a finished zone;
-//! - a conventional zone keeps any subset of the logical blocks written since the flush, each
+//! - a conventional zone keeps any subset of the physical blocks written since the flush, each
 //!   block whole: the others get back the contents they had at the flush.
 //!
 //! Sequential zones need nothing kept for this: above the write pointer the device reads
 //! zeros. For conventional zones the cache keeps each block's flushed contents in memory,
 //! read before its first write after a flush, until the next flush.
+
+//! `lose=flushed` is a broken device on purpose, to prove that a crash test catches one: each
+//! sequential zone also loses the writes of the last flush that moved its write pointer. For
+//! that the cache remembers, per zone, its durable state before that flush.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -30,6 +35,10 @@ pub enum Loss {
     /// A random part: each sequential zone keeps a random prefix of its unflushed writes, and
     /// each unflushed conventional block is kept or lost at random.
     Random,
+    /// More than a power cut may lose, to test a crash test: everything unflushed, and each
+    /// sequential zone's writes of the last flush that moved its write pointer (a zone reset
+    /// since keeps its reset). Conventional zones lose what `All` loses.
+    Flushed,
 }
 
 /// A power cut to apply: what it loses, and the seed of its random choices.
@@ -52,19 +61,31 @@ pub struct PowerCutReport {
     pub blocks_lost: usize,
     /// Conventional blocks written since the flush that keep their new contents.
     pub blocks_kept: usize,
+    /// Sectors of flushed sequential writes lost (`Loss::Flushed` only).
+    pub flushed_sectors_lost: u64,
 }
 
-/// The flushed contents of the conventional blocks written since the last flush, by logical
-/// block number (ordered, so that a seed always meets the blocks in the same order).
+/// What the volatile cache keeps to undo: the flushed contents of the conventional blocks
+/// written since the last flush, by physical block number (ordered, so that a seed always meets
+/// the blocks in the same order), and for `Loss::Flushed` each sequential zone's durable state
+/// before the last flush that moved it.
 #[derive(Debug, Default)]
-pub(super) struct UnflushedBlocks {
+pub(super) struct VolatileCache {
     saved: BTreeMap<u64, Box<[u8]>>,
+    before_last_flush: BTreeMap<usize, (ZoneCondition, u64)>,
 }
 
-impl UnflushedBlocks {
+impl VolatileCache {
     /// A flush made everything durable.
-    pub(super) fn clear(&mut self) {
+    pub(super) fn flushed(&mut self) {
         self.saved.clear();
+    }
+
+    /// Durable resets of `zones`: nothing before them comes back.
+    pub(super) fn forget_advances(&mut self, zones: impl Iterator<Item = usize>) {
+        for zone in zones {
+            self.before_last_flush.remove(&zone);
+        }
     }
 }
 
@@ -103,30 +124,52 @@ impl ImageFile {
     /// by a power cut (`ZoneStorage::power_cut`). All data then moves through this backend (no parallel data
     /// path), so that each conventional block's flushed contents are saved before it changes.
     pub fn set_volatile_cache(&mut self) {
-        self.unflushed = Some(UnflushedBlocks::default());
+        self.cache = Some(VolatileCache::default());
     }
 
     /// Before a write of `len` bytes at `sector`: saves the flushed contents of each
     /// conventional block it changes for the first time since the last flush.
     pub(super) fn save_flushed_blocks(&mut self, sector: u64, len: u64) -> io::Result<()> {
-        let Some(unflushed) = &mut self.unflushed else {
+        let Some(cache) = &mut self.cache else {
             return Ok(());
         };
         let conventional_end = self
             .geometry
             .zone_start(self.geometry.conventional_zones as usize);
-        let block_sectors = u64::from(self.geometry.logical_block_size) / super::SECTOR_SIZE;
+        let block_sectors = atomic_bytes(&self.geometry) / super::SECTOR_SIZE;
         let end = (sector + len.div_ceil(super::SECTOR_SIZE)).min(conventional_end);
         let mut block = sector / block_sectors;
         while block * block_sectors < end {
-            if let std::collections::btree_map::Entry::Vacant(entry) = unflushed.saved.entry(block)
-            {
+            if let std::collections::btree_map::Entry::Vacant(entry) = cache.saved.entry(block) {
                 let mut old = vec![0u8; (block_sectors * super::SECTOR_SIZE) as usize];
                 let pos = self.layout.data_offset + block * block_sectors * super::SECTOR_SIZE;
                 self.file.read_exact_at(&mut old, pos)?;
                 entry.insert(old.into_boxed_slice());
             }
             block += 1;
+        }
+        Ok(())
+    }
+
+    /// Before a flush persists `states`: remembers the durable state of each sequential zone
+    /// the flush moves, for `Loss::Flushed`.
+    pub(super) fn note_flushed_advances(
+        &mut self,
+        states: &[(usize, ZoneCondition, u64)],
+    ) -> io::Result<()> {
+        if self.cache.is_none() {
+            return Ok(());
+        }
+        let conventional = self.geometry.conventional_zones as usize;
+        let mut moved = Vec::new();
+        for &(zone, _, wp) in states.iter().filter(|s| s.0 >= conventional) {
+            let durable = self.durable_state(zone)?;
+            if durable.1 != wp {
+                moved.push((zone, durable));
+            }
+        }
+        if let Some(cache) = &mut self.cache {
+            cache.before_last_flush.extend(moved);
         }
         Ok(())
     }
@@ -141,14 +184,14 @@ impl ImageFile {
         random: &mut CutRandom,
     ) -> io::Result<Option<PowerCutReport>> {
         let mut report = PowerCutReport::default();
-        let Some(unflushed) = self.unflushed.take() else {
+        let Some(cache) = self.cache.take() else {
             use crate::zoned::disk::ZoneStorage;
             self.flush(zones)?;
             return Ok(None);
         };
-        let block_bytes = u64::from(self.geometry.logical_block_size);
-        for (block, old) in &unflushed.saved {
-            if loss == Loss::All || random.coin() {
+        let block_bytes = atomic_bytes(&self.geometry);
+        for (block, old) in &cache.saved {
+            if loss != Loss::Random || random.coin() {
                 self.file
                     .write_all_at(old, self.layout.data_offset + block * block_bytes)?;
                 report.blocks_lost += 1;
@@ -166,6 +209,9 @@ impl ImageFile {
         let mut states = Vec::new();
         let mut changed: Vec<usize> = zones.changed_zones().to_vec();
         changed.extend(self.unsettled.iter().copied());
+        if loss == Loss::Flushed {
+            changed.extend(cache.before_last_flush.keys().copied());
+        }
         changed.sort_unstable();
         changed.dedup();
         for zone in changed {
@@ -174,9 +220,15 @@ impl ImageFile {
             }
             let durable = self.durable_state(zone)?;
             let now = zones.saved_state(zone);
-            let after = cut_zone(self, zone, durable, now, loss, block_sectors, random);
-            if after.1 < now.1 {
-                report.sectors_lost += now.1 - after.1;
+            let mut after = cut_zone(self, zone, durable, now, loss, block_sectors, random);
+            if let Some(&before) = cache.before_last_flush.get(&zone) {
+                if loss == Loss::Flushed && before.1 < durable.1 {
+                    report.flushed_sectors_lost += durable.1 - before.1;
+                    after = before;
+                }
+            }
+            if now.1 > durable.1 {
+                report.sectors_lost += now.1 - durable.1.max(after.1);
             }
             if after.1 > durable.1 {
                 report.sectors_kept += after.1 - durable.1;
@@ -193,6 +245,14 @@ impl ImageFile {
         self.persist(&states)?;
         Ok(Some(report))
     }
+}
+
+/// The unit a power cut never splits: the disk's physical block as the guest sees it (the
+/// write granularity; Linux sets a zoned virtio disk's physical block size to it), at least a
+/// logical block. A 512e disk (512-byte logical, 4 KiB physical blocks) thus loses whole 4 KiB
+/// blocks, as a drive writes its physical sectors whole.
+fn atomic_bytes(geometry: &crate::zoned::geometry::ZonedGeometry) -> u64 {
+    u64::from(geometry.logical_block_size.max(geometry.write_granularity))
 }
 
 /// The state a sequential zone comes back in after a power cut, from its durable state and its
@@ -213,11 +273,12 @@ fn cut_zone(
         ZoneCondition::Empty | ZoneCondition::Closed | ZoneCondition::Full
     );
     let faulted = matches!(now_cond, ZoneCondition::ReadOnly | ZoneCondition::Offline);
-    if loss == Loss::All || !writable || faulted || now_wp < durable_wp {
+    if loss != Loss::Random || !writable || faulted || now_wp < durable_wp {
         return durable;
     }
     let start = image.geometry.zone_start(zone);
     let end = start + image.geometry.zone_capacity_of(zone);
+    // Sequential writes come in whole physical blocks (the device refuses others).
     let kept = random.up_to((now_wp - durable_wp) / block_sectors) * block_sectors;
     let wp = durable_wp + kept;
     let finish_kept = wp == now_wp && now_cond == ZoneCondition::Full && random.coin();
