@@ -8,7 +8,7 @@ CARGO ?= cargo
 run: guest build
 	@resources/run-demo.sh
 
-.PHONY: run build test lint unit-test lab-test blktests torture deps host-deps guest guest-kernel guest-initramfs bench bench-smoke fuzz
+.PHONY: run build test lint unit-test lab-test blktests torture powercut deps host-deps guest guest-kernel guest-initramfs bench bench-smoke fuzz
 
 deps:
 	@resources/install-deps.sh build
@@ -48,6 +48,13 @@ test: unit-test lab-test
 VMM_TORTURE_ITERATIONS ?= 50
 torture: guest build
 	VMM_TORTURE_ITERATIONS=$(VMM_TORTURE_ITERATIONS) $(CARGO) test -p vmm-tests --test torture -- --ignored --nocapture
+
+# Crash recovery of btrfs and f2fs under random power cuts (tests/tests/crash_recovery.rs,
+# resources/powercut/crash-loop): VMM_POWERCUT_ITERATIONS of each (about 25 s an iteration in
+# the lab); `make lab-test` runs 3 and 2. VMM_POWERCUT_SEED=N replays a run.
+VMM_POWERCUT_ITERATIONS ?= 50
+powercut: guest build host-deps
+	VMM_POWERCUT_ITERATIONS=$(VMM_POWERCUT_ITERATIONS) $(CARGO) test -p vmm-tests --test crash_recovery -- --ignored --nocapture --test-threads=1
 
 # The guest: kernel (Debian's 6.12 source, tinyconfig + resources/guest/kernel.config) and
 # initramfs (busybox, bash, fio, util-linux, zbd, btrfs-progs, /init). Cached; see README "Guest lab".

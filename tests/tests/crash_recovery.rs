@@ -1,0 +1,88 @@
+//! Crash recovery of real zoned file systems under `--power-cut`: resources/powercut/crash-loop
+//! in the lab, with btrfs (sequential zones only) and f2fs (conventional zones for its
+//! metadata). Each iteration writes and fsyncs files in a guest until a random flush cuts the
+//! power, then the next boot mounts, checks every file whose fsync returned, and runs the file
+//! system's checker. `make lab-test` runs a few iterations; `make powercut` runs
+//! VMM_POWERCUT_ITERATIONS (default 50) of each; VMM_POWERCUT_SEED=N replays a run.
+//!
+//! The loop must also be able to fail: with `--broken` the device loses flushed writes
+//! (`lose=flushed`), and the check has to say so.
+
+use vmm_tests::{repo_root, run_script_in_lab_with_progress, LabRun};
+
+/// Runs crash-loop in the lab with `args`; its progress lines are echoed as they come.
+fn crash_loop(name: &str, args: &str, timeout_secs: u32) -> LabRun {
+    let dir = repo_root().join("build/powercut").join(name);
+    let script = format!(
+        r#"export VMM_VIRTIOFSD=/usr/lib/qemu/virtiofsd
+status=0
+{loop} --vmm "$VMM" --kernel "$KERNEL" --dir {dir} {args} 2>&1 || status=$?
+echo crash_loop_status=$status
+"#,
+        loop = repo_root().join("resources/powercut/crash-loop").display(),
+        dir = dir.display(),
+    );
+    run_script_in_lab_with_progress(timeout_secs, &script, Some("crash-loop:"))
+}
+
+/// `--iterations` and `--seed` from the environment (`make powercut`), or `default` iterations.
+fn iterations_and_seed(default: u32) -> String {
+    let iterations = std::env::var("VMM_POWERCUT_ITERATIONS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(default);
+    let mut args = format!("--iterations {iterations}");
+    if let Ok(seed) = std::env::var("VMM_POWERCUT_SEED") {
+        args.push_str(&format!(" --seed {seed}"));
+    }
+    args
+}
+
+fn assert_all_passed(run: &LabRun) {
+    run.assert_ok();
+    let status = vmm_tests::value_of(run, "crash_loop_status");
+    assert_eq!(status, "0", "{}", run.describe());
+    assert!(
+        run.stdout.contains("iterations passed"),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+#[ignore = "boots the guest in the lab many times; run by `make lab-test` and `make powercut`"]
+fn btrfs_keeps_every_fsynced_file_through_random_power_cuts() {
+    let iterations = iterations_and_seed(3);
+    let run = crash_loop("btrfs", &format!("--fs btrfs {iterations}"), 7200);
+    assert_all_passed(&run);
+}
+
+#[test]
+#[ignore = "boots the guest in the lab many times; run by `make lab-test` and `make powercut`"]
+fn f2fs_keeps_every_fsynced_file_through_random_power_cuts() {
+    let iterations = iterations_and_seed(2);
+    let run = crash_loop("f2fs", &format!("--fs f2fs {iterations}"), 7200);
+    assert_all_passed(&run);
+}
+
+/// A device that loses flushed writes must not pass: the check fails (status 1, a CHECK FAILED
+/// line), rather than the loop passing or failing for another reason (status 2).
+#[test]
+#[ignore = "boots the guest in the lab; run by `make lab-test`"]
+fn a_device_that_loses_flushed_writes_fails_the_check() {
+    let run = crash_loop("broken", "--fs btrfs --iterations 3 --seed 1 --broken", 900);
+    assert_eq!(run.status, Some(0), "{}", run.describe());
+    assert_eq!(
+        vmm_tests::value_of(&run, "crash_loop_status"),
+        "1",
+        "{}",
+        run.describe()
+    );
+    assert!(run.stdout.contains("CHECK FAILED"), "{}", run.describe());
+    let caught = run
+        .stdout
+        .lines()
+        .find(|line| line.contains("FAILED after"))
+        .unwrap_or("");
+    eprintln!("the broken device was caught: {caught}");
+}
