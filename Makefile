@@ -51,7 +51,8 @@ torture: guest build
 
 # Crash recovery of btrfs and f2fs under random power cuts (tests/tests/crash_recovery.rs,
 # resources/powercut/crash-loop): VMM_POWERCUT_ITERATIONS of each (about 25 s an iteration in
-# the lab); `make lab-test` runs 3 and 2. VMM_POWERCUT_SEED=N replays a run.
+# the lab), random seeds; `make lab-test` runs 3 of btrfs with seed 5 and the broken device.
+# VMM_POWERCUT_SEED=N replays a run.
 VMM_POWERCUT_ITERATIONS ?= 50
 powercut: guest build host-deps
 	VMM_POWERCUT_ITERATIONS=$(VMM_POWERCUT_ITERATIONS) $(CARGO) test -p vmm-tests --test crash_recovery -- --ignored --nocapture --test-threads=1
