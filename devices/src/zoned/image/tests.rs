@@ -1188,6 +1188,18 @@ fn volatile_image(dir: &Scratch) -> (PathBuf, ZonedImage) {
     (path, d)
 }
 
+/// Cuts the power of `d` (its volatile cache on) and opens the image as the next run finds it.
+fn cut_and_reopen(
+    mut d: ZonedImage,
+    path: &Path,
+    loss: Loss,
+    seed: u64,
+) -> (ZonedImage, PowerCutReport) {
+    let report = d.power_cut(PowerCut { loss, seed }).unwrap().unwrap();
+    drop(d);
+    (ZonedImage::open(path, &none()).unwrap(), report)
+}
+
 fn zeros(nr: u64) -> Vec<u8> {
     vec![0u8; (nr * 512) as usize]
 }
@@ -1195,16 +1207,8 @@ fn zeros(nr: u64) -> Vec<u8> {
 #[test]
 fn a_power_cut_losing_all_leaves_the_image_as_flushed() {
     let dir = Scratch::new("cut-all");
-    let (path, mut d) = volatile_image(&dir);
-    let report = d
-        .power_cut(PowerCut {
-            loss: Loss::All,
-            seed: 1,
-        })
-        .unwrap()
-        .unwrap();
-    drop(d);
-    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    let (path, d) = volatile_image(&dir);
+    let (mut d, report) = cut_and_reopen(d, &path, Loss::All, 1);
     assert_eq!(read(&mut d, 0, 8), pattern(0, 8, 0));
     assert_eq!(
         read(&mut d, 8, 4),
@@ -1233,15 +1237,8 @@ fn a_random_power_cut_keeps_a_prefix_of_each_zone_and_whole_blocks() {
     let mut outcomes = BTreeSet::new();
     for seed in 0..40 {
         let dir = Scratch::new("cut-random");
-        let (path, mut d) = volatile_image(&dir);
-        d.power_cut(PowerCut {
-            loss: Loss::Random,
-            seed,
-        })
-        .unwrap()
-        .unwrap();
-        drop(d);
-        let mut d = ZonedImage::open(&path, &none()).unwrap();
+        let (path, d) = volatile_image(&dir);
+        let (mut d, _) = cut_and_reopen(d, &path, Loss::Random, seed);
         // Flushed data is never lost; each unflushed block is old or new, never a mix.
         assert_eq!(read(&mut d, 0, 4), pattern(0, 4, 0), "seed {seed}");
         let mut kept_blocks = Vec::new();
@@ -1355,15 +1352,7 @@ fn a_broken_power_cut_also_loses_each_zones_last_flushed_writes() {
     d.write(1024, &pattern(1024, 8, 0)).unwrap();
     d.flush().unwrap();
     d.write(288, &pattern(288, 8, 2)).unwrap();
-    let report = d
-        .power_cut(PowerCut {
-            loss: Loss::Flushed,
-            seed: 1,
-        })
-        .unwrap()
-        .unwrap();
-    drop(d);
-    let mut d = ZonedImage::open(&path, &none()).unwrap();
+    let (mut d, report) = cut_and_reopen(d, &path, Loss::Flushed, 1);
     assert_eq!(state(&d, 1), (ZoneCondition::Closed, 272), "zone 1");
     assert_eq!(read(&mut d, 272, 24), zeros(24));
     assert_eq!(state(&d, 4), (ZoneCondition::Empty, 1024), "zone 4");
@@ -1398,14 +1387,7 @@ fn a_4k_disk_loses_whole_logical_blocks() {
         assert!(d.storage().data_path().is_none());
         d.write(0, &pattern(0, 16, 1)).unwrap();
         d.write(256, &pattern(256, 64, 1)).unwrap();
-        d.power_cut(PowerCut {
-            loss: Loss::Random,
-            seed,
-        })
-        .unwrap()
-        .unwrap();
-        drop(d);
-        let mut d = ZonedImage::open(&path, &none()).unwrap();
+        let (mut d, _) = cut_and_reopen(d, &path, Loss::Random, seed);
         let (_, wp) = state(&d, 1);
         assert_eq!(
             (wp - 256) % 8,
@@ -1441,14 +1423,7 @@ fn a_512e_disk_loses_whole_physical_blocks() {
             d.write(s, &pattern(s, 1, 1)).unwrap();
         }
         d.write(256, &pattern(256, 64, 1)).unwrap();
-        d.power_cut(PowerCut {
-            loss: Loss::Random,
-            seed,
-        })
-        .unwrap()
-        .unwrap();
-        drop(d);
-        let mut d = ZonedImage::open(&path, &none()).unwrap();
+        let (mut d, _) = cut_and_reopen(d, &path, Loss::Random, seed);
         let (_, wp) = state(&d, 1);
         assert!(
             (wp - 256) % 8 == 0,
